@@ -1,0 +1,526 @@
+//! One client connection, start to end:
+//! handshake -> connect -> request -> answer -> tunnel (or streamed response).
+//!
+//! The connection owns its two sockets and its [`Tracked`] timeout slot; it
+//! logs its own end in exactly one line (a client that leaves before sending
+//! a whole request head is logged at debug level only: it costs nothing).
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::http::request::{self, ClientInfo, HandshakeError, Kind, Prepared};
+use crate::http::response::{self, Answer, BodyLen};
+use crate::http::status::Status;
+use crate::sweep::{Expiry, Phase, Tracked};
+use crate::sys::{self, Half};
+use crate::tunnel::{pump, read_some, write_all, PumpError, Scratch};
+use crate::worker::Core;
+
+/// Most bytes discarded from a refused client before its socket closes.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// Serve one accepted client until both of its sockets are closed.
+pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    // Declared after `client`, so dropped (unregistered) before it closes.
+    let track = core.sweeper.register(client.as_raw_fd());
+    let conn = Conn {
+        core,
+        client: &client,
+        peer,
+        track: &track,
+    };
+    match conn.run().await {
+        Outcome::Gone(why) => log::debug!("client={peer} left before a request: {why}"),
+        Outcome::Refused {
+            status,
+            target,
+            backend,
+            why,
+        } => log::warn!(
+            "client={peer} route={} backend={} status={} reason=\"{why}\"",
+            target.as_deref().unwrap_or("-"),
+            backend.map_or("-", |i| core.config.backends[i].name.as_str()),
+            status.code(),
+        ),
+        Outcome::Done(s) => log::info!(
+            "{} client={peer} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"",
+            if s.upgraded { "tunnel" } else { "request" },
+            s.target,
+            core.config.backends[s.backend].name,
+            s.status,
+            started.elapsed().as_secs_f64(),
+            s.up,
+            s.down,
+            s.closed,
+        ),
+    }
+}
+
+/// How a connection ended.
+enum Outcome {
+    Gone(&'static str),
+    Refused {
+        status: Status,
+        target: Option<Box<str>>,
+        backend: Option<usize>,
+        why: String,
+    },
+    Done(Summary),
+}
+
+struct Summary {
+    target: Box<str>,
+    backend: usize,
+    status: u16,
+    upgraded: bool,
+    up: u64,
+    down: u64,
+    closed: Closer,
+}
+
+/// Who or what ended an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closer {
+    Client,
+    Backend,
+    /// A plain response was complete.
+    Complete,
+    ClientError(io::ErrorKind),
+    BackendError(io::ErrorKind),
+    Expired(Expiry),
+}
+
+impl std::fmt::Display for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Closer::Client => f.write_str("client closed"),
+            Closer::Backend => f.write_str("backend closed"),
+            Closer::Complete => f.write_str("response complete"),
+            Closer::ClientError(k) => write!(f, "client error: {k}"),
+            Closer::BackendError(k) => write!(f, "backend error: {k}"),
+            Closer::Expired(Expiry::Idle) => f.write_str("idle timeout"),
+            Closer::Expired(Expiry::Drain) => f.write_str("drain timeout at shutdown"),
+            Closer::Expired(e) => write!(f, "{e:?} timeout"),
+        }
+    }
+}
+
+/// A backend socket that leaves the timeout slot before it closes.
+struct Backend<'a> {
+    stream: TcpStream,
+    track: &'a Tracked,
+}
+
+impl Drop for Backend<'_> {
+    fn drop(&mut self) {
+        self.track.clear_backend();
+    }
+}
+
+enum ConnectError {
+    Timeout,
+    Failed(io::Error),
+}
+
+struct Conn<'a> {
+    core: &'a Core,
+    client: &'a TcpStream,
+    peer: SocketAddr,
+    track: &'a Tracked,
+}
+
+impl<'a> Conn<'a> {
+    async fn run(&self) -> Outcome {
+        let req = match self.read_head().await {
+            Ok(req) => req,
+            Err(outcome) => return outcome,
+        };
+        let target = Some(req.target.clone());
+        let (backend, name) = match self.connect_any().await {
+            Ok(b) => b,
+            Err((status, why)) => return self.refuse(status, target, None, why).await,
+        };
+        self.track.set_phase(Phase::Answer);
+        if let Err(e) = write_all(&backend.stream, &req.upstream, self.track).await {
+            let why = format!("sending the request failed: {e}");
+            return self
+                .refuse(Status::BadGateway, target, Some(name), why)
+                .await;
+        }
+        let Prepared {
+            kind,
+            target,
+            head_method,
+            upstream,
+        } = req;
+        drop(upstream);
+        self.exchange(&backend.stream, kind, head_method, target, name)
+            .await
+    }
+
+    /// Read until a whole request head is here, and validate it.
+    async fn read_head(&self) -> Result<Prepared, Outcome> {
+        let info = ClientInfo {
+            ip: self.peer.ip().to_canonical(),
+            proto: "http",
+        };
+        let max = self.core.config.max_header_bytes;
+        // Filled only when a head spans several reads.
+        let mut head: Vec<u8> = Vec::new();
+        loop {
+            let step = read_some(self.client, &self.core.scratch, |bytes| {
+                if head.is_empty() {
+                    let parsed = request::prepare(bytes, max, &info);
+                    if let Ok(None) = parsed {
+                        head.extend_from_slice(bytes);
+                    }
+                    parsed
+                } else {
+                    head.extend_from_slice(bytes);
+                    request::prepare(&head, max, &info)
+                }
+            })
+            .await;
+            let expired = self.track.expired();
+            match step {
+                Ok(Some(Ok(Some(req)))) => return Ok(req),
+                Ok(Some(Ok(None))) => continue,
+                Ok(Some(Err(e))) => return Err(self.reject(e).await),
+                _ if expired == Some(Expiry::Handshake) => {
+                    let why = "no complete request head within --handshake-timeout".to_string();
+                    return Err(self.refuse(Status::RequestTimeout, None, None, why).await);
+                }
+                Ok(None) if head.is_empty() => return Err(Outcome::Gone("closed")),
+                Ok(None) => return Err(Outcome::Gone("closed in the middle of its request head")),
+                Err(_) => return Err(Outcome::Gone("connection reset")),
+            }
+        }
+    }
+
+    async fn reject(&self, e: HandshakeError) -> Outcome {
+        self.refuse(e.status(), None, None, e.to_string()).await
+    }
+
+    /// Try the backends in the balancer's order; the first that accepts wins.
+    async fn connect_any(&self) -> Result<(Backend<'a>, usize), (Status, String)> {
+        let core: &'a Core = self.core;
+        let mut last = None;
+        for i in core.balancer.plan(Instant::now()) {
+            let b = &core.config.backends[i];
+            let failure = match self.connect(b.addr).await {
+                Ok(stream) => return Ok((stream, i)),
+                Err(_) if self.track.expired() == Some(Expiry::Drain) => {
+                    return Err((Status::ServiceUnavailable, "shutting down".into()))
+                }
+                Err(ConnectError::Timeout) => (
+                    Status::GatewayTimeout,
+                    format!("connect to {} ({}) timed out", b.name, b.addr),
+                ),
+                Err(ConnectError::Failed(e)) => (
+                    Status::BadGateway,
+                    format!("connect to {} ({}) failed: {e}", b.name, b.addr),
+                ),
+            };
+            core.balancer.mark_failed(i, Instant::now());
+            if core.config.backends.len() > 1 {
+                log::info!(
+                    "client={} {}; trying the next backend",
+                    self.peer,
+                    failure.1
+                );
+            }
+            last = Some(failure);
+        }
+        Err(last.unwrap_or_else(|| {
+            (
+                Status::ServiceUnavailable,
+                "no backend available: every one failed within --fail-timeout".into(),
+            )
+        }))
+    }
+
+    /// A non-blocking connect whose socket the sweep can shut down on timeout.
+    async fn connect(&self, addr: SocketAddr) -> Result<Backend<'a>, ConnectError> {
+        let sock = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )
+        .map_err(ConnectError::Failed)?;
+        sock.set_nodelay(true).map_err(ConnectError::Failed)?;
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(ConnectError::Failed(e)),
+        }
+        let stream =
+            TcpStream::from_std(std::net::TcpStream::from(sock)).map_err(ConnectError::Failed)?;
+        let backend = Backend {
+            stream,
+            track: self.track,
+        };
+        self.track.set_backend(backend.stream.as_raw_fd());
+        self.track.set_phase(Phase::Connect);
+        let ready = backend.stream.writable(false).await;
+        if self.track.expired() == Some(Expiry::Connect) {
+            return Err(ConnectError::Timeout);
+        }
+        ready.map_err(ConnectError::Failed)?;
+        match sys::take_error(&backend.stream) {
+            Ok(None) => Ok(backend),
+            Ok(Some(e)) | Err(e) => Err(ConnectError::Failed(e)),
+        }
+    }
+
+    /// Answer an error ourselves, then close gently.
+    async fn refuse(
+        &self,
+        status: Status,
+        target: Option<Box<str>>,
+        backend: Option<usize>,
+        why: String,
+    ) -> Outcome {
+        let _ = write_all(self.client, &status.response(&why), self.track).await;
+        linger(self.client, self.track, &self.core.scratch).await;
+        Outcome::Refused {
+            status,
+            target,
+            backend,
+            why,
+        }
+    }
+
+    /// The request is with the backend: move the client's further bytes up,
+    /// the backend's answer down, and then either tunnel (101 to an upgrade)
+    /// or stream the response to its end.
+    async fn exchange(
+        &self,
+        backend: &TcpStream,
+        kind: Kind,
+        head_method: bool,
+        target: Box<str>,
+        name: usize,
+    ) -> Outcome {
+        let flow = Flow::default();
+        let scratch = &self.core.scratch;
+        let client = self.client;
+        let track = self.track;
+        let up = async {
+            match pump(client, backend, scratch, track, None, &flow.up).await {
+                Ok(()) => {
+                    flow.closed(Closer::Client);
+                    sys::shutdown_raw(backend.as_raw_fd(), Half::Write);
+                }
+                Err(e) => flow.fail(
+                    e,
+                    Closer::ClientError,
+                    Closer::BackendError,
+                    client,
+                    backend,
+                ),
+            }
+        };
+        let down = async {
+            let fin = match self.read_answer(backend, kind, head_method, &flow).await {
+                Ok(fin) => fin,
+                Err((status, why)) => {
+                    let why = if self.track.expired() == Some(Expiry::Idle) {
+                        "no answer from the backend within --idle-timeout".to_string()
+                    } else {
+                        why
+                    };
+                    flow.refused.set(Some(status));
+                    let _ = write_all(client, &status.response(&why), track).await;
+                    flow.why.set(Some(why));
+                    shutdown_both(client, backend);
+                    return;
+                }
+            };
+            flow.status.set(fin.status);
+            if let Err(e) = write_all(client, &fin.client, track).await {
+                flow.fail(
+                    PumpError::Write(e),
+                    Closer::BackendError,
+                    Closer::ClientError,
+                    backend,
+                    client,
+                );
+                return;
+            }
+            flow.down.set(flow.down.get() + fin.client.len() as u64);
+            drop(fin.client);
+            track.set_phase(Phase::Active);
+            if fin.upgraded {
+                flow.upgraded.set(true);
+                match pump(backend, client, scratch, track, None, &flow.down).await {
+                    Ok(()) => {
+                        flow.closed(Closer::Backend);
+                        sys::shutdown_raw(client.as_raw_fd(), Half::Write);
+                    }
+                    Err(e) => flow.fail(
+                        e,
+                        Closer::BackendError,
+                        Closer::ClientError,
+                        backend,
+                        client,
+                    ),
+                }
+                return;
+            }
+            let limit = match fin.remaining {
+                BodyLen::Empty => Some(0),
+                BodyLen::Exact(n) => Some(n),
+                BodyLen::UntilClose => None,
+            };
+            match pump(backend, client, scratch, track, limit, &flow.down).await {
+                Ok(()) => flow.closed(Closer::Complete),
+                Err(e) => flow.fail(
+                    e,
+                    Closer::BackendError,
+                    Closer::ClientError,
+                    backend,
+                    client,
+                ),
+            }
+            // A plain exchange ends with its response; this also ends `up`.
+            shutdown_both(client, backend);
+        };
+        monoio::join!(up, down);
+
+        if let Some(status) = flow.refused.get() {
+            return Outcome::Refused {
+                status,
+                target: Some(target),
+                backend: Some(name),
+                why: flow.why.take().unwrap_or_default(),
+            };
+        }
+        Outcome::Done(Summary {
+            target,
+            backend: name,
+            status: flow.status.get(),
+            upgraded: flow.upgraded.get(),
+            up: flow.up.get(),
+            down: flow.down.get(),
+            closed: match self.track.expired() {
+                Some(e) => Closer::Expired(e),
+                None => flow.closer.get().unwrap_or(Closer::Complete),
+            },
+        })
+    }
+
+    /// Read the backend's final response head, passing interim (1xx) heads on.
+    async fn read_answer(
+        &self,
+        backend: &TcpStream,
+        kind: Kind,
+        head_method: bool,
+        flow: &Flow,
+    ) -> Result<response::Final, (Status, String)> {
+        let max = self.core.config.max_header_bytes;
+        let upgrade = kind == Kind::Upgrade;
+        let mut head: Vec<u8> = Vec::new();
+        loop {
+            match read_some(backend, &self.core.scratch, |b| head.extend_from_slice(b)).await {
+                Ok(Some(())) => self.track.touch(),
+                Ok(None) if flow.closer.get().is_some() => {
+                    return Err((Status::BadGateway, "the client went away".into()))
+                }
+                Ok(None) if self.track.expired().is_some() => {
+                    return Err((Status::GatewayTimeout, "no answer in time".into()))
+                }
+                Ok(None) => {
+                    return Err((
+                        Status::BadGateway,
+                        "the backend closed without answering".into(),
+                    ))
+                }
+                Err(e) => {
+                    return Err((
+                        Status::BadGateway,
+                        format!("reading the answer failed: {e}"),
+                    ))
+                }
+            }
+            loop {
+                match response::prepare(&head, max, upgrade, head_method) {
+                    Ok(None) => break,
+                    Ok(Some(Answer::Final(fin))) => return Ok(fin),
+                    Ok(Some(Answer::Interim { len })) => {
+                        if let Err(e) = write_all(self.client, &head[..len], self.track).await {
+                            return Err((Status::BadGateway, format!("client: {e}")));
+                        }
+                        head.drain(..len);
+                    }
+                    Err(e) => return Err((Status::BadGateway, e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// What the two directions of an exchange learn, for the summary line.
+#[derive(Default)]
+struct Flow {
+    up: Cell<u64>,
+    down: Cell<u64>,
+    status: Cell<u16>,
+    upgraded: Cell<bool>,
+    /// The first end seen; later ones are consequences.
+    closer: Cell<Option<Closer>>,
+    /// Set when ringway answered an error itself instead of the backend.
+    refused: Cell<Option<Status>>,
+    why: Cell<Option<String>>,
+}
+
+impl Flow {
+    fn closed(&self, c: Closer) {
+        if self.closer.get().is_none() {
+            self.closer.set(Some(c));
+        }
+    }
+
+    /// A pump from `src` to `dst` failed: note whose fault, and tear down both
+    /// sides so the other direction ends too.
+    fn fail(
+        &self,
+        e: PumpError,
+        src_err: fn(io::ErrorKind) -> Closer,
+        dst_err: fn(io::ErrorKind) -> Closer,
+        src: &TcpStream,
+        dst: &TcpStream,
+    ) {
+        self.closed(match e {
+            PumpError::Read(e) => src_err(e.kind()),
+            PumpError::Write(e) => dst_err(e.kind()),
+        });
+        shutdown_both(src, dst);
+    }
+}
+
+fn shutdown_both(a: &TcpStream, b: &TcpStream) {
+    sys::shutdown_raw(a.as_raw_fd(), Half::Both);
+    sys::shutdown_raw(b.as_raw_fd(), Half::Both);
+}
+
+/// After an error answer: stop writing, then read and discard what the client
+/// still sends (for [`crate::sweep::LINGER`] at most), so that closing does
+/// not reset the connection before the client has read the answer.
+async fn linger(client: &TcpStream, track: &Tracked, scratch: &Scratch) {
+    sys::shutdown_raw(client.as_raw_fd(), Half::Write);
+    track.set_phase(Phase::Linger);
+    let mut discarded = 0;
+    while discarded < LINGER_MAX_BYTES {
+        match read_some(client, scratch, |b| b.len()).await {
+            Ok(Some(n)) => discarded += n,
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `ringway demo`: ringway on 127.0.0.1 in front of a built-in WebSocket echo
+//! backend that also serves a page to try it in a browser.
+//!
+//! The backend runs on its own thread and runtime, so the proxy in front of
+//! it is the real one, configured like any other.
+
+use std::io;
+use std::net::SocketAddr;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::config::{Cli, Config, DemoArgs};
+use crate::ws;
+
+/// Largest message the demo backend buffers.
+const MAX_BUFFERED: usize = 64 * 1024 * 1024;
+
+const PAGE: &str = include_str!("demo.html");
+
+/// Start the echo backend on `addr` (port 0 for any) on a thread of its own;
+/// returns the bound address.
+pub fn spawn_echo_backend(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringway-demo-backend".into())
+        .spawn(move || {
+            let mut rt = match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("demo backend: cannot build its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("demo backend: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((s, _)) => {
+                            monoio::spawn(async move {
+                                if let Err(e) = serve(s).await {
+                                    log::debug!("demo backend connection: {e}");
+                                }
+                            });
+                        }
+                        Err(e) => log::warn!("demo backend accept: {e}"),
+                    }
+                }
+            });
+        })?;
+    Ok(bound)
+}
+
+/// Run the demo until SIGTERM/SIGINT.
+pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let backend = spawn_echo_backend("127.0.0.1:0".parse()?)?;
+    let mut proxy = <Cli as clap::Parser>::try_parse_from(["ringway", "--upstream", "x:1"])?.proxy;
+    proxy.upstream = vec![backend.to_string()];
+    proxy.listen = vec![args.listen];
+    proxy.workers = args.workers.or(Some(cores.min(2)));
+    let config = Config::from_args(&proxy, cores)?;
+    let shutdown = crate::shutdown::Shutdown::new();
+    let server = crate::server::start(config, shutdown.clone())?;
+    let at = server.local_addrs()[0];
+    println!(
+        "\nringway demo: a WebSocket echo backend on {backend}, ringway in front of it.\n\n\
+         Open  http://{at}/  in a browser and send a message, or:\n\n  \
+         curl -i -N -H 'Connection: Upgrade' -H 'Upgrade: websocket' \\\n       \
+         -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \\\n       \
+         http://{at}/ws\n\n\
+         (a 101 Switching Protocols answer, then the tunnel). Ctrl-C stops it.\n"
+    );
+    crate::server::install_signal_handler(shutdown);
+    server.wait()?;
+    Ok(())
+}
+
+async fn serve(mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut acc: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (head_len, reply, upgraded) = loop {
+        let (res, c) = s.read(chunk).await;
+        chunk = c;
+        let n = res?;
+        if n == 0 {
+            return Ok(());
+        }
+        acc.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&acc) {
+            Ok(httparse::Status::Complete(len)) => {
+                let (reply, upgraded) = answer(&req);
+                break (len, reply, upgraded);
+            }
+            Ok(httparse::Status::Partial) if acc.len() < 64 * 1024 => continue,
+            _ => {
+                let (r, _) = s.write_all(not_found("bad request")).await;
+                return r.map(drop);
+            }
+        }
+    };
+    let (r, _) = s.write_all(reply).await;
+    r?;
+    if !upgraded {
+        return Ok(());
+    }
+    acc.drain(..head_len);
+    echo_frames(&mut s, acc, chunk).await
+}
+
+/// The answer to a request head, and whether it upgrades.
+fn answer(req: &httparse::Request<'_, '_>) -> (Vec<u8>, bool) {
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if let Some(key) = header("sec-websocket-key") {
+        let mut r = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+            ws::accept_key(crate::http::trim(key))
+        );
+        if let Some(p) =
+            header("sec-websocket-protocol").and_then(|v| crate::http::tokens(v).next())
+        {
+            r.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                String::from_utf8_lossy(p)
+            ));
+        }
+        r.push_str("\r\n");
+        return (r.into_bytes(), true);
+    }
+    if req.path == Some("/") || req.path == Some("/index.html") {
+        let r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
+            PAGE.len()
+        );
+        return (r.into_bytes(), false);
+    }
+    (not_found("no such page"), false)
+}
+
+fn not_found(why: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}\n",
+        why.len() + 1
+    )
+    .into_bytes()
+}
+
+/// Echo every data frame back (unmasked, same opcode and fin bit, so
+/// fragmented messages come back fragmented), answer pings, echo the close.
+async fn echo_frames(s: &mut TcpStream, mut acc: Vec<u8>, mut chunk: Vec<u8>) -> io::Result<()> {
+    loop {
+        while let Some(h) = ws::parse_header(&acc) {
+            let total = h.header_len as u64 + h.len;
+            if total > MAX_BUFFERED as u64 {
+                return Ok(());
+            }
+            if (acc.len() as u64) < total {
+                break;
+            }
+            let total = total as usize;
+            let mut payload = acc[h.header_len..total].to_vec();
+            if let Some(m) = h.mask {
+                ws::apply_mask(&mut payload, m, 0);
+            }
+            let opcode = if h.opcode == ws::OP_PING {
+                ws::OP_PONG
+            } else {
+                h.opcode
+            };
+            let mut out = Vec::with_capacity(payload.len() + 10);
+            ws::encode_header(&mut out, h.fin, opcode, payload.len() as u64, None);
+            out.extend_from_slice(&payload);
+            acc.drain(..total);
+            if h.opcode != ws::OP_PONG {
+                let (r, _) = s.write_all(out).await;
+                r?;
+            }
+            if h.opcode == ws::OP_CLOSE {
+                return Ok(());
+            }
+        }
+        let (res, c) = s.read(chunk).await;
+        chunk = c;
+        let n = res?;
+        if n == 0 {
+            return Ok(());
+        }
+        acc.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(b"GET /ws HTTP/1.1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat, x\r\n\r\n")
+            .unwrap();
+        let (r, up) = answer(&req);
+        let r = String::from_utf8(r).unwrap();
+        assert!(up);
+        assert!(r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(r.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let (r, up) = answer(&req);
+        assert!(!up && String::from_utf8(r).unwrap().contains("<html"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The answers ringway gives itself when it cannot (or must not) proxy.
+
+use std::fmt;
+
+/// An HTTP status that ringway answers on its own, each with a short
+/// plain-text body. `Display` is the reason used in log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Malformed request or invalid WebSocket handshake.
+    BadRequest,
+    /// The client did not send a whole request head in time.
+    RequestTimeout,
+    /// A WebSocket version other than 13.
+    UpgradeRequired,
+    /// The request head is over `--max-header-bytes` (or has too many lines).
+    HeaderFieldsTooLarge,
+    /// The backend refused, reset, or answered something that is not HTTP.
+    BadGateway,
+    /// No backend can be tried right now.
+    ServiceUnavailable,
+    /// Connecting to the backend (or waiting for its answer) timed out.
+    GatewayTimeout,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::BadRequest => 400,
+            Status::RequestTimeout => 408,
+            Status::UpgradeRequired => 426,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::BadGateway => 502,
+            Status::ServiceUnavailable => 503,
+            Status::GatewayTimeout => 504,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Status::BadRequest => "Bad Request",
+            Status::RequestTimeout => "Request Timeout",
+            Status::UpgradeRequired => "Upgrade Required",
+            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::BadGateway => "Bad Gateway",
+            Status::ServiceUnavailable => "Service Unavailable",
+            Status::GatewayTimeout => "Gateway Timeout",
+        }
+    }
+
+    /// The complete response: status line, headers, a one-line body.
+    /// Built only on the error path.
+    pub fn response(self, detail: &str) -> Vec<u8> {
+        let body = format!("{} {}: {}\n", self.code(), self.reason(), detail);
+        let extra = match self {
+            Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{}",
+            self.code(),
+            self.reason(),
+            body.len(),
+            extra,
+            body
+        )
+        .into_bytes()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code(), self.reason())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_well_formed() {
+        let r = String::from_utf8(Status::UpgradeRequired.response("version 8")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(r.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        assert_eq!(body, "426 Upgrade Required: version 8\n");
+        let r = String::from_utf8(Status::BadGateway.response("refused")).unwrap();
+        assert!(!r.contains("Sec-WebSocket-Version"));
+    }
+}

@@ -1,0 +1,29 @@
+//! ringway: a thread-per-core io_uring WebSocket reverse proxy.
+//!
+//! The path of one connection, module by module (ARCHITECTURE.md draws it):
+//!
+//! - [`config`]: flags, validated into a read-only [`config::Config`].
+//! - [`server`]: binds the listener groups ([`listener`]), starts one pinned
+//!   worker per core, relays SIGTERM/SIGINT through [`shutdown`].
+//! - [`worker`]: one core's runtime, accept loop, timeout sweep ([`sweep`])
+//!   and drain; owns the per-core state [`worker::Core`].
+//! - [`conn`]: one connection: request head ([`http::request`]), backend
+//!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
+//!   the tunnel ([`tunnel`]).
+//! - [`sys`]: the raw system calls, the only `unsafe` code.
+//! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
+#![deny(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod server;
+pub mod shutdown;
+pub mod sweep;
+pub mod sys;
+pub mod tunnel;
+pub mod worker;
+pub mod ws;

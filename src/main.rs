@@ -1,0 +1,49 @@
+//! `ringway`: flags -> Config -> run -> exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringway::config::{Cli, Command, Config};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level);
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let result = match cli.command {
+        Some(Command::Demo(args)) => ringway::demo::run(&args, cores),
+        None => match Config::from_args(&cli.proxy, cores) {
+            Ok(config) => ringway::server::run(config).map_err(Into::into),
+            Err(e) => {
+                eprintln!("ringway: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("ringway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: Option<log::LevelFilter>) {
+    let mut b = env_logger::Builder::new();
+    match level {
+        Some(l) => {
+            b.filter_level(l);
+        }
+        None if std::env::var_os("RUST_LOG").is_some() => {
+            b.parse_default_env();
+        }
+        None => {
+            b.filter_level(log::LevelFilter::Info);
+        }
+    }
+    b.format_timestamp_millis().init();
+}

@@ -1,0 +1,169 @@
+//! Start one pinned worker per core, hand each its listeners, wait for them.
+//!
+//! Listeners are bound here, on the calling thread, before any worker runs
+//! (see `listener.rs` for why). [`start`] returns once every worker has built
+//! its runtime, so a caller (a test, `main`) can use the bound addresses at
+//! once; [`Server::wait`] joins the workers after a shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::config::Config;
+use crate::listener::{self, ListenError, Steering};
+use crate::shutdown::Shutdown;
+use crate::worker::{self, WorkerError, WorkerSpec};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot start worker thread {0}: {1}")]
+    Spawn(usize, std::io::Error),
+    #[error("worker {0} could not start: {1}")]
+    WorkerStart(usize, String),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("worker {0} panicked")]
+    Panicked(usize),
+}
+
+/// A running ringway.
+pub struct Server {
+    addrs: Vec<SocketAddr>,
+    shutdown: Shutdown,
+    workers: Vec<JoinHandle<Result<(), WorkerError>>>,
+}
+
+impl Server {
+    /// The bound listen addresses (port 0 resolved), in `--listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle that starts the drain (like SIGTERM) from any thread.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Wait until every worker has drained and stopped.
+    pub fn wait(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (i, w) in self.workers.into_iter().enumerate() {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e.into())),
+                Err(_) => result = result.and(Err(ServerError::Panicked(i))),
+            }
+        }
+        result
+    }
+}
+
+/// Bind, steer, and start the workers.
+pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> {
+    let config = Arc::new(config);
+    let n = config.workers;
+    let cores = if config.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let cpu_of = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
+
+    // per_worker[w] = that worker's listener for each --listen address.
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for &addr in &config.listen {
+        let (group, bound) = listener::bind_group(addr, n, config.backlog)?;
+        let steering = if cores.is_empty() {
+            Steering::None
+        } else {
+            let cpus: Vec<usize> = (0..n).map(|i| cores[i % cores.len()].id).collect();
+            listener::steer(&group, &cpus)
+        };
+        log::info!("listening on {bound} ({n} workers, steering: {steering:?})");
+        addrs.push(bound);
+        for (w, l) in group.into_iter().enumerate() {
+            per_worker[w].push(l);
+        }
+    }
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut workers = Vec::with_capacity(n);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let spec = WorkerSpec {
+            id,
+            cpu: cpu_of(id),
+            listeners,
+            config: config.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let tx = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("ringway-w{id}"))
+            .spawn(move || {
+                worker::run(spec, |r| {
+                    let _ = tx.send((id, r));
+                })
+            })
+            .map_err(|e| ServerError::Spawn(id, e))?;
+        workers.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok((_, Ok(_))) => {}
+            Ok((id, Err(e))) => failure = failure.or(Some(ServerError::WorkerStart(id, e))),
+            Err(_) => break,
+        }
+    }
+    let server = Server {
+        addrs,
+        shutdown,
+        workers,
+    };
+    if let Some(e) = failure {
+        server.shutdown.force();
+        let _ = server.wait();
+        return Err(e);
+    }
+    Ok(server)
+}
+
+/// Start, drain on the first SIGTERM/SIGINT (close at once on a second), and
+/// return when every worker has stopped.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let shutdown = Shutdown::new();
+    install_signal_handler(shutdown.clone());
+    let server = start(config, shutdown)?;
+    server.wait()
+}
+
+pub fn install_signal_handler(shutdown: Shutdown) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers ({e}); SIGTERM will not drain");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ringway-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if shutdown.is_triggered() {
+                    log::warn!("signal {sig} again: closing every connection now");
+                } else {
+                    log::info!("signal {sig}: no longer accepting; draining live tunnels");
+                }
+                shutdown.trigger();
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the signal thread ({e}); SIGTERM will not drain");
+    }
+}

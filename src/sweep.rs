@@ -1,0 +1,254 @@
+//! Per-core timeouts: one last-activity stamp per connection, swept by one
+//! timer per core.
+//!
+//! No timer ever races an in-flight operation (see runtime-notes.md: a
+//! cancelled io_uring read can swallow bytes). Instead each connection
+//! registers a [`Slot`] holding its phase, a stamp and its socket numbers;
+//! [`Sweeper::tick`] finds the expired ones and `shutdown(2)`s their sockets,
+//! so the connection's own pending readiness waits complete, its next `recv`
+//! reads EOF, and the connection sees [`Tracked::expired`] and answers
+//! (408/504) or ends the tunnel itself. Everything here is single-threaded.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::sys::{self, Half};
+
+/// Where a connection is, which decides its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the client's request head: `--handshake-timeout` from accept.
+    Handshake,
+    /// Connecting to a backend: `--connect-timeout` from the attempt's start.
+    Connect,
+    /// Request sent, the backend's answer not yet read: `--idle-timeout`
+    /// since the last byte; expiry shuts only the backend down, so the
+    /// client still gets its 504.
+    Answer,
+    /// Answer forwarded, tunnel open: `--idle-timeout` since the last byte.
+    Active,
+    /// An error answer was sent; discarding what the client still sends,
+    /// for [`LINGER`] at most.
+    Linger,
+}
+
+/// Why the sweep closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Handshake,
+    Connect,
+    Idle,
+    Linger,
+    Drain,
+}
+
+/// How long a refused client may go on sending before the socket closes.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// One connection's entry. Fields are `Cell`s: the connection updates them,
+/// the sweep reads them, both on the same thread.
+#[derive(Debug)]
+struct Slot {
+    phase: Cell<Phase>,
+    /// Milliseconds since the sweeper's start, of the phase's start or (in
+    /// `Active`) of the last byte moved.
+    stamp: Cell<u64>,
+    client: RawFd,
+    /// The backend socket once one exists, else -1.
+    backend: Cell<RawFd>,
+    expired: Cell<Option<Expiry>>,
+}
+
+/// The per-core registry of live connections and their deadlines.
+#[derive(Debug)]
+pub struct Sweeper {
+    slots: RefCell<Slab<Rc<Slot>>>,
+    start: Instant,
+    /// Coarse clock (ms since `start`), refreshed by each tick and by phase
+    /// changes; per-message stamps read it without a syscall.
+    now: Cell<u64>,
+    handshake_ms: u64,
+    connect_ms: u64,
+    idle_ms: u64,
+}
+
+impl Sweeper {
+    pub fn new(handshake: Duration, connect: Duration, idle: Duration) -> Sweeper {
+        Sweeper {
+            slots: RefCell::new(Slab::new()),
+            start: Instant::now(),
+            now: Cell::new(0),
+            handshake_ms: handshake.as_millis() as u64,
+            connect_ms: connect.as_millis() as u64,
+            idle_ms: idle.as_millis() as u64,
+        }
+    }
+
+    /// How often to sweep: a tenth of the shortest timeout, within
+    /// [10 ms, 1 s], so every deadline is met within 10% (or a second).
+    pub fn tick_interval(&self) -> Duration {
+        let shortest = self.handshake_ms.min(self.connect_ms).min(self.idle_ms);
+        Duration::from_millis((shortest / 10).clamp(10, 1000))
+    }
+
+    fn refresh(&self) -> u64 {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.now.set(now);
+        now
+    }
+
+    /// Start tracking a connection in the `Handshake` phase.
+    pub fn register(self: &Rc<Self>, client: RawFd) -> Tracked {
+        let slot = Rc::new(Slot {
+            phase: Cell::new(Phase::Handshake),
+            stamp: Cell::new(self.refresh()),
+            client,
+            backend: Cell::new(-1),
+            expired: Cell::new(None),
+        });
+        let key = self.slots.borrow_mut().insert(slot.clone());
+        Tracked {
+            sweeper: self.clone(),
+            slot,
+            key,
+        }
+    }
+
+    /// Connections currently tracked.
+    pub fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Expire every connection whose deadline has passed.
+    pub fn tick(&self) {
+        let now = self.refresh();
+        for (_, slot) in self.slots.borrow().iter() {
+            if slot.expired.get().is_some() {
+                continue;
+            }
+            let (limit, why) = match slot.phase.get() {
+                Phase::Handshake => (self.handshake_ms, Expiry::Handshake),
+                Phase::Connect => (self.connect_ms, Expiry::Connect),
+                Phase::Answer | Phase::Active => (self.idle_ms, Expiry::Idle),
+                Phase::Linger => (LINGER.as_millis() as u64, Expiry::Linger),
+            };
+            if now.saturating_sub(slot.stamp.get()) >= limit {
+                expire(slot, why);
+            }
+        }
+    }
+
+    /// Close every tracked connection now (the end of a drain).
+    pub fn expire_all(&self, why: Expiry) {
+        for (_, slot) in self.slots.borrow().iter() {
+            expire(slot, why);
+        }
+    }
+}
+
+/// Shut the sockets down so that the connection's pending waits wake.
+fn expire(slot: &Slot, why: Expiry) {
+    slot.expired.set(Some(why));
+    let backend = slot.backend.get();
+    match (why, slot.phase.get()) {
+        // Keep the client's write side: it gets a 408.
+        (Expiry::Handshake, _) => sys::shutdown_raw(slot.client, Half::Read),
+        // Keep the client: it gets a 504.
+        (Expiry::Connect, _) | (Expiry::Idle, Phase::Answer) => {
+            if backend >= 0 {
+                sys::shutdown_raw(backend, Half::Both);
+            }
+        }
+        _ => {
+            sys::shutdown_raw(slot.client, Half::Both);
+            if backend >= 0 {
+                sys::shutdown_raw(backend, Half::Both);
+            }
+        }
+    }
+}
+
+/// A connection's handle on its slot; dropping it unregisters the slot, which
+/// the connection does before its sockets close (fields drop in order, and
+/// `conn` keeps the `Tracked` declared after the streams).
+#[derive(Debug)]
+pub struct Tracked {
+    sweeper: Rc<Sweeper>,
+    slot: Rc<Slot>,
+    key: usize,
+}
+
+impl Tracked {
+    /// A byte moved: re-arm the idle deadline. No syscall.
+    #[inline]
+    pub fn touch(&self) {
+        self.slot.stamp.set(self.sweeper.now.get());
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.slot.phase.set(phase);
+        self.slot.stamp.set(self.sweeper.refresh());
+    }
+
+    /// Record the backend socket so that the sweep can shut it down too.
+    pub fn set_backend(&self, fd: RawFd) {
+        self.slot.backend.set(fd);
+    }
+
+    /// Forget the backend socket (it is about to close).
+    pub fn clear_backend(&self) {
+        self.slot.backend.set(-1);
+    }
+
+    /// Set when the sweep (or the drain) has shut this connection down.
+    pub fn expired(&self) -> Option<Expiry> {
+        self.slot.expired.get()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.sweeper.slots.borrow_mut().remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn deadlines_by_phase() {
+        let ms = Duration::from_millis;
+        let sw = Rc::new(Sweeper::new(ms(40), ms(1000), ms(1000)));
+        assert_eq!(sw.tick_interval(), ms(10));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let a = sw.register(c.as_raw_fd());
+        let b = sw.register(c.as_raw_fd());
+        b.set_phase(Phase::Active);
+        assert_eq!(sw.len(), 2);
+        sw.tick();
+        assert_eq!(a.expired(), None);
+        std::thread::sleep(ms(60));
+        b.set_phase(Phase::Active); // fresh stamp: not idle yet
+        sw.tick();
+        assert_eq!(a.expired(), Some(Expiry::Handshake));
+        assert_eq!(b.expired(), None);
+        sw.expire_all(Expiry::Drain);
+        assert_eq!(b.expired(), Some(Expiry::Drain));
+        drop(a);
+        assert_eq!(sw.len(), 1);
+        drop(b);
+        assert!(sw.is_empty());
+    }
+}

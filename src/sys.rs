@@ -1,0 +1,251 @@
+//! The raw system calls ringway makes itself, and nothing else.
+//!
+//! This is one of the few modules allowed `unsafe`. Every call here works on a
+//! descriptor that the caller owns (a monoio stream or a socket2 socket) and
+//! that stays open for the whole call; no pointer outlives the call it is
+//! passed to. Everything else in the crate goes through these safe wrappers.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Outcome of one non-blocking transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xfer {
+    /// This many bytes moved (never 0 for `send`).
+    Done(usize),
+    /// The socket has nothing to read / no room to write right now.
+    WouldBlock,
+    /// The peer has closed its write side (recv only).
+    Eof,
+}
+
+fn xfer(ret: isize) -> io::Result<Xfer> {
+    if ret > 0 {
+        return Ok(Xfer::Done(ret as usize));
+    }
+    if ret == 0 {
+        return Ok(Xfer::Eof);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Xfer::WouldBlock),
+        Some(libc::EINTR) => Ok(Xfer::WouldBlock),
+        _ => Err(err),
+    }
+}
+
+/// `recv(fd, buf, MSG_DONTWAIT)`: never blocks, whatever the descriptor's mode.
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Xfer> {
+    // SAFETY: `buf` is a live, exclusively borrowed slice for the whole call and
+    // the kernel writes at most `buf.len()` bytes into it; `fd` is borrowed
+    // from its owner, so the descriptor cannot be closed during the call.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    xfer(ret)
+}
+
+/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: never blocks, never raises
+/// SIGPIPE; a peer that is gone shows up as `EPIPE`/`ECONNRESET`.
+pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<Xfer> {
+    if buf.is_empty() {
+        return Ok(Xfer::Done(0));
+    }
+    // SAFETY: `buf` is a live shared slice for the whole call and the kernel
+    // only reads `buf.len()` bytes from it; `fd` is borrowed from its owner.
+    let ret = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match xfer(ret)? {
+        Xfer::Eof => Ok(Xfer::WouldBlock),
+        x => Ok(x),
+    }
+}
+
+/// `getsockopt(SO_ERROR)`: the pending error of a socket, such as the
+/// outcome of a non-blocking `connect` once it is writable.
+pub fn take_error(fd: &impl AsRawFd) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are live locals the kernel writes at most
+    // `len` bytes into; `fd` is borrowed from its owner for the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Which halves `shutdown` closes.
+#[derive(Debug, Clone, Copy)]
+pub enum Half {
+    Read,
+    Write,
+    Both,
+}
+
+/// `shutdown(2)` by raw descriptor. Used by the timeout sweep and the drain to
+/// wake a connection's pending readiness waits (they complete, and the next
+/// `recv` reads EOF), and by the tunnel to propagate a half-close. Errors
+/// (`ENOTCONN` on a socket the peer already reset) are of no interest.
+pub fn shutdown_raw(fd: RawFd, how: Half) {
+    let how = match how {
+        Half::Read => libc::SHUT_RD,
+        Half::Write => libc::SHUT_WR,
+        Half::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown takes no pointers. The descriptor numbers passed here
+    // come from the per-core registry, whose entries are removed before the
+    // connection that owns the descriptors closes them (single thread), so
+    // the number always names the connection's own, still open, socket.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Attach a classic BPF program to a SO_REUSEPORT group that sends each new
+/// connection to the listener of the worker pinned to the CPU that handled
+/// the connection's SYN. `cpu_to_index[i] = (cpu, socket index in the group)`;
+/// a CPU without a worker falls back to `cpu % group_size`.
+pub fn attach_reuseport_cpu_steering(
+    listener: &impl AsRawFd,
+    cpu_to_index: &[(u32, u32)],
+    group_size: u32,
+) -> io::Result<()> {
+    // Opcodes from linux/filter.h / bpf_common.h.
+    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const BPF_JEQ_K: u16 = 0x05 | 0x10 | 0x00; // BPF_JMP | BPF_JEQ | BPF_K
+    const BPF_RET_K: u16 = 0x06 | 0x00; // BPF_RET | BPF_K
+    const BPF_RET_A: u16 = 0x06 | 0x10; // BPF_RET | BPF_A
+    const BPF_MOD_K: u16 = 0x04 | 0x90 | 0x00; // BPF_ALU | BPF_MOD | BPF_K
+    const SKF_AD_CPU: u32 = (-0x1000i32 + 36) as u32; // SKF_AD_OFF + SKF_AD_CPU
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+
+    if group_size == 0 || cpu_to_index.len() > 1000 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "steering program: bad group size",
+        ));
+    }
+    let mut prog = Vec::with_capacity(cpu_to_index.len() * 2 + 3);
+    prog.push(ins(BPF_LD_W_ABS, 0, 0, SKF_AD_CPU));
+    for &(cpu, index) in cpu_to_index {
+        // if A == cpu { return index } (jeq falls through on true, skips the ret on false)
+        prog.push(ins(BPF_JEQ_K, 0, 1, cpu));
+        prog.push(ins(BPF_RET_K, 0, 0, index));
+    }
+    prog.push(ins(BPF_MOD_K, 0, 0, group_size));
+    prog.push(ins(BPF_RET_A, 0, 0, 0));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, which lives until the end of this
+    // function; the kernel copies the program during the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SO_INCOMING_CPU`: the fallback steering hint when the BPF attach fails.
+pub fn set_incoming_cpu(listener: &impl AsRawFd, cpu: u32) -> io::Result<()> {
+    let val = cpu as libc::c_int;
+    // SAFETY: `val` is a live c_int for the duration of the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn recv_send_and_eof() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(recv(&b, &mut buf).unwrap(), Xfer::WouldBlock);
+        a.write_all(b"hello").unwrap();
+        // Loopback delivers synchronously, but allow for scheduling.
+        let mut got = Xfer::WouldBlock;
+        for _ in 0..100 {
+            got = recv(&b, &mut buf).unwrap();
+            if got != Xfer::WouldBlock {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, Xfer::Done(5));
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(send(&b, b"yo").unwrap(), Xfer::Done(2));
+        shutdown_raw(a.as_raw_fd(), Half::Write);
+        let mut eof = Xfer::WouldBlock;
+        for _ in 0..100 {
+            eof = recv(&b, &mut buf).unwrap();
+            if eof != Xfer::WouldBlock {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(eof, Xfer::Eof);
+    }
+
+    #[test]
+    fn steering_program_is_accepted_by_the_kernel() {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        attach_reuseport_cpu_steering(&s, &[(0, 0), (1, 1)], 2).unwrap();
+    }
+}

@@ -1,0 +1,125 @@
+//! Moving bytes between sockets without per-connection buffers.
+//!
+//! Every read here is a readiness wait (io_uring `PollAdd`, or epoll) followed
+//! by a non-blocking `recv` into the one per-core [`Scratch`] buffer, and the
+//! bytes are sent on at once with a non-blocking `send`. No read is ever in
+//! flight while a connection waits, so an idle tunnel holds no data buffer,
+//! and nothing can be lost if a wait is abandoned. Only when the destination
+//! is full does the connection copy the unsent rest into a buffer of its own
+//! and wait for room; that buffer is freed as soon as it is written.
+//!
+//! The scratch buffer is borrowed only between two awaits, so the tasks of
+//! one core can never hold it at the same time.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+
+use monoio::net::TcpStream;
+
+use crate::sweep::Tracked;
+use crate::sys::{self, Xfer};
+
+/// Reads in a row before a pump yields to the other connections of its core.
+const BUDGET: usize = 16;
+
+/// The per-core buffer every transfer of that core goes through.
+#[derive(Debug)]
+pub struct Scratch(RefCell<Box<[u8]>>);
+
+impl Scratch {
+    pub fn new(size: usize) -> Scratch {
+        Scratch(RefCell::new(vec![0; size].into_boxed_slice()))
+    }
+}
+
+/// A pump's failure, by the side it happened on.
+#[derive(Debug)]
+pub enum PumpError {
+    /// Reading from the source failed (it reset).
+    Read(io::Error),
+    /// Writing to the destination failed (it reset or went away).
+    Write(io::Error),
+}
+
+/// Wait until `src` is readable, `recv` once into the scratch buffer and pass
+/// the bytes to `f`. `Ok(None)`: the peer closed its write side.
+pub async fn read_some<R>(
+    src: &TcpStream,
+    scratch: &Scratch,
+    f: impl FnOnce(&[u8]) -> R,
+) -> io::Result<Option<R>> {
+    loop {
+        src.readable(false).await?;
+        let mut buf = scratch.0.borrow_mut();
+        match sys::recv(src, &mut buf)? {
+            Xfer::WouldBlock => continue,
+            Xfer::Eof => return Ok(None),
+            Xfer::Done(n) => return Ok(Some(f(&buf[..n]))),
+        }
+    }
+}
+
+/// Write all of `buf`, waiting for room whenever the socket is full. Each
+/// bit of progress counts as activity for the idle timeout.
+pub async fn write_all(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::Result<()> {
+    while !buf.is_empty() {
+        match sys::send(dst, buf)? {
+            Xfer::Done(n) => {
+                buf = &buf[n..];
+                track.touch();
+            }
+            Xfer::WouldBlock | Xfer::Eof => dst.writable(false).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Copy from `src` to `dst` until `src` reaches EOF or, with a `limit`, that
+/// many bytes have moved. Counts the bytes in `moved`. Does not shut anything
+/// down: the caller decides what an end means.
+pub async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    scratch: &Scratch,
+    track: &Tracked,
+    limit: Option<u64>,
+    moved: &Cell<u64>,
+) -> Result<(), PumpError> {
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        src.readable(false).await.map_err(PumpError::Read)?;
+        for _ in 0..BUDGET {
+            let (n, cap, unsent) = {
+                let mut buf = scratch.0.borrow_mut();
+                let cap = left.min(buf.len() as u64) as usize;
+                let n = match sys::recv(src, &mut buf[..cap]).map_err(PumpError::Read)? {
+                    Xfer::WouldBlock => break,
+                    Xfer::Eof => return Ok(()),
+                    Xfer::Done(n) => n,
+                };
+                track.touch();
+                moved.set(moved.get() + n as u64);
+                left -= n as u64;
+                let unsent = match sys::send(dst, &buf[..n]).map_err(PumpError::Write)? {
+                    Xfer::Done(m) if m == n => None,
+                    Xfer::Done(m) => Some(buf[m..n].to_vec()),
+                    Xfer::WouldBlock | Xfer::Eof => Some(buf[..n].to_vec()),
+                };
+                (n, cap, unsent)
+            };
+            if let Some(rest) = unsent {
+                // Backpressure: this connection alone holds a buffer, until
+                // the destination has taken it.
+                write_all(dst, &rest, track)
+                    .await
+                    .map_err(PumpError::Write)?;
+            }
+            if n < cap || left == 0 {
+                // A short read almost always means the socket is drained:
+                // wait for readiness rather than pay for an EAGAIN.
+                break;
+            }
+        }
+    }
+    Ok(())
+}

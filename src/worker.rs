@@ -1,0 +1,225 @@
+//! One worker: a thread pinned to one core, its own monoio runtime, its own
+//! listener per `--listen` address, and all per-core state ([`Core`]).
+//!
+//! Nothing here is shared with other workers but the read-only `Config` and
+//! the `Shutdown` signal.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+
+use crate::balance::Balancer;
+use crate::config::{Config, Driver};
+use crate::shutdown::Shutdown;
+use crate::sweep::{Expiry, Sweeper};
+use crate::sys::{self, Half};
+use crate::tunnel::Scratch;
+
+/// How long connections get to finish once the drain deadline has shut their
+/// sockets down (they normally need one loop turn).
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Per-core state, owned by the worker's thread; connections borrow it.
+#[derive(Debug)]
+pub struct Core {
+    pub config: Arc<Config>,
+    /// Worker index, for log lines.
+    pub id: usize,
+    /// The buffer every transfer on this core goes through.
+    pub scratch: Scratch,
+    /// Live connections and their deadlines.
+    pub sweeper: Rc<Sweeper>,
+    /// Round-robin cursor and failure marks of this core.
+    pub balancer: Balancer,
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub cpu: Option<core_affinity::CoreId>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub config: Arc<Config>,
+    pub shutdown: Shutdown,
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker {id}: cannot build the {driver} runtime: {source}")]
+    Runtime {
+        id: usize,
+        driver: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker {id}: cannot register a listener: {source}")]
+    Listener {
+        id: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Run a worker on the current thread until shutdown completes. `ready` is
+/// called once the runtime is built (or failed to build).
+pub fn run(
+    spec: WorkerSpec,
+    ready: impl FnOnce(Result<&'static str, String>),
+) -> Result<(), WorkerError> {
+    if let Some(cpu) = spec.cpu {
+        if !core_affinity::set_for_current(cpu) {
+            log::warn!("worker {}: could not pin to core {}", spec.id, cpu.id);
+        }
+    }
+    let id = spec.id;
+    let entries = spec.config.ring_entries;
+    let want_uring = match spec.config.driver {
+        Driver::Uring => true,
+        Driver::Legacy => false,
+        Driver::Auto => monoio::utils::detect_uring(),
+    };
+    if want_uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                ready(Ok("io_uring"));
+                return rt.block_on(main(spec, "io_uring"));
+            }
+            Err(e) if spec.config.driver == Driver::Uring => {
+                ready(Err(e.to_string()));
+                return Err(WorkerError::Runtime {
+                    id,
+                    driver: "io_uring",
+                    source: e,
+                });
+            }
+            Err(e) => log::warn!("worker {id}: io_uring unavailable ({e}); using epoll"),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            ready(Ok("epoll"));
+            rt.block_on(main(spec, "epoll"))
+        }
+        Err(e) => {
+            ready(Err(e.to_string()));
+            Err(WorkerError::Runtime {
+                id,
+                driver: "epoll",
+                source: e,
+            })
+        }
+    }
+}
+
+async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError> {
+    let WorkerSpec {
+        id,
+        cpu,
+        listeners,
+        config,
+        shutdown,
+    } = spec;
+    let sweeper = Rc::new(Sweeper::new(
+        config.handshake_timeout,
+        config.connect_timeout,
+        config.idle_timeout,
+    ));
+    let core = Rc::new(Core {
+        id,
+        scratch: Scratch::new(config.buffer_size),
+        sweeper: sweeper.clone(),
+        balancer: Balancer::new(config.backends.len(), config.fail_timeout),
+        config,
+    });
+    let mut listener_fds: Vec<RawFd> = Vec::new();
+    for std_listener in listeners {
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|source| WorkerError::Listener { id, source })?;
+        listener_fds.push(listener.as_raw_fd());
+        monoio::spawn(accept_loop(core.clone(), listener, shutdown.clone()));
+    }
+    log::info!(
+        "worker {id} started: core {}, {driver} driver",
+        cpu.map_or("unpinned".to_string(), |c| c.id.to_string())
+    );
+
+    let tick = sweeper.tick_interval();
+    let sweep = {
+        let sweeper = sweeper.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(tick).await;
+                sweeper.tick();
+            }
+        })
+    };
+
+    shutdown.triggered().await;
+    // Stop accepting at once: shutting a listener down wakes its pending
+    // accept with an error, and its accept loop ends and closes it.
+    for fd in &listener_fds {
+        sys::shutdown_raw(*fd, Half::Read);
+    }
+    let deadline = Instant::now() + core.config.drain_timeout;
+    let poll = Duration::from_millis(20);
+    while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {
+        monoio::time::sleep(poll).await;
+    }
+    let open = sweeper.len();
+    if open > 0 {
+        log::info!("worker {id}: closing {open} connection(s) still open at the drain deadline");
+        sweeper.expire_all(Expiry::Drain);
+        let grace = Instant::now() + FORCED_CLOSE_GRACE;
+        while !sweeper.is_empty() && Instant::now() < grace {
+            monoio::time::sleep(poll).await;
+        }
+    }
+    drop(sweep);
+    log::debug!("worker {id}: stopped");
+    Ok(())
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, shutdown: Shutdown) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if shutdown.is_triggered() {
+                    // Accepted in the instant before the listener was shut.
+                    drop(stream);
+                    continue;
+                }
+                if let Err(e) = stream.set_nodelay(true) {
+                    log::debug!("client={peer}: TCP_NODELAY: {e}");
+                }
+                let core = core.clone();
+                monoio::spawn(async move { crate::conn::serve(&core, stream, peer).await });
+            }
+            Err(_) if shutdown.is_triggered() => break,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ECONNABORTED) | Some(libc::EINTR) => {}
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM) => {
+                    log::error!(
+                        "worker {}: accept: {e}; pausing accepts for 100ms (raise the open-files limit?)",
+                        core.id
+                    );
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    log::error!("worker {}: accept: {e}", core.id);
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //!   the tunnel ([`tunnel`]).
 //! - [`sys`]: the raw system calls, the only `unsafe` code.
 //! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
-#![deny(unsafe_code)]
+#![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
 
 pub mod balance;
 pub mod config;

@@ -131,13 +131,9 @@ pub fn attach_reuseport_cpu_steering(
     cpu_to_index: &[(u32, u32)],
     group_size: u32,
 ) -> io::Result<()> {
-    // Opcodes from linux/filter.h / bpf_common.h.
-    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const BPF_JEQ_K: u16 = 0x05 | 0x10 | 0x00; // BPF_JMP | BPF_JEQ | BPF_K
-    const BPF_RET_K: u16 = 0x06 | 0x00; // BPF_RET | BPF_K
-    const BPF_RET_A: u16 = 0x06 | 0x10; // BPF_RET | BPF_A
-    const BPF_MOD_K: u16 = 0x04 | 0x90 | 0x00; // BPF_ALU | BPF_MOD | BPF_K
-    const SKF_AD_CPU: u32 = (-0x1000i32 + 36) as u32; // SKF_AD_OFF + SKF_AD_CPU
+    use libc::{BPF_A, BPF_ABS, BPF_ALU, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W};
+    let op = |bits: u32| bits as u16;
+    let skf_ad_cpu = (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
 
     if group_size == 0 || cpu_to_index.len() > 1000 {
@@ -147,14 +143,14 @@ pub fn attach_reuseport_cpu_steering(
         ));
     }
     let mut prog = Vec::with_capacity(cpu_to_index.len() * 2 + 3);
-    prog.push(ins(BPF_LD_W_ABS, 0, 0, SKF_AD_CPU));
+    prog.push(ins(op(BPF_LD | BPF_W | BPF_ABS), 0, 0, skf_ad_cpu));
     for &(cpu, index) in cpu_to_index {
         // if A == cpu { return index } (jeq falls through on true, skips the ret on false)
-        prog.push(ins(BPF_JEQ_K, 0, 1, cpu));
-        prog.push(ins(BPF_RET_K, 0, 0, index));
+        prog.push(ins(op(BPF_JMP | BPF_JEQ | BPF_K), 0, 1, cpu));
+        prog.push(ins(op(BPF_RET | BPF_K), 0, 0, index));
     }
-    prog.push(ins(BPF_MOD_K, 0, 0, group_size));
-    prog.push(ins(BPF_RET_A, 0, 0, 0));
+    prog.push(ins(op(BPF_ALU | BPF_MOD | BPF_K), 0, 0, group_size));
+    prog.push(ins(op(BPF_RET | BPF_A), 0, 0, 0));
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),

@@ -1,0 +1,340 @@
+//! The proxy's job, end to end: messages through the tunnel byte-exact, the
+//! handshake rewritten as nginx's seed configuration would, plain requests
+//! streamed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+
+use common::*;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::Message;
+
+fn proxy_for(backend: &Backend) -> Proxy {
+    Proxy::start(&["--upstream", &backend.addr.to_string()])
+}
+
+/// Deterministic, non-repeating-looking payload.
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+#[test]
+fn text_and_binary_messages_from_0_bytes_to_16_mib() {
+    let backend = Backend::echo();
+    let proxy = proxy_for(&backend);
+    let mut ws = ws_client(&proxy, "/ws");
+    for (i, len) in [0usize, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let bin = payload(len, i as u8);
+        ws.send(Message::Binary(bin.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Binary(bin), "binary {len}");
+        let text: String = payload(len, i as u8)
+            .iter()
+            .map(|b| (b'a' + b % 26) as char)
+            .collect();
+        ws.send(Message::Text(text.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Text(text), "text {len}");
+    }
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    proxy
+        .wait_log("tunnel client=", PATIENCE)
+        .expect("one line per tunnel");
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn fragments_ping_pong_and_close_codes() {
+    let backend = Backend::echo();
+    let proxy = proxy_for(&backend);
+    let mut ws = ws_client(&proxy, "/ws");
+
+    // A text message in three fragments is reassembled by the backend.
+    ws.write(Message::Frame(Frame::message(
+        b"frag".to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
+    ws.write(Message::Frame(Frame::message(
+        b"men".to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .unwrap();
+    ws.write(Message::Frame(Frame::message(
+        b"ted".to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .unwrap();
+    ws.flush().unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("fragmented".into()));
+
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
+
+    // The backend closes with its own code; the client sees it.
+    ws.send(Message::Text("close-me".into())).unwrap();
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert_eq!(f.reason, "as asked");
+        }
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+    drop(ws);
+
+    // The client closes with its code; the backend's echo of it comes back.
+    let mut ws = ws_client(&proxy, "/ws");
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: 4242.into(),
+        reason: "client done".into(),
+    }))
+    .unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4242),
+        other => panic!("expected the close echo, got {other:?}"),
+    }
+    drop(ws);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn a_hundred_concurrent_clients() {
+    let backend = Backend::echo();
+    let proxy = proxy_for(&backend);
+    let threads: Vec<_> = (0..100)
+        .map(|c| {
+            let url = proxy.url("/ws");
+            let addr = proxy.addr;
+            thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                let (mut ws, _) = tungstenite::client(url, stream).unwrap();
+                for m in 0..20 {
+                    let msg = format!("client {c} message {m}");
+                    ws.send(Message::Text(msg.clone())).unwrap();
+                    assert_eq!(ws.read().unwrap(), Message::Text(msg));
+                }
+                ws.close(None).unwrap();
+                while ws.read().is_ok() {}
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(*backend.accepted.lock().unwrap(), 100);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn frames_pipelined_behind_the_handshake_arrive_first() {
+    // tungstenite's server refuses bytes behind a request head, so this uses
+    // ringway's own demo echo backend, which takes them.
+    let backend = ringway::demo::spawn_echo_backend("127.0.0.1:0".parse().unwrap()).unwrap();
+    let proxy = Proxy::start(&["--upstream", &backend.to_string()]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut bytes = upgrade_head("/ws", "").into_bytes();
+    bytes.extend(client_frame(ringway::ws::OP_TEXT, b"early bird"));
+    bytes.extend(client_frame(ringway::ws::OP_BINARY, &[1, 2, 3]));
+    s.write_all(&bytes).unwrap();
+    let (head, mut rest) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: upgrade\r\n"), "{head}");
+    let want = [&[0x81, 10][..], b"early bird", &[0x82, 3, 1, 2, 3]].concat();
+    while rest.len() < want.len() {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(rest, want);
+    drop(s);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn subprotocol_and_extensions_reach_the_backend_and_come_back() {
+    let backend = Backend::spawn(|stream, b| {
+        let ws = accept_ws(stream, b, |resp| {
+            resp.headers_mut().insert(
+                "sec-websocket-extensions",
+                "permessage-deflate; server_no_context_takeover"
+                    .parse()
+                    .unwrap(),
+            );
+        });
+        if let Some(mut ws) = ws {
+            while ws.read().is_ok() {}
+        }
+    });
+    let proxy = proxy_for(&backend);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let head = upgrade_head(
+        "/chat",
+        "Sec-WebSocket-Protocol: chat, superchat\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let (resp, _) = read_head(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 101 "), "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nsec-websocket-protocol: chat\r\n"),
+        "{resp}"
+    );
+    assert!(
+        lower.contains(
+            "\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ),
+        "{resp}"
+    );
+    let seen = &backend.wait_requests(1)[0];
+    assert_eq!(
+        header(seen, "sec-websocket-protocol"),
+        Some("chat, superchat")
+    );
+    assert_eq!(
+        header(seen, "sec-websocket-extensions"),
+        Some("permessage-deflate; client_max_window_bits")
+    );
+    assert_eq!(
+        header(seen, "sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+    drop(s);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn what_the_backend_sees() {
+    let backend = Backend::echo();
+    let proxy = proxy_for(&backend);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let head = "GET /ws?x=1 HTTP/1.1\r\nHost: chat.example.com:8443\r\nUpgrade: websocket\r\n\
+         Connection: keep-alive, Upgrade, X-Hop\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nX-Forwarded-For: 203.0.113.9\r\nX-Real-IP: 6.6.6.6\r\n\
+         X-Forwarded-Proto: gopher\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Hop: secret\r\n\
+         Proxy-Connection: keep-alive\r\nCookie: a=b\r\n\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    let (resp, _) = read_head(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 101 "), "{resp}");
+    let seen = &backend.wait_requests(1)[0];
+    assert_eq!(header(seen, "host"), Some("chat.example.com:8443"));
+    assert_eq!(
+        header(seen, "x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(header(seen, "x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(header(seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(seen, "upgrade"), Some("websocket"));
+    assert_eq!(header(seen, "connection"), Some("upgrade"));
+    assert_eq!(header(seen, "cookie"), Some("a=b"));
+    for hop in ["keep-alive", "te", "x-hop", "proxy-connection"] {
+        assert_eq!(header(seen, hop), None, "{hop} was forwarded: {seen:?}");
+    }
+    for one in ["x-forwarded-for", "x-real-ip", "connection", "upgrade"] {
+        let n = seen
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(one))
+            .count();
+        assert_eq!(n, 1, "{one} appears {n} times");
+    }
+    drop(s);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn plain_requests_are_streamed_with_connection_close() {
+    // A backend that reads a request with a body and answers its length.
+    let backend = Backend::spawn(|mut s, b| {
+        let (head, mut body) = read_head(&mut s);
+        let headers: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let len: usize = header(&headers, "content-length").map_or(0, |v| v.parse().unwrap());
+        b.requests.lock().unwrap().push(headers);
+        let mut buf = vec![0u8; 65536];
+        while body.len() < len {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            body.extend_from_slice(&buf[..n]);
+        }
+        let sum: u64 = body.iter().map(|&b| b as u64).sum();
+        let answer = format!("{} bytes, sum {sum}", body.len());
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\nX-App: yes\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
+        // Keep the connection open: ringway must end the exchange by itself
+        // at the end of the declared body.
+        thread::sleep(std::time::Duration::from_secs(3));
+    });
+    let proxy = proxy_for(&backend);
+    let body = payload(8 << 20, 7);
+    let sum: u64 = body.iter().map(|&b| b as u64).sum();
+    let mut req = format!(
+        "POST /upload HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let started = std::time::Instant::now();
+    let resp = raw_exchange(proxy.addr, &req);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "waited for the backend to close"
+    );
+    let text = String::from_utf8(resp).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    assert!(!text.contains("keep-alive"), "{text}");
+    assert!(text.contains("\r\nX-App: yes\r\n"));
+    assert!(
+        text.ends_with(&format!("{} bytes, sum {sum}", body.len())),
+        "{text}"
+    );
+    let seen = &backend.wait_requests(1)[0];
+    assert_eq!(header(seen, "connection"), Some("close"));
+    assert_eq!(header(seen, "upgrade"), None);
+    proxy.wait_log("request client=", PATIENCE).unwrap();
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn a_backend_refusing_the_upgrade_is_answered_as_is() {
+    let backend = Backend::spawn(|mut s, _| {
+        let _ = read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nnot for you!!\n");
+        thread::sleep(std::time::Duration::from_millis(500));
+    });
+    let proxy = proxy_for(&backend);
+    let resp = raw_exchange(proxy.addr, upgrade_head("/ws", "").as_bytes());
+    assert_eq!(status_of(&resp), 403);
+    let text = String::from_utf8(resp).unwrap();
+    assert!(text.ends_with("\r\n\r\nnot for you!!\n"), "{text}");
+    proxy.assert_fds_at_baseline();
+}

@@ -66,7 +66,7 @@ pub struct DemoArgs {
     /// Address the demo proxy listens on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Worker threads (default: the cores this process may run on).
+    /// Worker threads (default: the cores this process may run on, at most 2).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::http::request::{self, ClientInfo, HandshakeError, Kind, Prepared};
+use crate::http::request::{self, ClientInfo, Kind, Prepared};
 use crate::http::response::{self, Answer, BodyLen};
 use crate::http::status::Status;
 use crate::sweep::{Expiry, Phase, Tracked};
@@ -106,7 +106,7 @@ impl std::fmt::Display for Closer {
             Closer::ClientError(k) => write!(f, "client error: {k}"),
             Closer::BackendError(k) => write!(f, "backend error: {k}"),
             Closer::Expired(Expiry::Idle) => f.write_str("idle timeout"),
-            Closer::Expired(Expiry::Drain) => f.write_str("drain timeout at shutdown"),
+            Closer::Expired(Expiry::Drain) => f.write_str("closed at shutdown"),
             Closer::Expired(e) => write!(f, "{e:?} timeout"),
         }
     }
@@ -145,7 +145,7 @@ impl<'a> Conn<'a> {
         let target = Some(req.target.clone());
         let (backend, name) = match self.connect_any().await {
             Ok(b) => b,
-            Err((status, why)) => return self.refuse(status, target, None, why).await,
+            Err((status, backend, why)) => return self.refuse(status, target, backend, why).await,
         };
         self.track.set_phase(Phase::Answer);
         if let Err(e) = write_all(&backend.stream, &req.upstream, self.track).await {
@@ -160,8 +160,9 @@ impl<'a> Conn<'a> {
             head_method,
             upstream,
         } = req;
+        let sent = upstream.len() as u64;
         drop(upstream);
-        self.exchange(&backend.stream, kind, head_method, target, name)
+        self.exchange(&backend.stream, kind, head_method, target, name, sent)
             .await
     }
 
@@ -176,23 +177,27 @@ impl<'a> Conn<'a> {
         let mut head: Vec<u8> = Vec::new();
         loop {
             let step = read_some(self.client, &self.core.scratch, |bytes| {
-                if head.is_empty() {
-                    let parsed = request::prepare(bytes, max, &info);
-                    if let Ok(None) = parsed {
-                        head.extend_from_slice(bytes);
-                    }
-                    parsed
+                let buf = if head.is_empty() {
+                    bytes
                 } else {
                     head.extend_from_slice(bytes);
-                    request::prepare(&head, max, &info)
+                    &head
+                };
+                let parsed = request::prepare(buf, max, &info)
+                    .map_err(|e| (e, request::target_for_log(buf)));
+                if matches!(parsed, Ok(None)) && head.is_empty() {
+                    head.extend_from_slice(bytes);
                 }
+                parsed
             })
             .await;
             let expired = self.track.expired();
             match step {
                 Ok(Some(Ok(Some(req)))) => return Ok(req),
                 Ok(Some(Ok(None))) => continue,
-                Ok(Some(Err(e))) => return Err(self.reject(e).await),
+                Ok(Some(Err((e, target)))) => {
+                    return Err(self.refuse(e.status(), target, None, e.to_string()).await)
+                }
                 _ if expired == Some(Expiry::Handshake) => {
                     let why = "no complete request head within --handshake-timeout".to_string();
                     return Err(self.refuse(Status::RequestTimeout, None, None, why).await);
@@ -204,46 +209,43 @@ impl<'a> Conn<'a> {
         }
     }
 
-    async fn reject(&self, e: HandshakeError) -> Outcome {
-        self.refuse(e.status(), None, None, e.to_string()).await
-    }
-
     /// Try the backends in the balancer's order; the first that accepts wins.
-    async fn connect_any(&self) -> Result<(Backend<'a>, usize), (Status, String)> {
+    async fn connect_any(&self) -> Result<(Backend<'a>, usize), (Status, Option<usize>, String)> {
         let core: &'a Core = self.core;
-        let mut last = None;
+        let mut last: Option<(Status, usize, String)> = None;
         for i in core.balancer.plan(Instant::now()) {
             let b = &core.config.backends[i];
+            if let Some((_, failed, why)) = &last {
+                let failed = &core.config.backends[*failed].name;
+                log::info!("client={} {failed}: {why}; trying {}", self.peer, b.name);
+            }
             let failure = match self.connect(b.addr).await {
                 Ok(stream) => return Ok((stream, i)),
                 Err(_) if self.track.expired() == Some(Expiry::Drain) => {
-                    return Err((Status::ServiceUnavailable, "shutting down".into()))
+                    return Err((Status::ServiceUnavailable, Some(i), "shutting down".into()));
                 }
                 Err(ConnectError::Timeout) => (
                     Status::GatewayTimeout,
-                    format!("connect to {} ({}) timed out", b.name, b.addr),
+                    i,
+                    format!("connect to {} timed out", b.addr),
                 ),
                 Err(ConnectError::Failed(e)) => (
                     Status::BadGateway,
-                    format!("connect to {} ({}) failed: {e}", b.name, b.addr),
+                    i,
+                    format!("connect to {} failed: {e}", b.addr),
                 ),
             };
             core.balancer.mark_failed(i, Instant::now());
-            if core.config.backends.len() > 1 {
-                log::info!(
-                    "client={} {}; trying the next backend",
-                    self.peer,
-                    failure.1
-                );
-            }
             last = Some(failure);
         }
-        Err(last.unwrap_or_else(|| {
-            (
+        Err(match last {
+            Some((status, i, why)) => (status, Some(i), why),
+            None => (
                 Status::ServiceUnavailable,
+                None,
                 "no backend available: every one failed within --fail-timeout".into(),
-            )
-        }))
+            ),
+        })
     }
 
     /// A non-blocking connect whose socket the sweep can shut down on timeout.
@@ -307,8 +309,10 @@ impl<'a> Conn<'a> {
         head_method: bool,
         target: Box<str>,
         name: usize,
+        sent: u64,
     ) -> Outcome {
         let flow = Flow::default();
+        flow.up.set(sent);
         let scratch = &self.core.scratch;
         let client = self.client;
         let track = self.track;

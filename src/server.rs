@@ -77,7 +77,10 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     let mut addrs = Vec::new();
     for &addr in &config.listen {
         let (group, bound) = listener::bind_group(addr, n, config.backlog)?;
-        let steering = if cores.is_empty() {
+        // Steering maps a CPU to one socket: with more workers than cores,
+        // the extra workers would never get a connection, so leave it to
+        // the kernel's hash then.
+        let steering = if cores.is_empty() || n > cores.len() {
             Steering::None
         } else {
             let cpus: Vec<usize> = (0..n).map(|i| cores[i % cores.len()].id).collect();

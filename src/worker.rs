@@ -177,7 +177,12 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     }
     let open = sweeper.len();
     if open > 0 {
-        log::info!("worker {id}: closing {open} connection(s) still open at the drain deadline");
+        let why = if shutdown.is_forced() {
+            "on a second signal"
+        } else {
+            "at the drain deadline"
+        };
+        log::info!("worker {id}: closing {open} connection(s) still open {why}");
         sweeper.expire_all(Expiry::Drain);
         let grace = Instant::now() + FORCED_CLOSE_GRACE;
         while !sweeper.is_empty() && Instant::now() < grace {

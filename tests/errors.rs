@@ -55,6 +55,8 @@ fn handshake_errors_400_426_431() {
         upgrade_head("/ws", "").replace("GET", "POST").as_bytes(),
         400,
     );
+    let line = proxy.wait_log("route=/ws backend=- status=400", PATIENCE);
+    assert!(line.is_some(), "the route is named: {:#?}", proxy.logs());
     let resp = expect(
         &proxy,
         upgrade_head("/ws", "")
@@ -111,9 +113,12 @@ fn handshake_timeout_is_408_and_a_vanishing_client_costs_nothing() {
 fn backend_refused_is_502_then_503_when_all_are_marked_failed() {
     let one = dead_port();
     let proxy = Proxy::start(&["--upstream", &one.to_string()]);
-    let line_before = proxy.count_logs("status=502");
     expect(&proxy, upgrade_head("/ws", "").as_bytes(), 502);
-    assert!(proxy.count_logs("status=502") > line_before);
+    let line = proxy.wait_log("status=502", PATIENCE).unwrap();
+    assert!(
+        line.contains(&format!("route=/ws backend={one} ")),
+        "{line}"
+    );
     // A lone backend is never marked failed: 502 again, not 503.
     expect(&proxy, upgrade_head("/ws", "").as_bytes(), 502);
     proxy.assert_fds_at_baseline();
@@ -151,9 +156,11 @@ fn a_refused_backend_is_skipped_for_the_next_one() {
         assert_eq!(ws.read().unwrap(), tungstenite::Message::Text("hi".into()));
     }
     assert_eq!(*live.accepted.lock().unwrap(), 4);
-    assert!(proxy
-        .wait_log("trying the next backend", PATIENCE)
-        .is_some());
+    let line = proxy.wait_log("; trying ", PATIENCE).unwrap();
+    assert!(
+        line.contains(&format!("{dead}: connect to {dead} failed")),
+        "{line}"
+    );
 }
 
 #[test]

@@ -276,6 +276,16 @@ pub fn prepare(
     }))
 }
 
+/// The request target of a (possibly invalid or partial) head, for log lines:
+/// the second word of the first line, cut to [`TARGET_LOG_MAX`] bytes.
+pub fn target_for_log(buf: &[u8]) -> Option<Box<str>> {
+    let line = buf.split(|&b| b == b'\n').next()?;
+    let target = line.split(|&b| b == b' ').nth(1)?;
+    let target = &target[..target.len().min(TARGET_LOG_MAX)];
+    let text = String::from_utf8_lossy(target);
+    (!text.is_empty()).then(|| text.escape_debug().to_string().into_boxed_str())
+}
+
 /// A decimal Content-Length (digits only, as RFC 9110 8.6 requires).
 pub(crate) fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = trim(v);
@@ -516,6 +526,20 @@ X-Forwarded-Proto: http\r\n\r\n"
         assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAB=="));
         assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
         assert!(!is_websocket_key(b""));
+    }
+
+    #[test]
+    fn targets_for_logs() {
+        assert_eq!(
+            target_for_log(b"GET /a?b HTTP/1.1\r\n").as_deref(),
+            Some("/a?b")
+        );
+        assert_eq!(target_for_log(b"GET /partial").as_deref(), Some("/partial"));
+        assert_eq!(target_for_log(b"garbage").as_deref(), None);
+        assert_eq!(
+            target_for_log(b"GET /\x1b[31m HTTP/1.1").as_deref(),
+            Some("/\\u{1b}[31m")
+        );
     }
 
     #[test]

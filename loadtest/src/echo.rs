@@ -1,0 +1,138 @@
+//! A fast WebSocket echo backend for load runs, so that the backend is not
+//! what gets measured: one thread per core, SO_REUSEPORT listeners, each
+//! read's complete frames echoed in one write.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use ringway::ws;
+
+/// Largest frame echoed; bigger ones close the connection.
+const MAX_FRAME: u64 = 64 << 20;
+
+/// Bind `threads` listeners on `addr` and serve on as many threads (pinned
+/// to `pin` CPUs when given). Returns the bound address; threads run until
+/// the process ends.
+pub fn spawn(addr: SocketAddr, threads: usize, pin: &[usize]) -> Result<SocketAddr> {
+    let (group, bound) = ringway::listener::bind_group(addr, threads.max(1), 4096)
+        .with_context(|| format!("echo backend on {addr}"))?;
+    for (t, l) in group.into_iter().enumerate() {
+        let cpu = (!pin.is_empty()).then(|| pin[t % pin.len()]);
+        std::thread::Builder::new()
+            .name(format!("echo-{t}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return eprintln!("echo backend: {e}"),
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(l) {
+                        Ok(l) => l,
+                        Err(e) => return eprintln!("echo backend: {e}"),
+                    };
+                    while let Ok((s, _)) = listener.accept().await {
+                        monoio::spawn(async move {
+                            let _ = serve(s).await;
+                        });
+                    }
+                });
+            })?;
+    }
+    Ok(bound)
+}
+
+async fn serve(mut s: TcpStream) -> Result<()> {
+    s.set_nodelay(true)?;
+    let mut acc: Vec<u8> = Vec::new();
+    let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        chunk.clear();
+        let (res, c) = s.read(chunk).await;
+        chunk = c;
+        if res? == 0 {
+            return Ok(());
+        }
+        acc.extend_from_slice(&chunk);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&acc)? {
+            httparse::Status::Complete(n) => {
+                let key = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+                    .map(|h| h.value);
+                let Some(key) = key else {
+                    let (r, _) = s
+                        .write_all(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"[..])
+                        .await;
+                    r?;
+                    return Ok(());
+                };
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    ws::accept_key(key)
+                );
+                acc.drain(..n);
+                let (r, _) = s.write_all(answer.into_bytes()).await;
+                r?;
+                break;
+            }
+            httparse::Status::Partial if acc.len() < 64 * 1024 => continue,
+            httparse::Status::Partial => anyhow::bail!("request head too large"),
+        }
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let mut at = 0;
+        let mut closing = false;
+        while let Some(h) = ws::parse_header(&acc[at..]) {
+            if h.len > MAX_FRAME {
+                return Ok(());
+            }
+            let end = at + h.header_len + h.len as usize;
+            if acc.len() < end {
+                break;
+            }
+            let op = match h.opcode {
+                ws::OP_PING => ws::OP_PONG,
+                op => op,
+            };
+            if h.opcode != ws::OP_PONG {
+                ws::encode_header(&mut out, h.fin, op, h.len, None);
+                let start = out.len();
+                out.extend_from_slice(&acc[at + h.header_len..end]);
+                if let Some(m) = h.mask {
+                    ws::apply_mask(&mut out[start..], m, 0);
+                }
+            }
+            at = end;
+            if h.opcode == ws::OP_CLOSE {
+                closing = true;
+                break;
+            }
+        }
+        acc.drain(..at);
+        if !out.is_empty() {
+            let (r, o) = s.write_all(out).await;
+            out = o;
+            r?;
+            out.clear();
+        }
+        if closing {
+            return Ok(());
+        }
+        chunk.clear();
+        let (res, c) = s.read(chunk).await;
+        chunk = c;
+        if res? == 0 {
+            return Ok(());
+        }
+        acc.extend_from_slice(&chunk);
+    }
+}

@@ -1,0 +1,16 @@
+//! ringway-load: the tools that measure ringway against nginx.
+//!
+//! - [`scenario`]: the load scenarios (echo, bulk, connect, idle) on pinned
+//!   monoio threads, reported by [`report`] with CPU and memory of watched
+//!   processes from [`procstat`].
+//! - [`client`]: one connection's handshake and a header-only frame counter.
+//! - [`echo`]: the fast echo backend the runs are made against.
+//! - [`compare`]: starts backend, ringway and nginx, runs every scenario
+//!   against each, and prints and charts the ratios.
+
+pub mod client;
+pub mod compare;
+pub mod echo;
+pub mod procstat;
+pub mod report;
+pub mod scenario;

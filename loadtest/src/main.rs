@@ -1,0 +1,178 @@
+//! `ringway-load`: run one load scenario against a ws:// URL.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ringway::config::parse_duration;
+use ringway_load::client::Target;
+use ringway_load::scenario::{self, Common, EchoOpts, Load};
+
+#[derive(Parser)]
+#[command(
+    name = "ringway-load",
+    version,
+    about = "WebSocket load generator (ws://, loopback)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Fixed-size messages over N connections, closed loop (--inflight) or
+    /// open loop (--rate); throughput and round-trip latency.
+    Echo {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Connections.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Messages in flight per connection (closed loop).
+        #[arg(long, default_value_t = 1)]
+        inflight: usize,
+        /// Total messages per second on a fixed schedule (open loop; latency
+        /// from the intended send time). Overrides --inflight.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Text frames instead of binary.
+        #[arg(long)]
+        text: bool,
+    },
+    /// Large messages as fast as the echo allows; MB/s each way.
+    Bulk {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        #[arg(long, default_value_t = 2)]
+        inflight: usize,
+    },
+    /// Open, upgrade (101 and Sec-WebSocket-Accept checked), one echo, clean
+    /// close, again and again; handshakes/s and handshake latency.
+    Connect {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Connections in progress at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// Hold N idle connections for the duration, then ping every one;
+    /// RSS per held connection of each watched process.
+    Idle {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// ws://IP:PORT/path to load.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
+    url: String,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin generator threads to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pin: Vec<usize>,
+    /// Source addresses to connect from, round-robin (e.g. 127.0.0.2,127.0.0.3)
+    /// to get past one address's ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Measured time (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time before measuring starts.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Process whose CPU, RSS and descriptors to report (repeatable).
+    #[arg(long = "watch-pid")]
+    watch: Vec<u32>,
+    /// Write the JSON report here (else only the summary is printed).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    fn common(&self) -> Result<Common> {
+        Ok(Common {
+            target: Target::parse(&self.url)?,
+            threads: self.threads.max(1),
+            pin: self.pin.clone(),
+            source_ips: self.source_ips.clone(),
+            warmup: self.warmup,
+            duration: self.duration,
+            watch: self.watch.clone(),
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (args, report) = match &cli.scenario {
+        Scenario::Echo {
+            common,
+            connections,
+            size,
+            inflight,
+            rate,
+            text,
+        } => {
+            let load = match rate {
+                Some(rate) => Load::Open { rate: *rate },
+                None => Load::Closed {
+                    inflight: *inflight,
+                },
+            };
+            let opts = EchoOpts {
+                connections: *connections,
+                size: *size,
+                binary: !text,
+                load,
+            };
+            (common, scenario::echo(&common.common()?, &opts)?)
+        }
+        Scenario::Bulk {
+            common,
+            connections,
+            size,
+            inflight,
+        } => {
+            let opts = EchoOpts {
+                connections: *connections,
+                size: *size,
+                binary: true,
+                load: Load::Closed {
+                    inflight: *inflight,
+                },
+            };
+            (common, scenario::echo(&common.common()?, &opts)?)
+        }
+        Scenario::Connect {
+            common,
+            concurrency,
+        } => (common, scenario::connect(&common.common()?, *concurrency)?),
+        Scenario::Idle {
+            common,
+            connections,
+        } => (common, scenario::idle(&common.common()?, *connections)?),
+    };
+    report.print_summary();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

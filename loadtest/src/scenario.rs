@@ -1,0 +1,689 @@
+//! The four load scenarios. Each runs on `threads` pinned threads with a
+//! monoio runtime each, every connection's work split evenly among them, and
+//! measures only inside a common window that starts after a warm-up.
+//!
+//! Latency is measured from the *intended* send time: in open-loop mode a
+//! message that is sent late because the system is behind still counts from
+//! when it should have been sent, so a stall shows up in the percentiles
+//! instead of hiding (no coordinated omission).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use ringway::ws;
+
+use crate::client::{self, FrameCounter, Target};
+use crate::procstat::{self, Usage};
+use crate::report::{self, Latency, Report};
+
+/// Options every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub target: Target,
+    pub threads: usize,
+    /// CPUs to pin the threads to, in order (empty: no pinning).
+    pub pin: Vec<usize>,
+    /// Source addresses, used round-robin for new connections.
+    pub source_ips: Vec<IpAddr>,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub watch: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// Keep this many messages in flight per connection.
+    Closed { inflight: usize },
+    /// Send this many messages per second in total, on a fixed schedule.
+    Open { rate: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct EchoOpts {
+    pub connections: usize,
+    pub size: usize,
+    pub binary: bool,
+    pub load: Load,
+}
+
+/// What one thread measured.
+struct Tally {
+    sent: u64,
+    received: u64,
+    errors: Vec<String>,
+    error_count: u64,
+    hist: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            sent: 0,
+            received: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            hist: report::histogram(),
+        }
+    }
+
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.error_count += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(e.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.received += other.received;
+        self.error_count += other.error_count;
+        for e in other.errors {
+            if self.errors.len() < 5 {
+                self.errors.push(e);
+            }
+        }
+        let _ = self.hist.add(&other.hist);
+    }
+}
+
+/// The shared timeline of a run: set once every thread is connected.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t < self.end
+    }
+}
+
+/// Run `per_thread(thread, window)` on every thread. Each thread first runs
+/// `setup`, then waits until all threads are set up; the window starts after
+/// the warm-up from that moment. Samples watched pids at its edges.
+fn run_threads<S, F, SF, RF>(
+    common: &Common,
+    setup: SF,
+    work: RF,
+) -> Result<(Tally, Vec<Usage>, f64)>
+where
+    S: 'static,
+    SF: Fn(usize) -> Pin<Box<dyn Future<Output = Result<S>>>> + Send + Sync + 'static,
+    RF: Fn(usize, S, Window) -> F + Send + Sync + 'static,
+    F: Future<Output = Tally> + 'static,
+{
+    let n = common.threads.max(1);
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let window: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
+    let setup = Arc::new(setup);
+    let work = Arc::new(work);
+    let mut handles = Vec::new();
+    for t in 0..n {
+        let (barrier, window, setup, work) =
+            (barrier.clone(), window.clone(), setup.clone(), work.clone());
+        let cpu = (!common.pin.is_empty()).then(|| common.pin[t % common.pin.len()]);
+        handles.push(std::thread::spawn(move || -> Result<Tally> {
+            if let Some(cpu) = cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+            }
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()?;
+            rt.block_on(async move {
+                let state = setup(t).await;
+                // Every thread reaches the barriers, even one that failed, so
+                // that the others are not left waiting. The first says "set
+                // up"; between the two, the main thread publishes the window.
+                barrier.wait();
+                barrier.wait();
+                let state = state?;
+                let w = window
+                    .lock()
+                    .unwrap()
+                    .expect("window set after the barrier");
+                Ok(work(t, state, w).await)
+            })
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now() + common.warmup;
+    let w = Window {
+        start,
+        end: start + common.duration,
+    };
+    *window.lock().unwrap() = Some(w);
+    barrier.wait();
+    sleep_until(w.start);
+    let before = procstat::sample_all(&common.watch)?;
+    sleep_until(w.end);
+    let after = procstat::sample_all(&common.watch)?;
+    let usage = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| Usage::between(a, b))
+        .collect();
+    let mut total = Tally::new();
+    let mut failure = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(t)) => total.merge(t),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => bail!("a load thread panicked"),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e.context("setting up connections"));
+    }
+    Ok((total, usage, common.duration.as_secs_f64()))
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+/// Connections of thread `t` out of `total` split over `threads`.
+fn share(total: usize, threads: usize, t: usize) -> usize {
+    total / threads + usize::from(t < total % threads)
+}
+
+fn source(common: &Common, i: usize) -> Option<IpAddr> {
+    (!common.source_ips.is_empty()).then(|| common.source_ips[i % common.source_ips.len()])
+}
+
+/// Open `count` connections from thread `t`, 64 at a time.
+async fn open_many(common: &Common, t: usize, count: usize) -> Result<Vec<(TcpStream, Vec<u8>)>> {
+    let request = common.target.request();
+    let mut out = Vec::with_capacity(count);
+    let mut i = 0;
+    while i < count {
+        let batch = (count - i).min(64);
+        let mut pending = Vec::with_capacity(batch);
+        for k in 0..batch {
+            let src = source(common, t * 1_000_003 + i + k);
+            let (target, request) = (common.target.clone(), request.clone());
+            pending.push(monoio::spawn(async move {
+                client::connect(&target, &request, src).await
+            }));
+        }
+        for p in pending {
+            let (s, rest, _) = p.await?;
+            out.push((s, rest));
+        }
+        i += batch;
+    }
+    Ok(out)
+}
+
+/// Echo (and bulk): messages over `connections`, closed or open loop.
+pub fn echo(common: &Common, opts: &EchoOpts) -> Result<Report> {
+    let opcode = if opts.binary {
+        ws::OP_BINARY
+    } else {
+        ws::OP_TEXT
+    };
+    let frame = client::frame(opcode, opts.size);
+    let inflight = match opts.load {
+        Load::Closed { inflight } => inflight.max(1),
+        Load::Open { .. } => 1,
+    };
+    let burst = client::burst(&frame, inflight);
+    let (c1, c2) = (common.clone(), common.clone());
+    let (conns, threads, load) = (opts.connections, common.threads.max(1), opts.load);
+    let (total, usage, window_s) = run_threads(
+        common,
+        move |t| {
+            let c = c1.clone();
+            Box::pin(async move { open_many(&c, t, share(conns, threads, t)).await })
+        },
+        move |t, streams, w| {
+            let (frame, burst) = (frame.clone(), burst.clone());
+            let per_conn_rate = match load {
+                Load::Open { rate } => Some(rate / conns.max(1) as f64),
+                Load::Closed { .. } => None,
+            };
+            let _ = (&c2, t);
+            async move {
+                let tally = Rc::new(RefCell::new(Tally::new()));
+                let mut tasks = Vec::new();
+                for (i, (s, rest)) in streams.into_iter().enumerate() {
+                    let (tally, frame, burst) = (tally.clone(), frame.clone(), burst.clone());
+                    // Spread open-loop schedules so connections do not send in lockstep.
+                    let phase = per_conn_rate
+                        .map(|r| Duration::from_secs_f64((i as f64 / conns as f64) / r));
+                    tasks.push(monoio::spawn(echo_conn(
+                        s,
+                        rest,
+                        frame,
+                        burst,
+                        inflight,
+                        per_conn_rate,
+                        phase,
+                        w,
+                        tally,
+                    )));
+                }
+                for task in tasks {
+                    task.await;
+                }
+                Rc::try_unwrap(tally).ok().expect("tasks done").into_inner()
+            }
+        },
+    )?;
+    let bytes = total.received as f64 * opts.size as f64;
+    Ok(finish(
+        if opts.size >= 64 * 1024 {
+            "bulk"
+        } else {
+            "echo"
+        },
+        common,
+        opts.connections as u64,
+        total,
+        usage,
+        window_s,
+        bytes,
+        |received, mb| if opts.size >= 64 * 1024 { mb } else { received },
+    ))
+}
+
+/// Build the report; `units(received, mb)` is what CPU is divided by.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    scenario: &'static str,
+    common: &Common,
+    connections: u64,
+    total: Tally,
+    usage: Vec<Usage>,
+    window_s: f64,
+    payload_bytes: f64,
+    units: impl Fn(f64, f64) -> f64,
+) -> Report {
+    let mb = payload_bytes / 1e6;
+    let work = units(total.received as f64, mb);
+    let cpu_us_per_unit = usage
+        .iter()
+        .map(|u| {
+            if work > 0.0 {
+                u.cpu_s * 1e6 / work
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Report {
+        scenario,
+        target: format!("ws://{}{}", common.target.host, common.target.path),
+        window_s,
+        connections,
+        sent: total.sent,
+        received: total.received,
+        errors: total.error_count,
+        error_samples: total.errors,
+        per_sec: total.received as f64 / window_s,
+        mb_per_sec: mb / window_s,
+        latency: Latency::from_histogram(&total.hist),
+        usage,
+        cpu_us_per_unit,
+        rss_kib_per_conn: Vec::new(),
+    }
+}
+
+/// A count of echoes the writer may send, with a waker: the reader hands
+/// credits to the writer of the same connection (same thread).
+#[derive(Default)]
+struct Credits {
+    n: Cell<usize>,
+    closed: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Credits {
+    fn give(&self, n: usize) {
+        self.n.set(self.n.get() + n);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.give(0);
+    }
+
+    /// Wait for credits; 0 means the reader is gone.
+    fn take(&self) -> impl Future<Output = usize> + '_ {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            let n = self.n.replace(0);
+            if n > 0 || self.closed.get() {
+                return Poll::Ready(n);
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn echo_conn(
+    stream: TcpStream,
+    early: Vec<u8>,
+    frame: Bytes,
+    burst: Bytes,
+    inflight: usize,
+    rate: Option<f64>,
+    phase: Option<Duration>,
+    w: Window,
+    tally: Rc<RefCell<Tally>>,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    // Intended send times of the messages in flight, oldest first.
+    let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
+    let credits = Rc::new(Credits::default());
+    let writer = {
+        let (sent_at, credits, tally) = (sent_at.clone(), credits.clone(), tally.clone());
+        async move {
+            let len = frame.len();
+            if let Some(rate) = rate {
+                let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
+                let mut next = Instant::now() + phase.unwrap_or_default();
+                while next < w.end {
+                    if next > Instant::now() {
+                        monoio::time::sleep_until(next.into()).await;
+                    }
+                    sent_at.borrow_mut().push_back(next);
+                    let (r, _) = wr.write_all(frame.clone()).await;
+                    if let Err(e) = r {
+                        tally.borrow_mut().error(format!("send: {e}"));
+                        return;
+                    }
+                    tally.borrow_mut().sent += 1;
+                    next += interval;
+                }
+                return;
+            }
+            let mut n = inflight;
+            loop {
+                let now = Instant::now();
+                if now >= w.end {
+                    return;
+                }
+                for _ in 0..n {
+                    sent_at.borrow_mut().push_back(now);
+                }
+                let (r, _) = wr.write_all(burst.slice(..n * len)).await;
+                if let Err(e) = r {
+                    tally.borrow_mut().error(format!("send: {e}"));
+                    return;
+                }
+                tally.borrow_mut().sent += n as u64;
+                n = credits.take().await;
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+    };
+    let reader = async {
+        let mut counter = FrameCounter::default();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let grace = w.end + Duration::from_secs(5);
+        let mut on_data = |data: &[u8]| {
+            let mut done = 0;
+            let now = Instant::now();
+            counter.feed(data, |_| {
+                done += 1;
+                if let Some(t0) = sent_at.borrow_mut().pop_front() {
+                    if w.contains(now) {
+                        let mut t = tally.borrow_mut();
+                        t.received += 1;
+                        let _ = t.hist.record((now - t0).as_nanos().max(1000) as u64);
+                    }
+                }
+            });
+            done
+        };
+        let mut got = on_data(&early);
+        loop {
+            if got > 0 {
+                credits.give(got);
+            }
+            if Instant::now() >= w.end && sent_at.borrow().is_empty() {
+                break;
+            }
+            let left = grace.saturating_duration_since(Instant::now());
+            buf.clear();
+            // A timeout around a read is fine here: this is the load
+            // generator, and bytes lost after the deadline are not counted.
+            let (res, b) = match monoio::time::timeout(left, rd.read(buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tally
+                        .borrow_mut()
+                        .error("echoes missing at the end of the run");
+                    break;
+                }
+            };
+            buf = b;
+            match res {
+                Ok(0) => {
+                    if !sent_at.borrow().is_empty() {
+                        tally
+                            .borrow_mut()
+                            .error("connection closed with echoes missing");
+                    }
+                    break;
+                }
+                Ok(_) => got = on_data(&buf),
+                Err(e) => {
+                    tally.borrow_mut().error(format!("receive: {e}"));
+                    break;
+                }
+            }
+        }
+        credits.close();
+    };
+    monoio::join!(writer, reader);
+}
+
+/// Connect: open, upgrade, one echo, clean close; `concurrency` at a time.
+pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
+    let c = common.clone();
+    let threads = common.threads.max(1);
+    let (total, usage, window_s) = run_threads(
+        common,
+        |_| Box::pin(async { Ok(()) }),
+        move |t, (), w| {
+            let c = c.clone();
+            async move {
+                let tally = Rc::new(RefCell::new(Tally::new()));
+                let request = c.target.request();
+                let ping = client::frame_with(ws::OP_TEXT, b"hello");
+                let close = client::frame_with(ws::OP_CLOSE, &1000u16.to_be_bytes());
+                let mut tasks = Vec::new();
+                for k in 0..share(concurrency, threads, t) {
+                    let (c, tally, request, ping, close) = (
+                        c.clone(),
+                        tally.clone(),
+                        request.clone(),
+                        ping.clone(),
+                        close.clone(),
+                    );
+                    tasks.push(monoio::spawn(async move {
+                        let mut i = k;
+                        while Instant::now() < w.end {
+                            let src = source(&c, t * 1_000_003 + i);
+                            i += concurrency;
+                            match one_exchange(&c.target, &request, src, &ping, &close).await {
+                                Ok(took) => {
+                                    let mut tl = tally.borrow_mut();
+                                    tl.sent += 1;
+                                    if w.contains(Instant::now()) {
+                                        tl.received += 1;
+                                        let _ = tl.hist.record(took.as_nanos().max(1000) as u64);
+                                    }
+                                }
+                                Err(e) => {
+                                    tally.borrow_mut().error(format!("{e:#}"));
+                                    monoio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            }
+                        }
+                    }));
+                }
+                for task in tasks {
+                    task.await;
+                }
+                Rc::try_unwrap(tally).ok().expect("tasks done").into_inner()
+            }
+        },
+    )?;
+    Ok(finish(
+        "connect",
+        common,
+        concurrency as u64,
+        total,
+        usage,
+        window_s,
+        0.0,
+        |r, _| r,
+    ))
+}
+
+/// One connect scenario cycle; returns the handshake time.
+async fn one_exchange(
+    target: &Target,
+    request: &Bytes,
+    src: Option<IpAddr>,
+    ping: &Bytes,
+    close: &Bytes,
+) -> Result<Duration> {
+    let (mut stream, early, took) = client::connect(target, request, src).await?;
+    let mut counter = FrameCounter::default();
+    let mut seen = Vec::new();
+    counter.feed(&early, |op| seen.push(op));
+    let (r, _) = stream.write_all(ping.clone()).await;
+    r?;
+    let (r, _) = stream.write_all(close.clone()).await;
+    r?;
+    let mut buf = Vec::with_capacity(256);
+    let deadline = Duration::from_secs(10);
+    while !seen.contains(&ws::OP_CLOSE) {
+        buf.clear();
+        let (res, b) = monoio::time::timeout(deadline, stream.read(buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("no echo/close within 10s"))?;
+        buf = b;
+        if res? == 0 {
+            bail!("closed before the close frame came back");
+        }
+        counter.feed(&buf, |op| seen.push(op));
+    }
+    if seen.first() != Some(&ws::OP_TEXT) {
+        bail!("expected the echo before the close, got opcodes {seen:?}");
+    }
+    Ok(took)
+}
+
+/// Idle: hold `connections` open for the window, then ping every one.
+pub fn idle(common: &Common, connections: usize) -> Result<Report> {
+    let c = common.clone();
+    let threads = common.threads.max(1);
+    let before = procstat::sample_all(&common.watch)?;
+    let (total, usage, window_s) = run_threads(
+        common,
+        move |t| {
+            let c = c.clone();
+            Box::pin(async move { open_many(&c, t, share(connections, threads, t)).await })
+        },
+        move |_, streams, w| async move {
+            let mut tally = Tally::new();
+            tally.sent = streams.len() as u64;
+            // Hold: nothing pending on any connection.
+            monoio::time::sleep_until(w.end.into()).await;
+            let ping = client::frame_with(ws::OP_PING, b"alive?");
+            let mut tasks = Vec::new();
+            for (mut s, _) in streams {
+                let ping = ping.clone();
+                tasks.push(monoio::spawn(async move {
+                    let (r, _) = s.write_all(ping).await;
+                    r?;
+                    let mut counter = FrameCounter::default();
+                    let mut pong = false;
+                    let mut buf = Vec::with_capacity(64);
+                    while !pong {
+                        buf.clear();
+                        let (res, b) = monoio::time::timeout(Duration::from_secs(10), s.read(buf))
+                            .await
+                            .map_err(|_| anyhow::anyhow!("no pong within 10s"))?;
+                        buf = b;
+                        if res? == 0 {
+                            bail!("closed while idle");
+                        }
+                        counter.feed(&buf, |op| pong |= op == ws::OP_PONG);
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }));
+            }
+            for task in tasks {
+                match task.await {
+                    Ok(()) => tally.received += 1,
+                    Err(e) => tally.error(e),
+                }
+            }
+            tally
+        },
+    )?;
+    let mut r = finish(
+        "idle",
+        common,
+        connections as u64,
+        total,
+        usage,
+        window_s,
+        0.0,
+        |r, _| r,
+    );
+    // Memory per held connection: from before the connections were opened to
+    // the end of the hold.
+    r.rss_kib_per_conn = before
+        .iter()
+        .zip(&r.usage)
+        .map(|(b, u)| (u.rss_kib_after as f64 - b.rss_kib as f64) / connections.max(1) as f64)
+        .collect();
+    for (u, b) in r.usage.iter_mut().zip(&before) {
+        u.rss_kib_before = b.rss_kib;
+        u.fds_before = b.fds;
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up() {
+        for total in 0..20 {
+            for threads in 1..5 {
+                let sum: usize = (0..threads).map(|t| share(total, threads, t)).sum();
+                assert_eq!(sum, total);
+            }
+        }
+    }
+}

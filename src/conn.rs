@@ -9,17 +9,19 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::http::body::Framing;
 use crate::http::request::{self, ClientInfo, Kind, Prepared};
-use crate::http::response::{self, Answer, BodyLen};
+use crate::http::response::{self, Answer};
 use crate::http::status::Status;
 use crate::sweep::{Expiry, Phase, Tracked};
-use crate::sys::{self, Half};
-use crate::tunnel::{pump, read_some, write_all, PumpError, Scratch};
+use crate::sys::{self, Half, Xfer};
+use crate::tunnel::{pump, read_some, write_all, End, PumpError, Scratch};
 use crate::worker::Core;
 
 /// Most bytes discarded from a refused client before its socket closes.
@@ -154,16 +156,7 @@ impl<'a> Conn<'a> {
                 .refuse(Status::BadGateway, target, Some(name), why)
                 .await;
         }
-        let Prepared {
-            kind,
-            target,
-            head_method,
-            upstream,
-        } = req;
-        let sent = upstream.len() as u64;
-        drop(upstream);
-        self.exchange(&backend.stream, kind, head_method, target, name, sent)
-            .await
+        self.exchange(&backend.stream, req, name).await
     }
 
     /// Read until a whole request head is here, and validate it.
@@ -299,26 +292,72 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// The request is with the backend: move the client's further bytes up,
-    /// the backend's answer down, and then either tunnel (101 to an upgrade)
-    /// or stream the response to its end.
-    async fn exchange(
-        &self,
-        backend: &TcpStream,
-        kind: Kind,
-        head_method: bool,
-        target: Box<str>,
-        name: usize,
-        sent: u64,
-    ) -> Outcome {
+    /// The request is with the backend. Two directions run on this task:
+    ///
+    /// - up: a plain request's body (as framed, nothing after it); then,
+    ///   until the answer, a watch for a client that leaves (peeking, never
+    ///   reading what it sends); then, if the tunnel opened, the client's
+    ///   bytes, beginning with those held since its head.
+    /// - down: the backend's answer (interim heads passed on); a 101 to an
+    ///   upgrade opens the tunnel, anything else is streamed to its end and
+    ///   both sides closed.
+    async fn exchange(&self, backend: &TcpStream, req: Prepared, name: usize) -> Outcome {
+        let Prepared {
+            kind,
+            upstream,
+            early,
+            body,
+            target,
+            head_method,
+        } = req;
         let flow = Flow::default();
-        flow.up.set(sent);
+        flow.up.set(upstream.len() as u64);
+        drop(upstream);
+        let answered = Answered::default();
         let scratch = &self.core.scratch;
-        let client = self.client;
-        let track = self.track;
+        let (client, track) = (self.client, self.track);
         let up = async {
-            match pump(client, backend, scratch, track, None, &flow.up).await {
-                Ok(()) => {
+            let mut body = body;
+            match pump(client, backend, scratch, track, &mut body, &flow.up).await {
+                Ok(End::Complete) => {}
+                Ok(End::Eof) => {
+                    // Gone in the middle of its request body.
+                    flow.closed(Closer::Client);
+                    shutdown_both(client, backend);
+                    return;
+                }
+                Err(e) => {
+                    return flow.fail(
+                        e,
+                        Closer::ClientError,
+                        Closer::BackendError,
+                        client,
+                        backend,
+                    )
+                }
+            }
+            let ready = client.readable(false).await;
+            let gone = ready.is_err() || !matches!(sys::peek(client), Ok(Xfer::Done(_)));
+            if gone && answered.get().is_none() {
+                flow.closed(Closer::Client);
+                flow.client_gone.set(true);
+                sys::shutdown_raw(backend.as_raw_fd(), Half::Both);
+                return;
+            }
+            if !answered.wait().await {
+                return;
+            }
+            match pump(
+                client,
+                backend,
+                scratch,
+                track,
+                &mut Framing::UntilClose,
+                &flow.up,
+            )
+            .await
+            {
+                Ok(_) => {
                     flow.closed(Closer::Client);
                     sys::shutdown_raw(backend.as_raw_fd(), Half::Write);
                 }
@@ -334,37 +373,64 @@ impl<'a> Conn<'a> {
         let down = async {
             let fin = match self.read_answer(backend, kind, head_method, &flow).await {
                 Ok(fin) => fin,
-                Err((status, why)) => {
-                    let why = if self.track.expired() == Some(Expiry::Idle) {
-                        "no answer from the backend within --idle-timeout".to_string()
-                    } else {
-                        why
-                    };
-                    flow.refused.set(Some(status));
-                    let _ = write_all(client, &status.response(&why), track).await;
-                    flow.why.set(Some(why));
+                Err(e) => {
+                    answered.set(false);
+                    if let AnswerError::Refuse(status, why) = e {
+                        let why = match self.track.expired() {
+                            Some(Expiry::Idle) => {
+                                "no answer from the backend within --idle-timeout".to_string()
+                            }
+                            _ => why,
+                        };
+                        flow.refused.set(Some(status));
+                        let _ = write_all(client, &status.response(&why), track).await;
+                        flow.why.set(Some(why));
+                    }
                     shutdown_both(client, backend);
                     return;
                 }
             };
             flow.status.set(fin.status);
-            if let Err(e) = write_all(client, &fin.client, track).await {
-                flow.fail(
+            flow.upgraded.set(fin.upgraded);
+            track.set_phase(Phase::Active);
+            let written = write_all(client, &fin.client, track).await;
+            flow.down.set(flow.down.get() + fin.client.len() as u64);
+            if let Err(e) = written {
+                answered.set(false);
+                return flow.fail(
                     PumpError::Write(e),
                     Closer::BackendError,
                     Closer::ClientError,
                     backend,
                     client,
                 );
-                return;
             }
-            flow.down.set(flow.down.get() + fin.client.len() as u64);
             drop(fin.client);
-            track.set_phase(Phase::Active);
             if fin.upgraded {
-                flow.upgraded.set(true);
-                match pump(backend, client, scratch, track, None, &flow.down).await {
-                    Ok(()) => {
+                if let Err(e) = write_all(backend, &early, track).await {
+                    answered.set(false);
+                    return flow.fail(
+                        PumpError::Write(e),
+                        Closer::ClientError,
+                        Closer::BackendError,
+                        client,
+                        backend,
+                    );
+                }
+                flow.up.set(flow.up.get() + early.len() as u64);
+                drop(early);
+                answered.set(true);
+                match pump(
+                    backend,
+                    client,
+                    scratch,
+                    track,
+                    &mut Framing::UntilClose,
+                    &flow.down,
+                )
+                .await
+                {
+                    Ok(_) => {
                         flow.closed(Closer::Backend);
                         sys::shutdown_raw(client.as_raw_fd(), Half::Write);
                     }
@@ -378,13 +444,14 @@ impl<'a> Conn<'a> {
                 }
                 return;
             }
-            let limit = match fin.remaining {
-                BodyLen::Empty => Some(0),
-                BodyLen::Exact(n) => Some(n),
-                BodyLen::UntilClose => None,
-            };
-            match pump(backend, client, scratch, track, limit, &flow.down).await {
-                Ok(()) => flow.closed(Closer::Complete),
+            answered.set(false);
+            let mut rest = fin.remaining;
+            let open_ended = rest == Framing::UntilClose;
+            match pump(backend, client, scratch, track, &mut rest, &flow.down).await {
+                Ok(End::Complete) => flow.closed(Closer::Complete),
+                Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
+                // Closed before the end of its declared body.
+                Ok(End::Eof) => flow.closed(Closer::Backend),
                 Err(e) => flow.fail(
                     e,
                     Closer::BackendError,
@@ -409,7 +476,12 @@ impl<'a> Conn<'a> {
         Outcome::Done(Summary {
             target,
             backend: name,
-            status: flow.status.get(),
+            // nginx's 499: the client closed before the answer.
+            status: if flow.client_gone.get() {
+                499
+            } else {
+                flow.status.get()
+            },
             upgraded: flow.upgraded.get(),
             up: flow.up.get(),
             down: flow.down.get(),
@@ -427,27 +499,32 @@ impl<'a> Conn<'a> {
         kind: Kind,
         head_method: bool,
         flow: &Flow,
-    ) -> Result<response::Final, (Status, String)> {
+    ) -> Result<response::Final, AnswerError> {
         let max = self.core.config.max_header_bytes;
         let upgrade = kind == Kind::Upgrade;
         let mut head: Vec<u8> = Vec::new();
+        let mut interim = 0;
         loop {
-            match read_some(backend, &self.core.scratch, |b| head.extend_from_slice(b)).await {
+            let read = read_some(backend, &self.core.scratch, |b| head.extend_from_slice(b)).await;
+            if flow.client_gone.get() {
+                return Err(AnswerError::ClientGone);
+            }
+            match read {
                 Ok(Some(())) => self.track.touch(),
-                Ok(None) if flow.closer.get().is_some() => {
-                    return Err((Status::BadGateway, "the client went away".into()))
-                }
                 Ok(None) if self.track.expired().is_some() => {
-                    return Err((Status::GatewayTimeout, "no answer in time".into()))
+                    return Err(AnswerError::Refuse(
+                        Status::GatewayTimeout,
+                        "no answer in time".into(),
+                    ))
                 }
                 Ok(None) => {
-                    return Err((
+                    return Err(AnswerError::Refuse(
                         Status::BadGateway,
                         "the backend closed without answering".into(),
                     ))
                 }
                 Err(e) => {
-                    return Err((
+                    return Err(AnswerError::Refuse(
                         Status::BadGateway,
                         format!("reading the answer failed: {e}"),
                     ))
@@ -458,15 +535,68 @@ impl<'a> Conn<'a> {
                     Ok(None) => break,
                     Ok(Some(Answer::Final(fin))) => return Ok(fin),
                     Ok(Some(Answer::Interim { len })) => {
-                        if let Err(e) = write_all(self.client, &head[..len], self.track).await {
-                            return Err((Status::BadGateway, format!("client: {e}")));
+                        interim += 1;
+                        if interim > MAX_INTERIM {
+                            return Err(AnswerError::Refuse(
+                                Status::BadGateway,
+                                format!("more than {MAX_INTERIM} interim (1xx) answers"),
+                            ));
                         }
+                        if write_all(self.client, &head[..len], self.track)
+                            .await
+                            .is_err()
+                        {
+                            return Err(AnswerError::ClientGone);
+                        }
+                        flow.down.set(flow.down.get() + len as u64);
                         head.drain(..len);
                     }
-                    Err(e) => return Err((Status::BadGateway, e.to_string())),
+                    Err(e) => return Err(AnswerError::Refuse(Status::BadGateway, e.to_string())),
                 }
             }
         }
+    }
+}
+
+/// Most interim (1xx) answers passed on before the final one.
+const MAX_INTERIM: usize = 16;
+
+/// Why no final answer reaches the client.
+enum AnswerError {
+    /// ringway answers this itself.
+    Refuse(Status, String),
+    /// The client left first: nobody to answer.
+    ClientGone,
+}
+
+/// Down tells up whether the tunnel opened, once the answer is known.
+#[derive(Default)]
+struct Answered {
+    state: Cell<Option<bool>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Answered {
+    fn set(&self, upgraded: bool) {
+        self.state.set(Some(upgraded));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn get(&self) -> Option<bool> {
+        self.state.get()
+    }
+
+    /// Wait for the answer: `true` if the tunnel opened.
+    fn wait(&self) -> impl std::future::Future<Output = bool> + '_ {
+        std::future::poll_fn(move |cx| match self.state.get() {
+            Some(upgraded) => Poll::Ready(upgraded),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -481,6 +611,8 @@ struct Flow {
     closer: Cell<Option<Closer>>,
     /// Set when ringway answered an error itself instead of the backend.
     refused: Cell<Option<Status>>,
+    /// The client left before the answer came.
+    client_gone: Cell<bool>,
     why: Cell<Option<String>>,
 }
 

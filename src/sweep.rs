@@ -193,9 +193,15 @@ impl Tracked {
         self.slot.stamp.set(self.sweeper.now.get());
     }
 
+    /// Enter a phase, with a fresh deadline. An expiry belongs to the phase
+    /// it fired in (a timed-out connect must not doom the next backend's, nor
+    /// the linger after the 504), so it is cleared; only a drain is final.
     pub fn set_phase(&self, phase: Phase) {
         self.slot.phase.set(phase);
         self.slot.stamp.set(self.sweeper.refresh());
+        if self.slot.expired.get() != Some(Expiry::Drain) {
+            self.slot.expired.set(None);
+        }
     }
 
     /// Record the backend socket so that the sweep can shut it down too.
@@ -244,7 +250,13 @@ mod tests {
         sw.tick();
         assert_eq!(a.expired(), Some(Expiry::Handshake));
         assert_eq!(b.expired(), None);
+        // A new phase starts with a clean slate...
+        a.set_phase(Phase::Linger);
+        assert_eq!(a.expired(), None);
         sw.expire_all(Expiry::Drain);
+        assert_eq!(b.expired(), Some(Expiry::Drain));
+        // ...but a drain is final.
+        b.set_phase(Phase::Linger);
         assert_eq!(b.expired(), Some(Expiry::Drain));
         drop(a);
         assert_eq!(sw.len(), 1);

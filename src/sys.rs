@@ -51,6 +51,24 @@ pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Xfer> {
     xfer(ret)
 }
 
+/// Look at (without taking) the next byte: `Eof` if the peer has closed,
+/// `Done(1)` if data is waiting. Lets a connection notice a client that
+/// leaves while bytes it sent must stay unread.
+pub fn peek(fd: &impl AsRawFd) -> io::Result<Xfer> {
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a live local the kernel writes at most 1 byte into;
+    // `fd` is borrowed from its owner for the call.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    xfer(ret)
+}
+
 /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: never blocks, never raises
 /// SIGPIPE; a peer that is gone shows up as `EPIPE`/`ECONNRESET`.
 pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<Xfer> {
@@ -219,6 +237,11 @@ mod tests {
         assert_eq!(got, Xfer::Done(5));
         assert_eq!(&buf[..5], b"hello");
         assert_eq!(send(&b, b"yo").unwrap(), Xfer::Done(2));
+        a.write_all(b"z").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(peek(&b).unwrap(), Xfer::Done(1));
+        assert_eq!(peek(&b).unwrap(), Xfer::Done(1), "peeking takes nothing");
+        assert_eq!(recv(&b, &mut buf).unwrap(), Xfer::Done(1));
         shutdown_raw(a.as_raw_fd(), Half::Write);
         let mut eof = Xfer::WouldBlock;
         for _ in 0..100 {

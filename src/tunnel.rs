@@ -16,6 +16,7 @@ use std::io;
 
 use monoio::net::TcpStream;
 
+use crate::http::body::Framing;
 use crate::sweep::Tracked;
 use crate::sys::{self, Xfer};
 
@@ -30,6 +31,15 @@ impl Scratch {
     pub fn new(size: usize) -> Scratch {
         Scratch(RefCell::new(vec![0; size].into_boxed_slice()))
     }
+}
+
+/// How a pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The source closed its write side.
+    Eof,
+    /// The framed body is complete.
+    Complete,
 }
 
 /// A pump's failure, by the side it happened on.
@@ -74,36 +84,37 @@ pub async fn write_all(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::
     Ok(())
 }
 
-/// Copy from `src` to `dst` until `src` reaches EOF or, with a `limit`, that
-/// many bytes have moved. Counts the bytes in `moved`. Does not shut anything
-/// down: the caller decides what an end means.
+/// Copy from `src` to `dst` until `src` reaches EOF or `framing` says the
+/// body is complete (nothing past its end is read). Counts the bytes in
+/// `moved`. Does not shut anything down: the caller decides what an end means.
 pub async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     scratch: &Scratch,
     track: &Tracked,
-    limit: Option<u64>,
+    framing: &mut Framing,
     moved: &Cell<u64>,
-) -> Result<(), PumpError> {
-    let mut left = limit.unwrap_or(u64::MAX);
-    while left > 0 {
+) -> Result<End, PumpError> {
+    while !framing.is_done() {
         src.readable(false).await.map_err(PumpError::Read)?;
         for _ in 0..BUDGET {
             let (n, cap, unsent) = {
                 let mut buf = scratch.0.borrow_mut();
-                let cap = left.min(buf.len() as u64) as usize;
+                let cap = framing.cap(buf.len());
                 let n = match sys::recv(src, &mut buf[..cap]).map_err(PumpError::Read)? {
                     Xfer::WouldBlock => break,
-                    Xfer::Eof => return Ok(()),
+                    Xfer::Eof => return Ok(End::Eof),
                     Xfer::Done(n) => n,
                 };
                 track.touch();
-                moved.set(moved.get() + n as u64);
-                left -= n as u64;
-                let unsent = match sys::send(dst, &buf[..n]).map_err(PumpError::Write)? {
-                    Xfer::Done(m) if m == n => None,
-                    Xfer::Done(m) => Some(buf[m..n].to_vec()),
-                    Xfer::WouldBlock | Xfer::Eof => Some(buf[..n].to_vec()),
+                let used = framing
+                    .take(&buf[..n])
+                    .map_err(|e| PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                moved.set(moved.get() + used as u64);
+                let unsent = match sys::send(dst, &buf[..used]).map_err(PumpError::Write)? {
+                    Xfer::Done(m) if m == used => None,
+                    Xfer::Done(m) => Some(buf[m..used].to_vec()),
+                    Xfer::WouldBlock | Xfer::Eof => Some(buf[..used].to_vec()),
                 };
                 (n, cap, unsent)
             };
@@ -114,12 +125,12 @@ pub async fn pump(
                     .await
                     .map_err(PumpError::Write)?;
             }
-            if n < cap || left == 0 {
+            if n < cap || framing.is_done() {
                 // A short read almost always means the socket is drained:
                 // wait for readiness rather than pay for an EAGAIN.
                 break;
             }
         }
     }
-    Ok(())
+    Ok(End::Complete)
 }

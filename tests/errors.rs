@@ -215,3 +215,77 @@ fn connect_timeout_and_answer_timeout_are_504() {
     expect(&proxy, upgrade_head("/ws", "").as_bytes(), 504);
     proxy.assert_fds_at_baseline();
 }
+
+#[test]
+fn a_connect_timeout_does_not_doom_the_next_backend() {
+    let (hole, _fillers, _listener) = blackhole();
+    let live = Backend::echo();
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &hole.to_string(),
+        "--upstream",
+        &live.addr.to_string(),
+        "--connect-timeout",
+        "300ms",
+        "--workers",
+        "1",
+    ]);
+    for _ in 0..3 {
+        let mut ws = ws_client(&proxy, "/ws");
+        ws.send(tungstenite::Message::Text("through".into()))
+            .unwrap();
+        assert_eq!(
+            ws.read().unwrap(),
+            tungstenite::Message::Text("through".into())
+        );
+    }
+    assert!(proxy
+        .wait_log(
+            &format!("{hole}: connect to {hole} timed out; trying"),
+            PATIENCE
+        )
+        .is_some());
+    assert_eq!(proxy.count_logs("status=503"), 0, "{:#?}", proxy.logs());
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn after_an_error_answer_the_socket_closes_even_if_the_client_stays() {
+    let (hole, _fillers, _listener) = blackhole();
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &hole.to_string(),
+        "--connect-timeout",
+        "200ms",
+    ]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
+    // Read the 504 and its end, but keep our socket open.
+    let resp = read_to_close(&mut s);
+    assert_eq!(status_of(&resp), 504);
+    proxy.assert_fds_at_baseline();
+    drop(s);
+}
+
+#[test]
+fn a_client_that_leaves_before_the_answer_is_a_499_not_a_502() {
+    let slow = Backend::spawn(|mut s, _| {
+        let _ = read_head(&mut s);
+        thread::sleep(Duration::from_millis(600));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    });
+    let proxy = Proxy::start(&["--upstream", &slow.addr.to_string()]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let line = proxy.wait_log("status=499", PATIENCE).expect("a 499 line");
+    assert!(
+        line.contains("INFO") && line.contains("route=/slow"),
+        "{line}"
+    );
+    assert_eq!(proxy.count_logs("status=502"), 0, "{:#?}", proxy.logs());
+    proxy.assert_fds_at_baseline();
+}

@@ -338,3 +338,91 @@ fn a_backend_refusing_the_upgrade_is_answered_as_is() {
     assert!(text.ends_with("\r\n\r\nnot for you!!\n"), "{text}");
     proxy.assert_fds_at_baseline();
 }
+
+/// A backend that records every byte it receives for a moment, answers the
+/// first request with `answer`, and keeps the connection open.
+fn recording_backend(
+    answer: &'static [u8],
+) -> (Backend, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let backend = Backend::spawn(move |mut s, _| {
+        s.set_read_timeout(Some(std::time::Duration::from_millis(150)))
+            .unwrap();
+        let mut answered = false;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        while started.elapsed() < std::time::Duration::from_millis(800) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            let got = sink.lock().unwrap().clone();
+            if !answered && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                s.write_all(answer).unwrap();
+                answered = true;
+            }
+        }
+    });
+    (backend, seen)
+}
+
+#[test]
+fn nothing_behind_a_refused_upgrade_reaches_the_backend() {
+    let (backend, seen) = recording_backend(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let proxy = proxy_for(&backend);
+    let mut attack = upgrade_head("/ws", "").into_bytes();
+    attack
+        .extend_from_slice(b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Real-IP: 6.6.6.6\r\n\r\n");
+    let resp = raw_exchange(proxy.addr, &attack);
+    assert_eq!(status_of(&resp), 403);
+    thread::sleep(std::time::Duration::from_millis(900));
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert_eq!(
+        got.matches("GET ").count(),
+        1,
+        "smuggled request reached the backend: {got}"
+    );
+    assert!(!got.contains("/admin") && !got.contains("6.6.6.6"), "{got}");
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn a_plain_request_forwards_its_body_and_nothing_after() {
+    let (backend, seen) = recording_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = proxy_for(&backend);
+    let req = b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /admin HTTP/1.1\r\nHost: internal\r\n\r\n";
+    let resp = raw_exchange(proxy.addr, req);
+    assert_eq!(status_of(&resp), 200);
+    thread::sleep(std::time::Duration::from_millis(900));
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    assert!(!got.contains("/admin"), "{got}");
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn a_chunked_response_ends_at_its_last_chunk() {
+    // The backend ignores `Connection: close` and keeps the socket open:
+    // the response must still end when its chunked body does.
+    let (backend, _) = recording_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    let proxy = proxy_for(&backend);
+    let started = std::time::Instant::now();
+    let resp = raw_exchange(proxy.addr, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8(resp).unwrap();
+    assert!(
+        text.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{text}"
+    );
+    proxy.assert_fds_at_baseline();
+}

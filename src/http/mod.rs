@@ -6,6 +6,7 @@
 //! same for the backend's answer; `status` holds the error answers ringway
 //! gives itself. An incomplete head is a state (`Ok(None)`), not an error.
 
+pub mod body;
 pub mod request;
 pub mod response;
 pub mod status;

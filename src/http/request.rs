@@ -7,6 +7,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
+use super::body::{Chunked, Framing};
 use super::status::Status;
 use super::{has_token, put_header, tokens, trim, MAX_HEADERS};
 
@@ -32,9 +33,16 @@ pub struct ClientInfo {
 #[derive(Debug)]
 pub struct Prepared {
     pub kind: Kind,
-    /// The rewritten head followed by every byte the client sent behind its
-    /// head: written to the backend as it is.
+    /// The rewritten head, and for a plain request the part of its body that
+    /// was read with the head: written to the backend as it is.
     pub upstream: Vec<u8>,
+    /// An upgrade's bytes read behind its head (frames sent early): held
+    /// until the backend has answered 101, like nginx, so that nothing the
+    /// client sends can reach the backend as a request of its own.
+    pub early: Vec<u8>,
+    /// What is left of a plain request's body after the bytes in `upstream`;
+    /// nothing past its end is ever forwarded.
+    pub body: Framing,
     /// The request target, for log lines (cut to [`TARGET_LOG_MAX`] bytes).
     pub target: Box<str>,
     /// A `HEAD` request: its response has no body whatever it says.
@@ -162,6 +170,11 @@ pub fn prepare(
             }
             content_length = Some(v);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only `chunked` as the final coding frames a request body.
+            let last = tokens(h.value).last();
+            if chunked || !last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
+                return Err(HandshakeError::Malformed("unsupported Transfer-Encoding"));
+            }
             chunked = true;
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             key_count += 1;
@@ -215,6 +228,18 @@ pub fn prepare(
     };
 
     let rest = &buf[head_len..];
+    let (mut body, early) = match kind {
+        Kind::Upgrade => (Framing::Done, rest.to_vec()),
+        Kind::Plain if chunked => (Framing::Chunked(Chunked::default()), Vec::new()),
+        Kind::Plain => match content_length {
+            Some(n) if n > 0 => (Framing::Exact(n), Vec::new()),
+            _ => (Framing::Done, Vec::new()),
+        },
+    };
+    let in_head = body
+        .take(rest)
+        .map_err(|_| HandshakeError::Malformed("malformed chunked body"))?;
+    let rest = &rest[..in_head];
     let mut out = Vec::with_capacity(head_len + 160 + rest.len());
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -271,6 +296,8 @@ pub fn prepare(
     Ok(Some(Prepared {
         kind,
         upstream: out,
+        early,
+        body,
         target: target[..cut].into(),
         head_method: method == "HEAD",
     }))
@@ -363,11 +390,42 @@ X-Forwarded-Proto: http\r\n\r\n"
     }
 
     #[test]
-    fn bytes_behind_the_head_follow_it() {
+    fn an_upgrade_holds_the_bytes_behind_its_head() {
         let mut buf = WS.to_vec();
-        buf.extend_from_slice(b"\x81\x85frame");
+        buf.extend_from_slice(b"\x81\x85frameGET /admin HTTP/1.1\r\n\r\n");
         let p = ok(&buf);
-        assert!(p.upstream.ends_with(b"\r\n\r\n\x81\x85frame"));
+        assert!(
+            p.upstream.ends_with(b"\r\n\r\n"),
+            "nothing behind the head goes up"
+        );
+        assert_eq!(p.early, b"\x81\x85frameGET /admin HTTP/1.1\r\n\r\n");
+        assert!(p.body.is_done());
+    }
+
+    #[test]
+    fn a_plain_request_forwards_its_body_and_nothing_after_it() {
+        let p = ok(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n");
+        assert!(p.upstream.ends_with(b"\r\n\r\nhello"));
+        assert!(p.body.is_done() && p.early.is_empty());
+        let p = ok(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello");
+        assert_eq!(p.body, Framing::Exact(5));
+        let p = ok(b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
+        assert!(p.upstream.ends_with(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+        assert!(p.body.is_done());
+        let p = ok(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        assert!(p.upstream.ends_with(b"\r\n\r\n") && p.body.is_done());
+        assert_eq!(
+            err(b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n")
+                .status()
+                .code(),
+            400
+        );
+        assert_eq!(
+            err(b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+                .status()
+                .code(),
+            400
+        );
     }
 
     #[test]
@@ -424,6 +482,7 @@ X-Forwarded-Proto: http\r\n\r\n"
     #[test]
     fn plain_requests_get_connection_close() {
         let p = ok(b"POST /api HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabc");
+        assert!(p.body.is_done());
         assert_eq!(p.kind, Kind::Plain);
         let out = String::from_utf8(p.upstream).unwrap();
         assert!(out.contains("\r\nConnection: close\r\n"));

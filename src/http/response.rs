@@ -1,20 +1,9 @@
 //! The backend's response head: what it means for the tunnel, and the head
 //! the client gets, written once into one buffer.
 
+use super::body::{Chunked, Framing};
 use super::request::parse_content_length;
 use super::{has_token, put_header, tokens, MAX_HEADERS};
-
-/// How much response body follows the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyLen {
-    /// Nothing (HEAD, 204, 304): the response ends with its head.
-    Empty,
-    /// Exactly this many bytes.
-    Exact(u64),
-    /// Until the backend closes (chunked, or no length): ringway asked it
-    /// for `Connection: close`, so it will.
-    UntilClose,
-}
 
 /// What the backend answered.
 #[derive(Debug)]
@@ -33,8 +22,9 @@ pub struct Final {
     pub upgraded: bool,
     /// The head for the client followed by the body bytes read behind it.
     pub client: Vec<u8>,
-    /// Body bytes still to come after those already in `client`.
-    pub remaining: BodyLen,
+    /// The body still to come after the bytes already in `client`
+    /// (`UntilClose` for a tunnel).
+    pub remaining: Framing,
 }
 
 /// The backend did not answer HTTP.
@@ -91,7 +81,12 @@ pub fn prepare(
                 }
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(parse_content_length(h.value).ok_or(BadResponse::Malformed)?);
+            let n = parse_content_length(h.value).ok_or(BadResponse::Malformed)?;
+            // Two different lengths cannot both be right (RFC 9112 6.3).
+            if content_length.is_some_and(|old| old != n) {
+                return Err(BadResponse::Malformed);
+            }
+            content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = has_token(h.value, "chunked") || chunked;
         }
@@ -130,27 +125,22 @@ pub fn prepare(
             status,
             upgraded,
             client,
-            remaining: BodyLen::UntilClose,
+            remaining: Framing::UntilClose,
         })));
     }
     client.extend_from_slice(b"Connection: close\r\n\r\n");
-    let body = if head_method || status == 204 || status == 304 {
-        BodyLen::Empty
+    let mut remaining = if head_method || status == 204 || status == 304 {
+        Framing::Done
     } else if chunked {
-        BodyLen::UntilClose
+        Framing::Chunked(Chunked::default())
     } else if let Some(n) = content_length {
-        BodyLen::Exact(n)
+        Framing::Exact(n)
     } else {
-        BodyLen::UntilClose
+        Framing::UntilClose
     };
-    let (rest, remaining) = match body {
-        BodyLen::Empty => (&rest[..0], BodyLen::Empty),
-        BodyLen::Exact(n) => {
-            let here = (rest.len() as u64).min(n) as usize;
-            (&rest[..here], BodyLen::Exact(n - here as u64))
-        }
-        BodyLen::UntilClose => (rest, BodyLen::UntilClose),
-    };
+    // Bytes past the end of the body are not the client's.
+    let here = remaining.take(rest).map_err(|_| BadResponse::Malformed)?;
+    let rest = &rest[..here];
     client.extend_from_slice(rest);
     Ok(Some(Answer::Final(Final {
         status,
@@ -207,7 +197,7 @@ Connection: upgrade\r\n\r\n\x81\x02hi"
     fn a_101_nobody_asked_for_is_an_ordinary_answer() {
         let f = fin(SWITCH, false, false);
         assert!(!f.upgraded);
-        assert_eq!(f.remaining, BodyLen::UntilClose);
+        assert_eq!(f.remaining, Framing::UntilClose);
         assert!(f.client.ends_with(b"Connection: close\r\n\r\n"));
     }
 
@@ -220,7 +210,7 @@ Connection: upgrade\r\n\r\n\x81\x02hi"
         );
         assert_eq!(f.status, 403);
         assert!(!f.upgraded);
-        assert_eq!(f.remaining, BodyLen::Exact(6));
+        assert_eq!(f.remaining, Framing::Exact(6));
         assert_eq!(
             std::str::from_utf8(&f.client).unwrap(),
             "HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnope"
@@ -232,27 +222,46 @@ Connection: upgrade\r\n\r\n\x81\x02hi"
             false,
         );
         assert!(f.client.ends_with(b"\r\n\r\nok"));
-        assert_eq!(f.remaining, BodyLen::Exact(0));
+        assert_eq!(f.remaining, Framing::Done);
         let f = fin(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello",
             false,
             false,
         );
-        assert_eq!(f.remaining, BodyLen::UntilClose);
+        assert!(matches!(f.remaining, Framing::Chunked(_)));
         assert!(f
             .client
             .ends_with(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello"));
         assert_eq!(
             fin(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", false, true).remaining,
-            BodyLen::Empty
+            Framing::Done
         );
         assert_eq!(
             fin(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false).remaining,
-            BodyLen::Empty
+            Framing::Done
         );
         assert_eq!(
             fin(b"HTTP/1.0 200 OK\r\n\r\nabc", false, false).remaining,
-            BodyLen::UntilClose
+            Framing::UntilClose
+        );
+        // A chunked body that ends in the first read ends the response.
+        let f = fin(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nJUNK",
+            false,
+            false,
+        );
+        assert!(f.client.ends_with(b"\r\n\r\n2\r\nok\r\n0\r\n\r\n"));
+        assert_eq!(f.remaining, Framing::Done);
+        // Two different lengths are a bad answer.
+        assert_eq!(
+            prepare(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nok",
+                16384,
+                false,
+                false
+            )
+            .unwrap_err(),
+            BadResponse::Malformed
         );
     }
 

@@ -61,8 +61,35 @@ impl Server {
     }
 }
 
+/// Descriptors kept aside from tunnels: listeners, rings, logs, timers.
+const FD_RESERVE: u64 = 64;
+
+/// Tunnels below which a host's open-files limit earns a warning.
+const FEW_TUNNELS: u64 = 10_000;
+
+/// Raise the open-files limit as far as allowed, and say what it allows.
+fn check_fd_limit(config: &Config) {
+    match crate::sys::raise_nofile_limit() {
+        Ok((soft, hard)) => {
+            let fixed = FD_RESERVE + (config.listen.len() * config.workers) as u64;
+            let tunnels = soft.saturating_sub(fixed) / 2;
+            if tunnels < FEW_TUNNELS {
+                log::warn!(
+                    "open-files limit {soft} (hard {hard}) holds only about {tunnels} tunnels \
+                     (2 descriptors each); raise it: `ulimit -n 1048576`, LimitNOFILE= in the \
+                     systemd unit, see tuning/"
+                );
+            } else {
+                log::info!("open-files limit {soft}: room for about {tunnels} tunnels");
+            }
+        }
+        Err(e) => log::warn!("cannot read the open-files limit: {e}"),
+    }
+}
+
 /// Bind, steer, and start the workers.
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> {
+    check_fd_limit(&config);
     let config = Arc::new(config);
     let n = config.workers;
     let cores = if config.pin {

@@ -44,9 +44,13 @@ pub struct Report {
     /// Length of the measured window, seconds.
     pub window_s: f64,
     pub connections: u64,
-    /// Messages written (echo, bulk), or handshakes completed (connect), or
-    /// connections opened (idle).
+    /// Messages written (echo, bulk), connection cycles begun (connect), or
+    /// connections opened (idle), over the whole run.
     pub sent: u64,
+    /// Of those, the ones answered: echoes received, cycles completed,
+    /// connections that answered the final ping. Equal to `sent` in a run
+    /// without loss.
+    pub echoed: u64,
     /// Echoes received (echo, bulk), handshakes completed (connect), or
     /// connections that answered the final ping (idle).
     pub received: u64,

@@ -61,6 +61,9 @@ pub struct EchoOpts {
 /// What one thread measured.
 struct Tally {
     sent: u64,
+    /// Every echo (or completed cycle), inside the window or not.
+    echoed: u64,
+    /// Those inside the measured window.
     received: u64,
     errors: Vec<String>,
     error_count: u64,
@@ -71,6 +74,7 @@ impl Tally {
     fn new() -> Tally {
         Tally {
             sent: 0,
+            echoed: 0,
             received: 0,
             errors: Vec::new(),
             error_count: 0,
@@ -87,6 +91,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.sent += other.sent;
+        self.echoed += other.echoed;
         self.received += other.received;
         self.error_count += other.error_count;
         for e in other.errors {
@@ -332,6 +337,7 @@ fn finish(
         window_s,
         connections,
         sent: total.sent,
+        echoed: total.echoed,
         received: total.received,
         errors: total.error_count,
         error_samples: total.errors,
@@ -449,8 +455,9 @@ async fn echo_conn(
             counter.feed(data, |_| {
                 done += 1;
                 if let Some(t0) = sent_at.borrow_mut().pop_front() {
+                    let mut t = tally.borrow_mut();
+                    t.echoed += 1;
                     if w.contains(now) {
-                        let mut t = tally.borrow_mut();
                         t.received += 1;
                         let _ = t.hist.record((now - t0).as_nanos().max(1000) as u64);
                     }
@@ -529,10 +536,11 @@ pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
                         while Instant::now() < w.end {
                             let src = source(&c, t * 1_000_003 + i);
                             i += concurrency;
+                            tally.borrow_mut().sent += 1;
                             match one_exchange(&c.target, &request, src, &ping, &close).await {
                                 Ok(took) => {
                                     let mut tl = tally.borrow_mut();
-                                    tl.sent += 1;
+                                    tl.echoed += 1;
                                     if w.contains(Instant::now()) {
                                         tl.received += 1;
                                         let _ = tl.hist.record(took.as_nanos().max(1000) as u64);
@@ -642,7 +650,10 @@ pub fn idle(common: &Common, connections: usize) -> Result<Report> {
             }
             for task in tasks {
                 match task.await {
-                    Ok(()) => tally.received += 1,
+                    Ok(()) => {
+                        tally.echoed += 1;
+                        tally.received += 1;
+                    }
                     Err(e) => tally.error(e),
                 }
             }

@@ -102,7 +102,7 @@ fn handshake_timeout_is_408_and_a_vanishing_client_costs_nothing() {
     }
     proxy.assert_fds_at_baseline();
     assert_eq!(
-        proxy.count_logs("WARN"),
+        proxy.count_logs("WARN  ringway::conn"),
         1,
         "only the 408 is worth a warning: {:#?}",
         proxy.logs()

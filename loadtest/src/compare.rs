@@ -1,1 +1,2687 @@
-//! placeholder until the runner lands
+//! `ringway-compare`: ringway against nginx, same backend, same load.
+//!
+//! One run starts the echo backend (`ringway-echo`), ringway (`--workers 1`)
+//! and nginx (`worker_processes 1`, the seeds' WebSocket directives), both
+//! proxies pinned to the proxy CPU and the backend and the generator to the
+//! load CPU. Every scenario is run with `ringway-load` against three targets,
+//! `direct` (the backend itself), `ringway` and `nginx`, in an order that
+//! rotates from round to round, so drift on a noisy machine hits all alike.
+//! The medians over the rounds become one table of ratios, one JSON file
+//! with every raw report, and one SVG chart.
+//!
+//! Every child is stopped when the runner ends, by error or by a signal
+//! (SIGINT/SIGTERM), and every wait is bounded.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use ringway::config::parse_duration;
+use ringway::shutdown::Shutdown;
+use serde_json::{json, Value};
+
+use crate::procstat;
+
+/// Flags of `ringway-compare` (`loadtest/compare` passes the binaries).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ringway-compare",
+    version,
+    about = "Run the load scenarios against the echo backend directly, through ringway and \
+             through nginx; print a table of ratios, write JSON and an SVG chart"
+)]
+pub struct Options {
+    /// Short runs (2 s, 2 rounds, 2000 idle connections): under 3 minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds; each runs every scenario against every target [3, quick 2].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Measured time of each run [10s, quick 2s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Warm-up before each run's window [1s, quick 500ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Scenarios to run, comma-separated: echo, open, bulk, connect, idle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "echo,open,bulk,connect,idle"
+    )]
+    pub scenarios: Vec<String>,
+    /// CPU both proxies are pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub proxy_cpu: usize,
+    /// CPU of the echo backend and the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub load_cpu: usize,
+    /// Echo connections (closed and open loop).
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Echo payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Open-loop rate, messages per second in total.
+    #[arg(long, default_value_t = 20000.0)]
+    pub rate: f64,
+    /// Connections in progress at once in the connect scenario.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Idle connections held [8000, quick 2000]; a proxy spends 2 descriptors on each.
+    #[arg(long)]
+    pub idle_connections: Option<usize>,
+    /// The ringway binary [next to this one].
+    #[arg(long)]
+    pub ringway: Option<PathBuf>,
+    /// The ringway-load binary [next to this one].
+    #[arg(long)]
+    pub load: Option<PathBuf>,
+    /// The ringway-echo binary [next to this one].
+    #[arg(long)]
+    pub echo: Option<PathBuf>,
+    /// The nginx binary [found on PATH or in /usr/sbin, else installed].
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
+    /// nginx `proxy_buffer_size` (e.g. 64k): the buffer of each direction of
+    /// each nginx tunnel [nginx's default, one memory page]. ringway's
+    /// `--buffer-size` is one per core.
+    #[arg(long, value_parser = parse_nginx_size)]
+    pub nginx_buffer_size: Option<String>,
+    /// Leave nginx out (direct and ringway only).
+    #[arg(long)]
+    pub no_nginx: bool,
+    /// Do not install nginx with apt-get when it is missing.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Directory of the default output files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    pub results_dir: PathBuf,
+    /// JSON output [RESULTS_DIR/compare-<UTC time>.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// SVG chart [the JSON path with .svg].
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Keep the temporary directory (nginx config and logs, raw reports).
+    #[arg(long)]
+    pub keep_temp: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios and figures
+
+/// One load scenario of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Closed loop: 64 B messages, one in flight per connection.
+    Echo,
+    /// Open loop at a fixed total rate: latency at equal load.
+    Open,
+    /// 1 MiB messages over one connection, two in flight.
+    Bulk,
+    /// Handshake, one echo, close; again and again.
+    Connect,
+    /// Many idle connections held: memory per tunnel.
+    Idle,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Echo,
+        Scenario::Open,
+        Scenario::Bulk,
+        Scenario::Connect,
+        Scenario::Idle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Open => "open",
+            Scenario::Bulk => "bulk",
+            Scenario::Connect => "connect",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s.trim())
+            .ok_or_else(|| anyhow!("unknown scenario {s:?} (echo, open, bulk, connect, idle)"))
+    }
+}
+
+/// Where a run's load goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    Ringway,
+    Nginx,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Direct, Target::Ringway, Target::Nginx];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Ringway => "ringway",
+            Target::Nginx => "nginx",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The target order of round `round`: direct, ringway, nginx rotated right
+/// by the round number (round 1: direct, ringway, nginx; round 2: nginx,
+/// direct, ringway; ...).
+pub fn round_order(round: usize) -> [Target; 3] {
+    let mut order = Target::ALL;
+    order.rotate_right(round % 3);
+    order
+}
+
+/// Which way a figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+impl Better {
+    pub fn word(self) -> &'static str {
+        match self {
+            Better::Higher => "higher",
+            Better::Lower => "lower",
+        }
+    }
+}
+
+/// What a figure reads from a `ringway-load` JSON report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    PerSec,
+    MbPerSec,
+    P50,
+    P99,
+    P999,
+    /// CPU µs per unit of work of the watched proxy (the first watched pid).
+    ProxyCpu,
+    /// RSS growth per held connection of the watched proxy, KiB.
+    ProxyRss,
+}
+
+impl Metric {
+    pub fn extract(self, report: &Value) -> Option<f64> {
+        let v = match self {
+            Metric::PerSec => report.get("per_sec"),
+            Metric::MbPerSec => report.get("mb_per_sec"),
+            Metric::P50 => report.pointer("/latency/p50_us"),
+            Metric::P99 => report.pointer("/latency/p99_us"),
+            Metric::P999 => report.pointer("/latency/p999_us"),
+            Metric::ProxyCpu => report.pointer("/cpu_us_per_unit/0"),
+            Metric::ProxyRss => report.pointer("/rss_kib_per_conn/0"),
+        }?;
+        v.as_f64().filter(|x| x.is_finite())
+    }
+
+    /// Figures about the proxy process have no value for `direct`.
+    pub fn of_proxy(self) -> bool {
+        matches!(self, Metric::ProxyCpu | Metric::ProxyRss)
+    }
+}
+
+/// One line of the table and one bar of the chart.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub scenario: Scenario,
+    pub metric: Metric,
+    pub better: Better,
+}
+
+const fn fig(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    scenario: Scenario,
+    metric: Metric,
+    better: Better,
+) -> Figure {
+    Figure {
+        key,
+        label,
+        unit,
+        scenario,
+        metric,
+        better,
+    }
+}
+
+use Better::{Higher, Lower};
+use Metric::*;
+
+#[rustfmt::skip]
+pub const FIGURES: &[Figure] = &[
+    fig("echo_rate", "echo rate", "msg/s", Scenario::Echo, PerSec, Higher),
+    fig("echo_p50", "echo latency p50", "µs", Scenario::Echo, P50, Lower),
+    fig("echo_p99", "echo latency p99", "µs", Scenario::Echo, P99, Lower),
+    fig("echo_cpu", "proxy CPU per message", "µs/msg", Scenario::Echo, ProxyCpu, Lower),
+    fig("open_p50", "fixed-rate latency p50", "µs", Scenario::Open, P50, Lower),
+    fig("open_p99", "fixed-rate latency p99", "µs", Scenario::Open, P99, Lower),
+    fig("open_p999", "fixed-rate latency p99.9", "µs", Scenario::Open, P999, Lower),
+    fig("open_cpu", "proxy CPU per message at fixed rate", "µs/msg", Scenario::Open, ProxyCpu, Lower),
+    fig("bulk_rate", "bulk throughput each way", "MB/s", Scenario::Bulk, MbPerSec, Higher),
+    fig("bulk_cpu", "proxy CPU per MB", "µs/MB", Scenario::Bulk, ProxyCpu, Lower),
+    fig("connect_rate", "handshakes", "1/s", Scenario::Connect, PerSec, Higher),
+    fig("connect_p99", "handshake latency p99", "µs", Scenario::Connect, P99, Lower),
+    fig("connect_cpu", "proxy CPU per handshake", "µs/hs", Scenario::Connect, ProxyCpu, Lower),
+    fig("idle_rss", "proxy RSS per idle connection", "KiB/conn", Scenario::Idle, ProxyRss, Lower),
+];
+
+/// The settings of one comparison, defaults resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub scenarios: Vec<Scenario>,
+    pub proxy_cpu: usize,
+    pub load_cpu: usize,
+    pub connections: usize,
+    pub size: usize,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub idle_connections: usize,
+}
+
+/// Source addresses of the connect scenario (clear of 127.0.0.1's
+/// ephemeral ports and TIME_WAIT), and of the idle one.
+const CONNECT_SOURCES: (u8, u8, u8) = (0, 2, 17);
+const IDLE_SOURCES: (u8, u8, u8) = (1, 2, 9);
+
+fn sources((third, first, last): (u8, u8, u8)) -> String {
+    (first..=last)
+        .map(|i| format!("127.0.{third}.{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `ringway-load`'s flags for a duration (it reads `500ms`, `2s`).
+fn dur_arg(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(10))
+}
+
+impl Plan {
+    pub fn new(o: &Options) -> Result<Plan> {
+        let mut scenarios = Vec::new();
+        for s in &o.scenarios {
+            let sc = Scenario::parse(s)?;
+            if !scenarios.contains(&sc) {
+                scenarios.push(sc);
+            }
+        }
+        if scenarios.is_empty() {
+            bail!("no scenario to run");
+        }
+        let plan = Plan {
+            quick: o.quick,
+            rounds: o.rounds.unwrap_or(if o.quick { 2 } else { 3 }).max(1),
+            duration: o.duration.unwrap_or(if o.quick {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(10)
+            }),
+            warmup: o.warmup.unwrap_or(if o.quick {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(1)
+            }),
+            scenarios,
+            proxy_cpu: o.proxy_cpu,
+            load_cpu: o.load_cpu,
+            connections: o.connections.max(1),
+            size: o.size,
+            rate: o.rate,
+            concurrency: o.concurrency.max(1),
+            idle_connections: o
+                .idle_connections
+                .unwrap_or(if o.quick { 2000 } else { 8000 })
+                .max(1),
+        };
+        Ok(plan)
+    }
+
+    /// The idle hold needs no long window: memory is read at its end.
+    fn duration_of(&self, sc: Scenario) -> Duration {
+        match sc {
+            Scenario::Idle => self.duration.min(Duration::from_secs(5)),
+            _ => self.duration,
+        }
+    }
+
+    /// `ringway-load` arguments of a scenario, before the common ones.
+    pub fn scenario_args(&self, sc: Scenario) -> Vec<String> {
+        let s = |x: &str| x.to_string();
+        match sc {
+            Scenario::Echo => vec![
+                s("echo"),
+                s("--connections"),
+                self.connections.to_string(),
+                s("--size"),
+                self.size.to_string(),
+                s("--inflight"),
+                s("1"),
+            ],
+            Scenario::Open => vec![
+                s("echo"),
+                s("--connections"),
+                self.connections.to_string(),
+                s("--size"),
+                self.size.to_string(),
+                s("--rate"),
+                self.rate.to_string(),
+            ],
+            Scenario::Bulk => vec![
+                s("bulk"),
+                s("--connections"),
+                s("1"),
+                s("--size"),
+                (1usize << 20).to_string(),
+                s("--inflight"),
+                s("2"),
+            ],
+            Scenario::Connect => vec![
+                s("connect"),
+                s("--concurrency"),
+                self.concurrency.to_string(),
+                s("--source-ips"),
+                sources(CONNECT_SOURCES),
+            ],
+            Scenario::Idle => vec![
+                s("idle"),
+                s("--connections"),
+                self.idle_connections.to_string(),
+                s("--source-ips"),
+                sources(IDLE_SOURCES),
+            ],
+        }
+    }
+
+    /// What the scenario was, in words (table and chart).
+    pub fn describe(&self, sc: Scenario) -> String {
+        match sc {
+            Scenario::Echo => format!(
+                "echo, closed loop: {} connections, {} B messages, 1 in flight each",
+                self.connections, self.size
+            ),
+            Scenario::Open => format!(
+                "echo, open loop: {} msg/s in total over {} connections, {} B",
+                self.rate, self.connections, self.size
+            ),
+            Scenario::Bulk => "bulk: 1 MiB messages, 1 connection, 2 in flight".to_string(),
+            Scenario::Connect => format!(
+                "connect: handshake + one echo + close, {} at a time",
+                self.concurrency
+            ),
+            Scenario::Idle => format!(
+                "idle: {} connections held open (fresh proxy process each run)",
+                self.idle_connections
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+
+/// The median; the mean of the middle two for an even count.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// `a / b`, when both are positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// How many times better `a` is than `b` (above 1: `a` is better), given
+/// the ratio `a / b` and which way the figure is better.
+pub fn advantage(better: Better, a_over_b: f64) -> f64 {
+    match better {
+        Better::Higher => a_over_b,
+        Better::Lower => 1.0 / a_over_b,
+    }
+}
+
+/// `2.10x better`, `1.30x worse`, or `same` within 2%.
+pub fn verdict(adv: f64) -> String {
+    if (adv - 1.0).abs() < 0.02 {
+        "same".to_string()
+    } else if adv > 1.0 {
+        format!("{adv:.2}x better")
+    } else {
+        format!("{:.2}x worse", 1.0 / adv)
+    }
+}
+
+/// `1 round`, `3 rounds`.
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A number for the table: three significant digits or so.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The medians of one figure.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub figure: Figure,
+    /// Per target (direct, ringway, nginx).
+    pub values: [Option<f64>; 3],
+    /// Runs that gave a value, per target.
+    pub counts: [usize; 3],
+}
+
+impl Row {
+    pub fn get(&self, t: Target) -> Option<f64> {
+        self.values[t.index()]
+    }
+
+    /// ringway / other, raw.
+    pub fn ratio_to(&self, other: Target) -> Option<f64> {
+        ratio(self.get(Target::Ringway), self.get(other))
+    }
+
+    /// How many times better ringway is than `other` on this figure.
+    pub fn advantage_over(&self, other: Target) -> Option<f64> {
+        self.ratio_to(other)
+            .map(|r| advantage(self.figure.better, r))
+    }
+}
+
+/// One finished (or failed) `ringway-load` run.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub round: usize,
+    pub scenario: Scenario,
+    pub target: Target,
+    pub report: Option<Value>,
+    pub error: Option<String>,
+    pub wall_s: f64,
+    /// What the two CPUs did during the run (see [`CoreUse`]).
+    pub host: Option<HostUse>,
+}
+
+/// Jiffies of one CPU, from a `cpuN` line of /proc/stat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// user + nice + system + irq + softirq (a process's stime includes
+    /// the softirq ticks that land on it, so busy time is compared with it).
+    pub busy: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+/// The line of CPU `cpu` in /proc/stat text.
+pub fn parse_cpu_times(stat: &str, cpu: usize) -> Option<CpuTimes> {
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Some(CpuTimes {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6),
+        softirq: at(6),
+        steal: at(7),
+    })
+}
+
+fn cpu_times(cpu: usize) -> Option<CpuTimes> {
+    parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?, cpu)
+}
+
+/// Use of one CPU over a run, in percent of the run's wall time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoreUse {
+    pub busy_pct: f64,
+    pub softirq_pct: f64,
+    pub steal_pct: f64,
+    /// Busy time not spent by the proxies (proxy core only): other
+    /// processes on that core make a run noisy.
+    pub others_pct: Option<f64>,
+}
+
+/// Both cores over one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostUse {
+    pub proxy_core: CoreUse,
+    pub load_core: CoreUse,
+}
+
+impl CoreUse {
+    fn between(a: CpuTimes, b: CpuTimes, wall_s: f64, ours_s: Option<f64>) -> CoreUse {
+        // USER_HZ is 100 (see procstat).
+        let pct = |j: u64| j as f64 / 100.0 / wall_s.max(1e-3) * 100.0;
+        let busy_pct = pct(b.busy.saturating_sub(a.busy));
+        CoreUse {
+            busy_pct,
+            softirq_pct: pct(b.softirq.saturating_sub(a.softirq)),
+            steal_pct: pct(b.steal.saturating_sub(a.steal)),
+            others_pct: ours_s.map(|s| (busy_pct - s / wall_s.max(1e-3) * 100.0).max(0.0)),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "busy_pct": self.busy_pct,
+            "softirq_pct": self.softirq_pct,
+            "steal_pct": self.steal_pct,
+            "others_pct": self.others_pct,
+        })
+    }
+}
+
+/// The medians over the successful runs, for every figure of a scenario
+/// that was run.
+pub fn rows(records: &[RunRecord], scenarios: &[Scenario]) -> Vec<Row> {
+    FIGURES
+        .iter()
+        .filter(|f| scenarios.contains(&f.scenario))
+        .map(|f| {
+            let mut values = [None; 3];
+            let mut counts = [0; 3];
+            for t in Target::ALL {
+                if t == Target::Direct && f.metric.of_proxy() {
+                    continue;
+                }
+                let v: Vec<f64> = records
+                    .iter()
+                    .filter(|r| r.scenario == f.scenario && r.target == t)
+                    .filter_map(|r| r.report.as_ref())
+                    .filter_map(|rep| f.metric.extract(rep))
+                    .collect();
+                counts[t.index()] = v.len();
+                values[t.index()] = median(&v);
+            }
+            Row {
+                figure: *f,
+                values,
+                counts,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// nginx configuration
+
+/// What the generated nginx.conf needs.
+#[derive(Debug, Clone)]
+pub struct NginxConf {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub echo_port: u16,
+    pub cpu: usize,
+    pub nofile: u64,
+    /// `proxy_buffer_size`, when not nginx's default.
+    pub buffer_size: Option<String>,
+}
+
+/// An nginx size: digits, then optionally k or m.
+pub fn parse_nginx_size(s: &str) -> Result<String, String> {
+    let digits = s.trim_end_matches(['k', 'K', 'm', 'M']);
+    if !digits.is_empty()
+        && digits.len() + 1 >= s.len()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an nginx size such as 16k"))
+    }
+}
+
+/// `worker_cpu_affinity` mask of one CPU: CPU 0 is `1`, CPU 2 is `100`.
+pub fn cpu_mask(cpu: usize) -> String {
+    format!("1{}", "0".repeat(cpu))
+}
+
+/// The nginx.conf of the comparison: one worker pinned like ringway's, the
+/// seeds' WebSocket `location`, every path inside `dir`.
+pub fn nginx_config(c: &NginxConf) -> String {
+    let d = c.dir.display();
+    // Both directions of a tunnel are connections: 2 per client plus the
+    // listener; stay under the descriptor limit.
+    let worker_connections = c.nofile.saturating_sub(64).clamp(1024, 1 << 20);
+    format!(
+        "# Generated by ringway-compare. One worker pinned to CPU {cpu}, like\n\
+         # `ringway --workers 1`; the WebSocket directives of the nginx guides.\n\
+         daemon off;\n\
+         worker_processes 1;\n\
+         worker_cpu_affinity {mask};\n\
+         worker_rlimit_nofile {nofile};\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\n\
+         \n\
+         events {{\n\
+         \x20   worker_connections {worker_connections};\n\
+         \x20   use epoll;\n\
+         }}\n\
+         \n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   error_log {d}/error.log warn;\n\
+         \x20   client_body_temp_path {d}/client_body_temp;\n\
+         \x20   proxy_temp_path {d}/proxy_temp;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi_temp;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi_temp;\n\
+         \x20   scgi_temp_path {d}/scgi_temp;\n\
+         \n\
+         \x20   map $http_upgrade $connection_upgrade {{\n\
+         \x20       default upgrade;\n\
+         \x20       ''      close;\n\
+         \x20   }}\n\
+         \n\
+         \x20   server {{\n\
+         \x20       # ringway's listen backlog is 4096 too\n\
+         \x20       listen 127.0.0.1:{port} backlog=4096;\n\
+         \n\
+         \x20       location / {{\n\
+         \x20           proxy_pass http://127.0.0.1:{echo};\n\
+         \x20           proxy_http_version 1.1;\n\
+         \x20           proxy_set_header Upgrade $http_upgrade;\n\
+         \x20           proxy_set_header Connection $connection_upgrade;\n\
+         \x20           proxy_set_header Host $host;\n\
+         \x20           proxy_set_header X-Real-IP $remote_addr;\n\
+         \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20           # ringway always sends it; the same work for both\n\
+         \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20           proxy_read_timeout 3600s;\n\
+         \x20           proxy_send_timeout 3600s;\n\
+         \x20           proxy_connect_timeout 60s;\n\
+         \x20           proxy_buffering off;\n\
+         {buffer}\
+         \x20       }}\n\
+         \x20   }}\n\
+         }}\n",
+        cpu = c.cpu,
+        mask = cpu_mask(c.cpu),
+        nofile = c.nofile,
+        port = c.port,
+        echo = c.echo_port,
+        // With the seed's `proxy_buffers 4 SIZE` (unused without buffering)
+        // so that nginx's busy-buffers check accepts any size.
+        buffer = c.buffer_size.as_ref().map_or(String::new(), |b| format!(
+            "            proxy_buffer_size {b};\n            proxy_buffers 4 {b};\n"
+        )),
+    )
+}
+
+/// `nginx version: nginx/1.22.1` -> (1, 22, 1).
+pub fn parse_nginx_version(s: &str) -> Option<(u32, u32, u32)> {
+    let v = s.split("nginx/").nth(1)?;
+    let v: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+// ---------------------------------------------------------------------------
+// The chart
+
+/// One bar: how many times better ringway is than the baseline.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub group: String,
+    pub label: String,
+    /// The two medians behind the bar, in words.
+    pub detail: String,
+    pub advantage: Option<f64>,
+}
+
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A diverging bar chart on a log2 scale: one bar per figure, grouped by
+/// scenario; right of the 1x line means ringway is better than `vs`.
+pub fn svg_chart(
+    title: &str,
+    subtitle: &[String],
+    vs: &str,
+    bars: &[Bar],
+    footer: &[String],
+) -> String {
+    const W: f64 = 1040.0;
+    const LABEL_X: f64 = 24.0;
+    const PLOT_X0: f64 = 430.0;
+    const PLOT_X1: f64 = 1000.0;
+    const ROW_H: f64 = 38.0;
+    const GROUP_H: f64 = 30.0;
+    // The scale reaches 8x each side, further when a bar needs it (32x at most).
+    let most = bars
+        .iter()
+        .filter_map(|b| b.advantage)
+        .map(|a| a.log2().abs())
+        .fold(3.0f64, f64::max)
+        .ceil()
+        .min(5.0);
+    let mid = (PLOT_X0 + PLOT_X1) / 2.0;
+    let half = (PLOT_X1 - PLOT_X0) / 2.0;
+    let x_of = |adv: f64| mid + (adv.log2().clamp(-most, most) / most) * half;
+
+    let mut groups: Vec<&str> = Vec::new();
+    for b in bars {
+        if groups.last() != Some(&b.group.as_str()) {
+            groups.push(&b.group);
+        }
+    }
+    let top = 76.0 + 18.0 * subtitle.len() as f64;
+    let axis_y = top + 24.0;
+    let body_y = axis_y + 14.0;
+    let body_h = groups.len() as f64 * GROUP_H + bars.len() as f64 * ROW_H;
+    let foot_y = body_y + body_h + 40.0;
+    let h = foot_y + 18.0 * footer.len() as f64 + 16.0;
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="0" y="0" width="{W}" height="{h}" fill="#ffffff"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{LABEL_X}" y="34" font-size="22" font-weight="bold" fill="#111">{}</text>"##,
+        xml_escape(title)
+    );
+    for (i, line) in subtitle.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{LABEL_X}" y="{}" font-size="13" fill="#444">{}</text>"##,
+            58.0 + 18.0 * i as f64,
+            xml_escape(line)
+        );
+    }
+    // Direction labels and the scale.
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" font-size="13" fill="#b23b3b" text-anchor="end">&#8592; {} better</text>"##,
+        mid - 8.0,
+        top,
+        xml_escape(vs)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" font-size="13" fill="#2e7d32">ringway better &#8594;</text>"##,
+        mid + 8.0,
+        top
+    );
+    // The scale's ticks; their grid lines are drawn row by row below, so
+    // that group headings stay clear of them.
+    let ticks: Vec<f64> = (0..=(2.0 * most) as i32).map(|i| i as f64 - most).collect();
+    for &k in &ticks {
+        let x = mid + (k / most) * half;
+        let label = if k >= 0.0 {
+            format!("{}x", 2f64.powf(k))
+        } else {
+            format!("1/{}x", 2f64.powf(-k))
+        };
+        let _ = writeln!(
+            s,
+            r##"<text x="{x:.1}" y="{:.1}" font-size="11" fill="#555" text-anchor="middle">{label}</text>"##,
+            axis_y - 4.0
+        );
+    }
+    // Groups and bars.
+    let mut y = body_y;
+    let mut current: Option<&str> = None;
+    for b in bars {
+        if current != Some(b.group.as_str()) {
+            current = Some(&b.group);
+            let _ = writeln!(
+                s,
+                r##"<text x="{LABEL_X}" y="{:.1}" font-size="14" font-weight="bold" fill="#1a3d6d">{}</text>"##,
+                y + 20.0,
+                xml_escape(&b.group)
+            );
+            y += GROUP_H;
+        }
+        for &k in &ticks {
+            let x = mid + (k / most) * half;
+            let (stroke, width) = if k == 0.0 {
+                ("#222", 1.6)
+            } else {
+                ("#dddddd", 1.0)
+            };
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{:.1}" stroke="{stroke}" stroke-width="{width}"/>"##,
+                y + ROW_H
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{:.1}" font-size="13" fill="#111">{}</text>"##,
+            LABEL_X + 12.0,
+            y + 16.0,
+            xml_escape(&b.label)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{:.1}" font-size="11" fill="#666">{}</text>"##,
+            LABEL_X + 12.0,
+            y + 31.0,
+            xml_escape(&b.detail)
+        );
+        match b.advantage {
+            Some(adv) if adv > 0.0 && adv.is_finite() => {
+                let x = x_of(adv);
+                let (x0, w) = if x >= mid {
+                    (mid, x - mid)
+                } else {
+                    (x, mid - x)
+                };
+                let fill = if adv >= 1.0 { "#43a047" } else { "#d9534f" };
+                let _ = writeln!(
+                    s,
+                    r##"<rect class="bar" x="{x0:.1}" y="{:.1}" width="{:.1}" height="20" fill="{fill}"/>"##,
+                    y + 7.0,
+                    w.max(1.5)
+                );
+                let text = verdict(adv);
+                let clipped = if adv.log2().abs() > most {
+                    " (off scale)"
+                } else {
+                    ""
+                };
+                // Outside the bar's end, or inside the bar when the text
+                // would not fit before the edge (about 7 px a character).
+                let text_w = 7.0 * (verdict(adv).len() + clipped.len()) as f64 + 12.0;
+                let inside = if adv >= 1.0 {
+                    x + text_w > W - 8.0
+                } else {
+                    x - text_w < PLOT_X0 - 60.0
+                };
+                let (tx, anchor, color) = match (adv >= 1.0, inside) {
+                    (true, false) => (x + 6.0, "start", "#111"),
+                    (true, true) => (x - 6.0, "end", "#fff"),
+                    (false, false) => (x - 6.0, "end", "#111"),
+                    (false, true) => (x + 6.0, "start", "#fff"),
+                };
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{tx:.1}" y="{:.1}" font-size="12" fill="{color}" text-anchor="{anchor}">{}{clipped}</text>"##,
+                    y + 22.0,
+                    xml_escape(&text)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{:.1}" y="{:.1}" font-size="12" fill="#888">n/a</text>"##,
+                    mid + 6.0,
+                    y + 22.0
+                );
+            }
+        }
+        y += ROW_H;
+    }
+    for (i, line) in footer.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{LABEL_X}" y="{:.1}" font-size="12" fill="#555">{}</text>"##,
+            foot_y + 18.0 * i as f64,
+            xml_escape(line)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Time
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
+/// civil_from_days).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// UTC time of `t` as (`2026-11-21 07:10 UTC`, `20261121-071012`).
+pub fn utc_stamp(t: SystemTime) -> (String, String) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    let (hh, mm, ss) = (r / 3600, r % 3600 / 60, r % 60);
+    (
+        format!("{y:04}-{mo:02}-{d:02} {hh:02}:{mm:02} UTC"),
+        format!("{y:04}{mo:02}{d:02}-{hh:02}{mm:02}{ss:02}"),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process that is stopped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    /// Processes it forked that must go too (nginx's workers).
+    forked: Vec<u32>,
+    /// SIGTERM first (and wait), or SIGKILL at once.
+    graceful: bool,
+    log: PathBuf,
+}
+
+/// Send `sig` (a name: TERM, KILL) to `pid` with the shell's `kill`.
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "kill -s \"$0\" \"$1\" 2>/dev/null",
+            sig,
+            &pid.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The command line of `pid`, NULs as spaces ("" when it is gone).
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the name: state, ppid, ...
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Wait for the exit up to `limit`; true if it exited.
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            if self.exited().is_some() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.exited().is_none() {
+            if self.graceful {
+                signal(self.pid(), "TERM");
+                if !self.wait_exit(Duration::from_secs(5)) {
+                    eprintln!(
+                        "  {} did not stop within 5 s of SIGTERM; killing it",
+                        self.name
+                    );
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.wait_exit(Duration::from_secs(3));
+        }
+        // Forked children outlive a killed parent; only ours (same name) go.
+        for pid in std::mem::take(&mut self.forked) {
+            if cmdline(pid).contains("nginx") {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Spawn `cmd` with its CPU affinity set to `cpu`: from a short-lived
+/// thread pinned there (a child inherits its parent thread's affinity).
+fn spawn_pinned(cmd: &mut Command, cpu: usize) -> Result<Child> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                eprintln!("  warning: could not pin to CPU {cpu}");
+            }
+            cmd.spawn()
+        })
+        .join()
+        .map_err(|_| anyhow!("spawning thread panicked"))?
+        .map_err(anyhow::Error::from)
+    })
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Wait until `port` accepts a connection, the process exits, or `limit`.
+fn wait_listening(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = p.exited() {
+            bail!("{} exited at start ({st}):\n{}", p.name, tail(&p.log, 15));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            bail!(
+                "{} is not listening on {addr} after {limit:?}:\n{}",
+                p.name,
+                tail(&p.log, 15)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run a command to its end, output to `log`, at most `limit`.
+fn run_bounded(
+    cmd: &mut Command,
+    limit: Duration,
+    log: &Path,
+    stop: &Shutdown,
+) -> Result<ExitStatus> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if stop.is_triggered() || Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            if stop.is_triggered() {
+                bail!("interrupted");
+            }
+            bail!("{cmd:?} ran past {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The euid, from /proc (no unsafe call needed).
+fn euid() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/sbin",
+                "/usr/local/sbin",
+                "/sbin",
+                "/usr/local/nginx/sbin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// nginx: find or install
+
+#[derive(Debug, Clone)]
+struct NginxBin {
+    path: PathBuf,
+    version: String,
+    parsed: Option<(u32, u32, u32)>,
+}
+
+fn nginx_version(path: &Path, tmp: &Path, stop: &Shutdown) -> Result<NginxBin> {
+    let log = tmp.join("nginx-v.log");
+    let st = run_bounded(
+        Command::new(path).arg("-v"),
+        Duration::from_secs(10),
+        &log,
+        stop,
+    )?;
+    let out = tail(&log, 5);
+    if !st.success() {
+        bail!("`{} -v` failed ({st}): {out}", path.display());
+    }
+    let line = out
+        .lines()
+        .find(|l| l.contains("nginx/"))
+        .unwrap_or(out.trim())
+        .trim()
+        .to_string();
+    Ok(NginxBin {
+        path: path.to_path_buf(),
+        parsed: parse_nginx_version(&line),
+        version: line.trim_start_matches("nginx version: ").to_string(),
+    })
+}
+
+fn find_or_install_nginx(o: &Options, tmp: &Path, stop: &Shutdown) -> Result<NginxBin> {
+    if let Some(p) = &o.nginx {
+        return nginx_version(p, tmp, stop);
+    }
+    if let Some(p) = on_path("nginx") {
+        return nginx_version(&p, tmp, stop);
+    }
+    if o.no_install {
+        bail!("nginx not found, and --no-install given");
+    }
+    let Some(apt) = on_path("apt-get") else {
+        bail!("nginx not found and there is no apt-get to install it; install nginx, or pass --nginx PATH");
+    };
+    let sudo = match euid() {
+        Some(0) => None,
+        _ => match on_path("sudo") {
+            Some(s) => Some(s),
+            None => bail!("nginx not found; installing it needs root (no sudo here)"),
+        },
+    };
+    let apt_cmd = |args: &[&str]| {
+        let mut c = match &sudo {
+            Some(s) => {
+                let mut c = Command::new(s);
+                c.arg("-n").arg(&apt);
+                c
+            }
+            None => Command::new(&apt),
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    let prefix = if sudo.is_some() { "sudo -n " } else { "" };
+    println!("nginx not found: installing it from the distribution's packages");
+    println!("  {prefix}apt-get update");
+    let log = tmp.join("apt.log");
+    let st = run_bounded(
+        &mut apt_cmd(&["update"]),
+        Duration::from_secs(180),
+        &log,
+        stop,
+    )?;
+    if !st.success() {
+        println!("  apt-get update failed ({st}); trying the install anyway");
+    }
+    // `nginx` is the small core package on current Debian and Ubuntu;
+    // `nginx-light` the basic build on older ones.
+    for pkg in ["nginx", "nginx-light"] {
+        println!("  {prefix}apt-get install -y --no-install-recommends {pkg}");
+        let st = run_bounded(
+            &mut apt_cmd(&["install", "-y", "--no-install-recommends", pkg]),
+            Duration::from_secs(300),
+            &log,
+            stop,
+        )?;
+        if st.success() {
+            if let Some(p) = on_path("nginx") {
+                let bin = nginx_version(&p, tmp, stop)?;
+                println!("  installed {} at {}", bin.version, p.display());
+                return Ok(bin);
+            }
+        } else {
+            println!("  failed ({st}): {}", tail(&log, 2).replace('\n', " | "));
+        }
+    }
+    bail!("could not install nginx with apt-get")
+}
+
+// ---------------------------------------------------------------------------
+// The lab: backend and proxies
+
+struct Binaries {
+    ringway: PathBuf,
+    load: PathBuf,
+    echo: PathBuf,
+}
+
+impl Binaries {
+    fn resolve(o: &Options) -> Result<Binaries> {
+        let here = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let pick = |given: &Option<PathBuf>, name: &str| -> Result<PathBuf> {
+            let p = given.clone().unwrap_or_else(|| here.join(name));
+            if !p.is_file() {
+                bail!(
+                    "{} not found (build with `cargo build --release -p ringway -p ringway-load`, \
+                     or run loadtest/compare)",
+                    p.display()
+                );
+            }
+            Ok(p)
+        };
+        Ok(Binaries {
+            ringway: pick(&o.ringway, "ringway")?,
+            load: pick(&o.load, "ringway-load")?,
+            echo: pick(&o.echo, "ringway-echo")?,
+        })
+    }
+}
+
+/// A running target: where to send load and which pid to watch.
+struct Running {
+    proc: Proc,
+    port: u16,
+    /// The process doing the work (nginx: its worker).
+    watch: u32,
+    /// Its descriptors right after start.
+    fds0: u64,
+}
+
+/// A temporary directory removed on drop (unless kept).
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+struct Lab<'a> {
+    plan: &'a Plan,
+    bins: &'a Binaries,
+    stop: &'a Shutdown,
+    nginx_bin: Option<NginxBin>,
+    nginx_buffer_size: Option<String>,
+    nofile: u64,
+    // Dropped in this order: the proxies, then the backend, then the
+    // temporary directory once every process is gone.
+    ringway: Option<Running>,
+    nginx: Option<Running>,
+    echo: Option<Running>,
+    tmp: TempDir,
+    runs: usize,
+    warnings: Vec<String>,
+}
+
+fn fds_of(pid: u32) -> u64 {
+    procstat::sample(pid).map(|s| s.fds).unwrap_or(0)
+}
+
+impl Lab<'_> {
+    fn dir(&self) -> &Path {
+        &self.tmp.path
+    }
+
+    fn echo_port(&self) -> u16 {
+        self.echo.as_ref().map_or(0, |e| e.port)
+    }
+
+    fn start_echo(&mut self) -> Result<()> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let log = self.dir().join("echo.log");
+            let child = spawn_pinned(
+                Command::new(&self.bins.echo)
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--threads", "1", "--pin", &self.plan.load_cpu.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(File::create(&log)?))
+                    .stderr(Stdio::from(File::create(log.with_extension("err"))?)),
+                self.plan.load_cpu,
+            )?;
+            let mut proc = Proc {
+                name: "ringway-echo".into(),
+                child,
+                forked: Vec::new(),
+                graceful: false,
+                log: log.with_extension("err"),
+            };
+            match wait_listening(&mut proc, port, Duration::from_secs(10)) {
+                Ok(()) => {
+                    let pid = proc.pid();
+                    self.echo = Some(Running {
+                        proc,
+                        port,
+                        watch: pid,
+                        fds0: fds_of(pid),
+                    });
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("echo backend did not start")))
+    }
+
+    fn start_ringway(&mut self) -> Result<()> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let log = self.dir().join("ringway.log");
+            let child = spawn_pinned(
+                Command::new(&self.bins.ringway)
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--upstream", &format!("127.0.0.1:{}", self.echo_port())])
+                    .args(RINGWAY_ARGS)
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(File::create(&log)?))
+                    .stderr(Stdio::from(
+                        File::options().create(true).append(true).open(&log)?,
+                    )),
+                self.plan.proxy_cpu,
+            )?;
+            let mut proc = Proc {
+                name: "ringway".into(),
+                child,
+                forked: Vec::new(),
+                graceful: true,
+                log,
+            };
+            match wait_listening(&mut proc, port, Duration::from_secs(10)) {
+                Ok(()) => {
+                    let pid = proc.pid();
+                    self.ringway = Some(Running {
+                        proc,
+                        port,
+                        watch: pid,
+                        fds0: fds_of(pid),
+                    });
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("ringway did not start")))
+    }
+
+    fn nginx_conf(&self, port: u16) -> NginxConf {
+        NginxConf {
+            dir: self.dir().join("nginx"),
+            port,
+            echo_port: self.echo_port(),
+            cpu: self.plan.proxy_cpu,
+            nofile: self.nofile,
+            buffer_size: self.nginx_buffer_size.clone(),
+        }
+    }
+
+    fn start_nginx(&mut self) -> Result<()> {
+        let bin = self.nginx_bin.clone().context("no nginx")?;
+        let dir = self.dir().join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let conf = self.nginx_conf(port);
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, nginx_config(&conf))?;
+            let log = dir.join("stderr.log");
+            let mut cmd = Command::new(&bin.path);
+            cmd.arg("-p")
+                .arg(format!("{}/", dir.display()))
+                .arg("-c")
+                .arg(&conf_path);
+            // -e (1.19.5+): no attempt at the compiled-in error log path.
+            if bin.parsed.is_some_and(|v| v >= (1, 19, 5)) {
+                cmd.arg("-e").arg(dir.join("error.log"));
+            }
+            let child = spawn_pinned(
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::from(File::create(&log)?))
+                    .stderr(Stdio::from(
+                        File::options().create(true).append(true).open(&log)?,
+                    )),
+                self.plan.proxy_cpu,
+            )?;
+            let mut proc = Proc {
+                name: "nginx".into(),
+                child,
+                forked: Vec::new(),
+                graceful: true,
+                log: dir.join("error.log"),
+            };
+            if let Err(e) = wait_listening(&mut proc, port, Duration::from_secs(10)) {
+                let said = tail(&log, 3);
+                // Only a port taken in the meantime is worth another try.
+                if said.contains("in use") {
+                    last = Some(e);
+                    continue;
+                }
+                if said.trim().is_empty() {
+                    return Err(e);
+                }
+                bail!("{}", said.trim());
+            }
+            // The worker is what works: wait for it.
+            let end = Instant::now() + Duration::from_secs(10);
+            let workers = loop {
+                let w = children_of(proc.pid());
+                if !w.is_empty() || Instant::now() >= end {
+                    break w;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            proc.forked = workers.clone();
+            let Some(&worker) = workers.first() else {
+                bail!("nginx started but no worker process appeared");
+            };
+            self.nginx = Some(Running {
+                proc,
+                port,
+                watch: worker,
+                fds0: fds_of(worker),
+            });
+            return Ok(());
+        }
+        Err(last.unwrap_or_else(|| anyhow!("nginx did not start")))
+    }
+
+    fn start(&mut self, t: Target) -> Result<()> {
+        match t {
+            Target::Direct => self.start_echo(),
+            Target::Ringway => self.start_ringway(),
+            Target::Nginx => self.start_nginx(),
+        }
+    }
+
+    fn slot(&mut self, t: Target) -> &mut Option<Running> {
+        match t {
+            Target::Direct => &mut self.echo,
+            Target::Ringway => &mut self.ringway,
+            Target::Nginx => &mut self.nginx,
+        }
+    }
+
+    /// Stop and start a proxy (fresh memory for the idle scenario).
+    fn restart(&mut self, t: Target) -> Result<()> {
+        if let Some(mut r) = self.slot(t).take() {
+            r.proc.stop();
+        }
+        self.start(t)
+    }
+
+    /// Is the target up? A proxy that died is started again once.
+    fn ensure(&mut self, t: Target) -> Result<()> {
+        let dead = match self.slot(t) {
+            Some(r) => r.proc.exited().map(|st| (st, tail(&r.proc.log, 5))),
+            None => return Err(anyhow!("{} is not running", t.name())),
+        };
+        if let Some((st, log)) = dead {
+            self.warnings
+                .push(format!("{} exited ({st}); restarted. Log: {log}", t.name()));
+            *self.slot(t) = None;
+            if t == Target::Direct {
+                bail!("the echo backend exited ({st})");
+            }
+            self.start(t)?;
+        }
+        Ok(())
+    }
+
+    /// After a run: wait (bounded) until every process is back near its
+    /// descriptor count at start, so one run's closing does not load the next.
+    fn settle(&mut self) {
+        let end = Instant::now() + Duration::from_secs(15);
+        for t in Target::ALL {
+            let Some(r) = self.slot(t).as_ref() else {
+                continue;
+            };
+            let (watch, fds0, name) = (r.watch, r.fds0, t.name());
+            loop {
+                let now = fds_of(watch);
+                if now <= fds0 + 8 {
+                    break;
+                }
+                if Instant::now() >= end {
+                    self.warnings.push(format!(
+                        "{name}: {now} descriptors open after a run (at start {fds0})"
+                    ));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Sockets closed by the kernel a moment after the processes let go.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn run_one(&mut self, round: usize, sc: Scenario, t: Target) -> RunRecord {
+        let started = Instant::now();
+        let (report, error, host) = match self.try_run(sc, t) {
+            Ok((v, host)) => {
+                let e = generator_errors(&v, t);
+                (Some(v), e, host)
+            }
+            Err(e) => (None, Some(format!("{e:#}")), None),
+        };
+        self.settle();
+        RunRecord {
+            round,
+            scenario: sc,
+            target: t,
+            report,
+            error,
+            wall_s: started.elapsed().as_secs_f64(),
+            host,
+        }
+    }
+
+    /// CPU seconds used so far by every proxy process (both proxies run
+    /// all the time; the idle one uses next to nothing).
+    fn proxies_cpu_s(&self) -> Option<f64> {
+        let mut pids = Vec::new();
+        for r in [&self.ringway, &self.nginx].into_iter().flatten() {
+            pids.push(r.watch);
+            if r.watch != r.proc.child.id() {
+                pids.push(r.proc.child.id());
+            }
+        }
+        pids.iter()
+            .map(|&p| procstat::sample(p).ok().map(|s| s.cpu_s))
+            .sum()
+    }
+
+    fn try_run(&mut self, sc: Scenario, t: Target) -> Result<(Value, Option<HostUse>)> {
+        if sc == Scenario::Idle && t != Target::Direct {
+            self.restart(t)?;
+        }
+        self.ensure(t)?;
+        self.ensure(Target::Direct)?;
+        let r = self.slot(t).as_ref().context("not running")?;
+        let (port, watch) = (r.port, r.watch);
+        self.runs += 1;
+        let json_path = self.dir().join(format!("run-{:03}.json", self.runs));
+        let log = self.dir().join(format!("run-{:03}.log", self.runs));
+        let duration = self.plan.duration_of(sc);
+        let mut cmd = Command::new(&self.bins.load);
+        cmd.args(self.plan.scenario_args(sc))
+            .args(["--url", &format!("ws://127.0.0.1:{port}/")])
+            .args(["--threads", "1", "--pin", &self.plan.load_cpu.to_string()])
+            .args(["--duration", &dur_arg(duration)])
+            .args(["--warmup", &dur_arg(self.plan.warmup)])
+            .arg("--json")
+            .arg(&json_path);
+        if t != Target::Direct {
+            cmd.args(["--watch-pid", &watch.to_string()]);
+        }
+        // Setting up idle connections takes a while; everything else is
+        // bounded by the window plus the generator's 5 s grace.
+        let limit = self.plan.warmup
+            + duration
+            + Duration::from_secs(40)
+            + Duration::from_millis(self.plan.idle_connections as u64 * 2);
+        let (p0, l0, ours0) = (
+            cpu_times(self.plan.proxy_cpu),
+            cpu_times(self.plan.load_cpu),
+            self.proxies_cpu_s(),
+        );
+        let t0 = Instant::now();
+        let st = run_bounded(&mut cmd, limit, &log, self.stop)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let (p1, l1, ours1) = (
+            cpu_times(self.plan.proxy_cpu),
+            cpu_times(self.plan.load_cpu),
+            self.proxies_cpu_s(),
+        );
+        let host = match (p0, p1, l0, l1) {
+            (Some(p0), Some(p1), Some(l0), Some(l1)) => Some(HostUse {
+                proxy_core: CoreUse::between(p0, p1, wall, ours0.zip(ours1).map(|(a, b)| b - a)),
+                load_core: CoreUse::between(l0, l1, wall, None),
+            }),
+            _ => None,
+        };
+        if !st.success() {
+            bail!(
+                "ringway-load {} failed ({st}): {}",
+                sc.name(),
+                tail(&log, 6)
+            );
+        }
+        let text = std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+        let v: Value = serde_json::from_str(&text).context("parsing the report")?;
+        Ok((v, host))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+/// How busy the proxy core was with other work during the runs.
+pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
+    let others: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.host.and_then(|h| h.proxy_core.others_pct))
+        .collect();
+    let steal: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.host.map(|h| h.proxy_core.steal_pct))
+        .collect();
+    let max = others.iter().copied().fold(0.0f64, f64::max);
+    let mut s = format!(
+        "noise: on the proxy core, work other than the proxies took {:.1}% of a run (median; max {max:.1}%), steal {:.1}%",
+        median(&others)?,
+        median(&steal).unwrap_or(0.0)
+    );
+    if max > 10.0 {
+        s.push_str(
+            " -- another process shared the proxy core; rerun on a quiet machine for firm numbers",
+        );
+    }
+    Some(s)
+}
+
+/// Median busy % of the proxy core and the load core, per scenario and
+/// target: which core was the bottleneck of each scenario.
+pub fn core_use(records: &[RunRecord], scenarios: &[Scenario]) -> String {
+    let mut out = String::from(
+        "core use (median busy % over the run, proxy core / load core; 100 = saturated):\n",
+    );
+    for &sc in scenarios {
+        let mut line = format!("  {:<8}", sc.name());
+        for t in Target::ALL {
+            let of = |f: fn(&HostUse) -> f64| {
+                let v: Vec<f64> = records
+                    .iter()
+                    .filter(|r| r.scenario == sc && r.target == t && r.report.is_some())
+                    .filter_map(|r| r.host.as_ref().map(f))
+                    .collect();
+                median(&v)
+            };
+            if let (Some(p), Some(l)) =
+                (of(|h| h.proxy_core.busy_pct), of(|h| h.load_core.busy_pct))
+            {
+                let _ = write!(line, "  {} {p:>3.0}/{l:<3.0}", t.name());
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The errors of a run through nginx that ends with echoes in flight.
+pub const HALF_CLOSE: &str =
+    "closed with echoes in flight after the window (half-close, see below)";
+
+/// Printed once under the table when a run had [`HALF_CLOSE`] errors.
+pub const HALF_CLOSE_NOTE: &str = "half-close: when the generator stops sending it shuts down its \
+    side; nginx then closes the whole tunnel (it keeps no half-closed upgraded connection), so \
+    echoes still in flight are lost. That is after the measured window: the figures are unaffected.";
+
+/// The generator's errors in words, `None` without errors.
+pub fn generator_errors(report: &Value, t: Target) -> Option<String> {
+    let n = report.get("errors").and_then(Value::as_u64).unwrap_or(0);
+    if n == 0 {
+        return None;
+    }
+    let samples: Vec<&str> = report
+        .get("error_samples")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let only_end = !samples.is_empty()
+        && samples
+            .iter()
+            .all(|s| *s == "connection closed with echoes missing");
+    if only_end && t == Target::Nginx {
+        return Some(format!("{} {HALF_CLOSE}", plural(n as usize, "connection")));
+    }
+    Some(format!(
+        "{n} errors reported by the generator: {}",
+        samples.join("; ")
+    ))
+}
+
+fn machine() -> (String, usize, String) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    (cpu, n, kernel)
+}
+
+fn summary_line(sc: Scenario, v: &Value) -> String {
+    let g = |m: Metric| m.extract(v).map_or("-".into(), num);
+    let mut s = match sc {
+        Scenario::Echo | Scenario::Open => {
+            format!("{} msg/s, p50 {} µs, p99 {} µs", g(PerSec), g(P50), g(P99))
+        }
+        Scenario::Bulk => format!("{} MB/s, p50 {} µs", g(MbPerSec), g(P50)),
+        Scenario::Connect => format!("{} handshakes/s, p99 {} µs", g(PerSec), g(P99)),
+        Scenario::Idle => format!(
+            "{} of {} alive",
+            v.get("received").and_then(Value::as_u64).unwrap_or(0),
+            v.get("connections").and_then(Value::as_u64).unwrap_or(0)
+        ),
+    };
+    if let Some(c) = ProxyCpu.extract(v) {
+        if sc != Scenario::Idle {
+            let _ = write!(s, ", proxy {} µs/unit", num(c));
+        }
+    }
+    if let Some(r) = ProxyRss.extract(v) {
+        let _ = write!(s, ", proxy {} KiB/conn", num(r));
+    }
+    s
+}
+
+/// The table, as printed.
+pub fn table(rows: &[Row], have_nginx: bool) -> String {
+    let mut out = String::new();
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), num);
+    let _ = writeln!(
+        out,
+        "{:<44} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
+        "figure (median over rounds)",
+        "better",
+        "direct",
+        "ringway",
+        "nginx",
+        "ringway/nginx",
+        "rw/direct"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(119));
+    let mut group = None;
+    for r in rows {
+        if group != Some(r.figure.scenario) {
+            group = Some(r.figure.scenario);
+            let _ = writeln!(out, "[{}]", r.figure.scenario.name());
+        }
+        let vs_nginx = match (r.ratio_to(Target::Nginx), r.advantage_over(Target::Nginx)) {
+            (Some(x), Some(a)) => format!("{x:.2} ({})", verdict(a)),
+            _ if !have_nginx => "n/a (no nginx)".to_string(),
+            _ => "-".to_string(),
+        };
+        let vs_direct = r
+            .ratio_to(Target::Direct)
+            .map_or("-".into(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            out,
+            "{:<44} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
+            format!("{} ({})", r.figure.label, r.figure.unit),
+            r.figure.better.word(),
+            cell(r.get(Target::Direct)),
+            cell(r.get(Target::Ringway)),
+            cell(r.get(Target::Nginx)),
+            vs_nginx,
+            vs_direct
+        );
+    }
+    out
+}
+
+/// The bars of the chart: ringway against nginx, or against direct when
+/// nginx is missing.
+pub fn bars(rows: &[Row], plan: &Plan, vs: Target) -> Vec<Bar> {
+    rows.iter()
+        .map(|r| {
+            let unit = r.figure.unit;
+            let detail = match (r.get(Target::Ringway), r.get(vs)) {
+                (Some(a), Some(b)) => format!(
+                    "ringway {} vs {} {} {unit} ({} is better)",
+                    num(a),
+                    vs.name(),
+                    num(b),
+                    r.figure.better.word()
+                ),
+                (Some(a), None) => format!("ringway {} {unit}; {} n/a", num(a), vs.name()),
+                _ => "no value".to_string(),
+            };
+            Bar {
+                group: plan.describe(r.figure.scenario),
+                label: r.figure.label.to_string(),
+                detail,
+                advantage: r.advantage_over(vs),
+            }
+        })
+        .collect()
+}
+
+/// Run the whole comparison.
+pub fn run(o: Options) -> Result<()> {
+    let t0 = Instant::now();
+    let started = SystemTime::now();
+    let (date, stamp) = utc_stamp(started);
+    let stop = Shutdown::new();
+    ringway::server::install_signal_handler(stop.clone());
+    let plan = Plan::new(&o)?;
+    let bins = Binaries::resolve(&o)?;
+    let (cpu_model, ncpu, kernel) = machine();
+    for (what, cpu) in [
+        ("--proxy-cpu", plan.proxy_cpu),
+        ("--load-cpu", plan.load_cpu),
+    ] {
+        if cpu >= ncpu {
+            bail!("{what} {cpu}: this machine has CPUs 0 to {}", ncpu - 1);
+        }
+    }
+    let mut warnings = Vec::new();
+    if plan.proxy_cpu == plan.load_cpu {
+        warnings.push("proxy and load share a CPU: CPU figures include contention".to_string());
+    }
+    let tmp_path =
+        std::env::temp_dir().join(format!("ringway-compare-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&tmp_path)?;
+    let tmp = TempDir {
+        path: tmp_path,
+        keep: o.keep_temp,
+    };
+    let nofile = ringway::sys::raise_nofile_limit().map_or(1024, |(_, hard)| hard.min(1 << 20));
+    if plan.idle_connections * 2 + 64 > nofile as usize {
+        warnings.push(format!(
+            "{} idle connections need {} descriptors in a proxy; the limit is {nofile}",
+            plan.idle_connections,
+            plan.idle_connections * 2 + 64
+        ));
+    }
+
+    let mut nginx_note = String::new();
+    let nginx_bin = if o.no_nginx {
+        nginx_note = "left out (--no-nginx)".into();
+        None
+    } else {
+        match find_or_install_nginx(&o, &tmp.path, &stop) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                nginx_note = format!("unavailable: {e:#}");
+                println!("nginx {nginx_note}; comparing direct and ringway only");
+                None
+            }
+        }
+    };
+
+    let mut lab = Lab {
+        plan: &plan,
+        bins: &bins,
+        stop: &stop,
+        nginx_bin,
+        nginx_buffer_size: o.nginx_buffer_size.clone(),
+        nofile,
+        echo: None,
+        ringway: None,
+        nginx: None,
+        tmp,
+        runs: 0,
+        warnings: Vec::new(),
+    };
+    lab.start(Target::Direct)
+        .context("starting the echo backend")?;
+    lab.start(Target::Ringway).context("starting ringway")?;
+    if lab.nginx_bin.is_some() {
+        if let Err(e) = lab.start(Target::Nginx) {
+            nginx_note = format!("did not start: {e:#}");
+            println!("nginx {nginx_note}; comparing direct and ringway only");
+            lab.nginx_bin = None;
+        }
+    }
+    let nginx_conf = lab
+        .nginx_bin
+        .as_ref()
+        .map(|_| nginx_config(&lab.nginx_conf(lab.nginx.as_ref().map_or(0, |n| n.port))));
+    let have_nginx = lab.nginx.is_some();
+    let targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|t| *t != Target::Nginx || have_nginx)
+        .collect();
+    let nginx_version = lab.nginx_bin.as_ref().map(|b| b.version.clone());
+    println!(
+        "ringway-compare: {} x {} scenarios x {} targets, {:?} each (+{:?} warm-up); proxies on CPU {}, backend and generator on CPU {}",
+        plural(plan.rounds, "round"),
+        plan.scenarios.len(),
+        targets.len(),
+        plan.duration,
+        plan.warmup,
+        plan.proxy_cpu,
+        plan.load_cpu
+    );
+    if let Some(v) = &nginx_version {
+        println!("nginx: {v}");
+    }
+
+    let total_runs = plan.rounds * plan.scenarios.len() * targets.len();
+    let mut records = Vec::new();
+    let mut interrupted = false;
+    'rounds: for round in 0..plan.rounds {
+        let order: Vec<Target> = round_order(round)
+            .into_iter()
+            .filter(|t| targets.contains(t))
+            .collect();
+        for &sc in &plan.scenarios {
+            for &t in &order {
+                if stop.is_triggered() {
+                    interrupted = true;
+                    break 'rounds;
+                }
+                let rec = lab.run_one(round, sc, t);
+                let n = records.len() + 1;
+                match (&rec.report, &rec.error) {
+                    (Some(v), e) => println!(
+                        "[{n:>2}/{total_runs}] round {} {:<7} {:<7} {}{} ({:.1}s)",
+                        round + 1,
+                        sc.name(),
+                        t.name(),
+                        summary_line(sc, v),
+                        e.as_ref().map_or(String::new(), |e| format!("  !! {e}")),
+                        rec.wall_s
+                    ),
+                    (None, e) => println!(
+                        "[{n:>2}/{total_runs}] round {} {:<7} {:<7} FAILED: {}",
+                        round + 1,
+                        sc.name(),
+                        t.name(),
+                        e.as_deref().unwrap_or("?")
+                    ),
+                }
+                records.push(rec);
+            }
+        }
+    }
+    let nginx_errors = std::fs::read_to_string(lab.dir().join("nginx/error.log"))
+        .map(|s| s.lines().take(20).map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    warnings.append(&mut lab.warnings);
+    drop(lab);
+    if interrupted {
+        warnings.push("interrupted: partial results".into());
+    }
+
+    let summary = Summary {
+        rows: rows(&records, &plan.scenarios),
+        noise: noise_summary(&records),
+        plan: &plan,
+        records: &records,
+        warnings,
+        nginx: NginxInfo {
+            version: nginx_version,
+            note: nginx_note,
+            config: nginx_conf,
+            errors: nginx_errors,
+            buffer_size: o.nginx_buffer_size.clone(),
+        },
+        machine: (cpu_model, ncpu, kernel),
+        nofile,
+        date,
+        total_s: t0.elapsed().as_secs_f64(),
+        interrupted,
+    };
+    summary.print();
+
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| o.results_dir.join(format!("compare-{stamp}.json")));
+    let svg_path = o.svg.clone().unwrap_or_else(|| out.with_extension("svg"));
+    for p in [&out, &svg_path] {
+        if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&summary.json())?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let json_name = out
+        .file_name()
+        .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+    std::fs::write(&svg_path, summary.svg(&json_name))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    println!();
+    println!("wrote {} and {}", out.display(), svg_path.display());
+    println!(
+        "total time {:.0} s ({:.1} min)",
+        summary.total_s,
+        summary.total_s / 60.0
+    );
+    if interrupted {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// What is known about nginx at the end.
+struct NginxInfo {
+    version: Option<String>,
+    /// Why it is missing, if it is.
+    note: String,
+    config: Option<String>,
+    /// The first lines of its error log.
+    errors: Vec<String>,
+    buffer_size: Option<String>,
+}
+
+/// Everything the table, the JSON file and the chart are made from.
+struct Summary<'a> {
+    plan: &'a Plan,
+    records: &'a [RunRecord],
+    rows: Vec<Row>,
+    noise: Option<String>,
+    warnings: Vec<String>,
+    nginx: NginxInfo,
+    /// CPU model, CPUs, kernel.
+    machine: (String, usize, String),
+    nofile: u64,
+    date: String,
+    total_s: f64,
+    interrupted: bool,
+}
+
+impl Summary<'_> {
+    fn have_nginx(&self) -> bool {
+        self.nginx.config.is_some()
+    }
+
+    fn header(&self) -> String {
+        let (cpu, n, kernel) = &self.machine;
+        format!(
+            "{cpu}, {n} CPUs, Linux {kernel}; proxies pinned to CPU {}, echo backend and generator to CPU {}",
+            self.plan.proxy_cpu, self.plan.load_cpu
+        )
+    }
+
+    fn settings_line(&self) -> String {
+        format!(
+            "{}, {:?} per run (+{:?} warm-up), median over rounds; {}",
+            plural(self.plan.rounds, "round"),
+            self.plan.duration,
+            self.plan.warmup,
+            self.date
+        )
+    }
+
+    fn nginx_words(&self) -> String {
+        match (&self.nginx.version, &self.nginx.buffer_size) {
+            (Some(v), Some(b)) => format!("{v} (proxy_buffer_size {b})"),
+            (Some(v), None) => format!("{v} (the guides' config, default proxy_buffer_size)"),
+            (None, _) => "nginx n/a".to_string(),
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!("ringway vs {}", self.nginx_words());
+        println!("{}", self.header());
+        println!("{}", self.settings_line());
+        for sc in &self.plan.scenarios {
+            println!("  {}: {}", sc.name(), self.plan.describe(*sc));
+        }
+        if !self.have_nginx() {
+            println!("NOTE: nginx {}: direct and ringway only", self.nginx.note);
+        }
+        println!();
+        print!("{}", table(&self.rows, self.have_nginx()));
+        println!(
+            "ratios are raw (ringway divided by the other); 'better' says which way wins. \
+             rw/direct is ringway's cost over no proxy at all."
+        );
+        let failed: Vec<&RunRecord> = self.records.iter().filter(|r| r.error.is_some()).collect();
+        for r in &failed {
+            println!(
+                "  run round {} {} {}: {}",
+                r.round + 1,
+                r.scenario.name(),
+                r.target.name(),
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        if failed
+            .iter()
+            .any(|r| r.error.as_deref().is_some_and(|e| e.ends_with(HALF_CLOSE)))
+        {
+            println!("  {HALF_CLOSE_NOTE}");
+        }
+        print!("{}", core_use(self.records, &self.plan.scenarios));
+        if let Some(n) = &self.noise {
+            println!("{n}");
+        }
+        for w in &self.warnings {
+            println!("  warning: {w}");
+        }
+        for l in &self.nginx.errors {
+            println!("  nginx error.log: {l}");
+        }
+    }
+
+    fn json(&self) -> Value {
+        let plan = self.plan;
+        let figures: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "key": r.figure.key,
+                    "label": r.figure.label,
+                    "unit": r.figure.unit,
+                    "scenario": r.figure.scenario.name(),
+                    "better": r.figure.better.word(),
+                    "direct": r.get(Target::Direct),
+                    "ringway": r.get(Target::Ringway),
+                    "nginx": r.get(Target::Nginx),
+                    "runs": {"direct": r.counts[0], "ringway": r.counts[1], "nginx": r.counts[2]},
+                    "ringway_over_nginx": r.ratio_to(Target::Nginx),
+                    "ringway_over_direct": r.ratio_to(Target::Direct),
+                    "ringway_advantage_over_nginx": r.advantage_over(Target::Nginx),
+                })
+            })
+            .collect();
+        let runs: Vec<Value> = self
+            .records
+            .iter()
+            .map(|r| {
+                json!({
+                    "round": r.round + 1,
+                    "scenario": r.scenario.name(),
+                    "target": r.target.name(),
+                    "wall_s": r.wall_s,
+                    "error": r.error,
+                    "host": r.host.map(|h| json!({
+                        "proxy_core": h.proxy_core.json(),
+                        "load_core": h.load_core.json(),
+                    })),
+                    "report": r.report,
+                })
+            })
+            .collect();
+        let (cpu, n, kernel) = &self.machine;
+        json!({
+            "tool": "ringway-compare",
+            "started_utc": self.date,
+            "total_s": self.total_s,
+            "interrupted": self.interrupted,
+            "machine": {"cpu": cpu, "cpus": n, "kernel": kernel, "nofile_limit": self.nofile},
+            "settings": {
+                "quick": plan.quick,
+                "rounds": plan.rounds,
+                "duration_s": plan.duration.as_secs_f64(),
+                "warmup_s": plan.warmup.as_secs_f64(),
+                "proxy_cpu": plan.proxy_cpu,
+                "load_cpu": plan.load_cpu,
+                "scenarios": plan.scenarios.iter().map(|s| json!({
+                    "name": s.name(),
+                    "description": plan.describe(*s),
+                    "ringway_load_args": plan.scenario_args(*s),
+                })).collect::<Vec<_>>(),
+                "ringway_args": RINGWAY_ARGS,
+            },
+            "nginx": {
+                "available": self.have_nginx(),
+                "version": self.nginx.version,
+                "note": self.nginx.note,
+                "proxy_buffer_size": self.nginx.buffer_size,
+                "config": self.nginx.config,
+                "error_log": self.nginx.errors,
+            },
+            "figures": figures,
+            "noise": self.noise,
+            "warnings": self.warnings,
+            "runs": runs,
+        })
+    }
+
+    fn svg(&self, json_name: &str) -> String {
+        let vs = if self.have_nginx() {
+            Target::Nginx
+        } else {
+            Target::Direct
+        };
+        let title = if self.have_nginx() {
+            "ringway vs nginx: WebSocket proxy, one worker each"
+        } else {
+            "ringway vs no proxy (nginx unavailable)"
+        };
+        let subtitle = [
+            self.header(),
+            format!("{}; {}", self.nginx_words(), self.settings_line()),
+        ];
+        let footer = [
+            format!(
+                "Bars: how many times better ringway is than {} (log scale): for 'higher is better' \
+                 figures ringway/{0}, for 'lower is better' {0}/ringway.",
+                vs.name()
+            ),
+            "On a 2-core machine the generator and the backend share one core: read CPU per unit \
+             of work, fixed-rate latency and memory, not raw throughput alone."
+                .to_string(),
+            format!("Raw reports and medians: {json_name}"),
+        ];
+        svg_chart(
+            title,
+            &subtitle,
+            vs.name(),
+            &bars(&self.rows, self.plan, vs),
+            &footer,
+        )
+    }
+}
+
+/// ringway's flags besides --listen and --upstream.
+const RINGWAY_ARGS: [&str; 6] = [
+    "--workers",
+    "1",
+    "--idle-timeout",
+    "1h",
+    "--log-level",
+    "warn",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf() -> NginxConf {
+        NginxConf {
+            dir: PathBuf::from("/tmp/x"),
+            port: 41234,
+            echo_port: 40001,
+            cpu: 2,
+            nofile: 20000,
+            buffer_size: None,
+        }
+    }
+
+    #[test]
+    fn nginx_config_has_the_seed_directives() {
+        let c = nginx_config(&conf());
+        for d in [
+            "map $http_upgrade $connection_upgrade {",
+            "default upgrade;",
+            "''      close;",
+            "proxy_pass http://127.0.0.1:40001;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+            "proxy_set_header Host $host;",
+            "proxy_set_header X-Real-IP $remote_addr;",
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "proxy_read_timeout 3600s;",
+            "proxy_send_timeout 3600s;",
+            "proxy_connect_timeout 60s;",
+            "proxy_buffering off;",
+            "listen 127.0.0.1:41234 backlog=4096;",
+            "worker_processes 1;",
+            "worker_cpu_affinity 100;",
+            "worker_rlimit_nofile 20000;",
+            "worker_connections 19936;",
+            "use epoll;",
+            "access_log off;",
+            "error_log /tmp/x/error.log warn;",
+            "pid /tmp/x/nginx.pid;",
+            "proxy_temp_path /tmp/x/proxy_temp;",
+            "daemon off;",
+        ] {
+            assert!(c.contains(d), "missing {d:?} in\n{c}");
+        }
+        // Balanced braces: a config nginx can parse.
+        assert_eq!(c.matches('{').count(), c.matches('}').count());
+        assert!(!c.contains("proxy_buffer_size"));
+        let c = nginx_config(&NginxConf {
+            buffer_size: Some("64k".into()),
+            ..conf()
+        });
+        assert!(
+            c.contains("proxy_buffer_size 64k;\n            proxy_buffers 4 64k;\n        }"),
+            "{c}"
+        );
+        assert!(parse_nginx_size("16k").is_ok() && parse_nginx_size("4096").is_ok());
+        assert!(parse_nginx_size("k").is_err() && parse_nginx_size("1kk").is_err());
+    }
+
+    #[test]
+    fn cpu_masks() {
+        assert_eq!(cpu_mask(0), "1");
+        assert_eq!(cpu_mask(1), "10");
+        assert_eq!(cpu_mask(3), "1000");
+    }
+
+    #[test]
+    fn nginx_versions() {
+        assert_eq!(
+            parse_nginx_version("nginx version: nginx/1.22.1"),
+            Some((1, 22, 1))
+        );
+        assert_eq!(
+            parse_nginx_version("nginx version: nginx/1.25.3 (Ubuntu)"),
+            Some((1, 25, 3))
+        );
+        assert_eq!(parse_nginx_version("nginx version: openresty/1.21"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
+    }
+
+    #[test]
+    fn ratio_direction() {
+        assert_eq!(ratio(Some(2.0), Some(1.0)), Some(2.0));
+        assert_eq!(ratio(Some(2.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+        // Twice the throughput is 2x better; twice the latency 2x worse.
+        assert_eq!(advantage(Better::Higher, 2.0), 2.0);
+        assert_eq!(advantage(Better::Lower, 2.0), 0.5);
+        assert_eq!(verdict(2.0), "2.00x better");
+        assert_eq!(verdict(0.5), "2.00x worse");
+        assert_eq!(verdict(1.01), "same");
+    }
+
+    #[test]
+    fn order_rotates() {
+        use Target::*;
+        assert_eq!(round_order(0), [Direct, Ringway, Nginx]);
+        assert_eq!(round_order(1), [Nginx, Direct, Ringway]);
+        assert_eq!(round_order(2), [Ringway, Nginx, Direct]);
+        assert_eq!(round_order(3), round_order(0));
+    }
+
+    fn report(per_sec: f64, p99: f64, cpu: Option<f64>) -> Value {
+        json!({
+            "per_sec": per_sec,
+            "mb_per_sec": 1.0,
+            "latency": {"p50_us": p99 / 2.0, "p99_us": p99, "p999_us": p99 * 2.0},
+            "cpu_us_per_unit": cpu.into_iter().collect::<Vec<_>>(),
+            "rss_kib_per_conn": [],
+            "errors": 0,
+        })
+    }
+
+    fn record(round: usize, target: Target, rep: Value) -> RunRecord {
+        RunRecord {
+            round,
+            scenario: Scenario::Echo,
+            target,
+            report: Some(rep),
+            error: None,
+            wall_s: 1.0,
+            host: None,
+        }
+    }
+
+    #[test]
+    fn rows_take_medians_per_target() {
+        let recs = vec![
+            record(0, Target::Direct, report(100.0, 10.0, None)),
+            record(0, Target::Ringway, report(80.0, 20.0, Some(5.0))),
+            record(1, Target::Ringway, report(90.0, 30.0, Some(7.0))),
+            record(2, Target::Ringway, report(70.0, 40.0, Some(6.0))),
+            record(0, Target::Nginx, report(40.0, 60.0, Some(12.0))),
+        ];
+        let rows = rows(&recs, &[Scenario::Echo]);
+        assert_eq!(rows.len(), 4);
+        let rate = &rows[0];
+        assert_eq!(rate.figure.key, "echo_rate");
+        assert_eq!(rate.get(Target::Ringway), Some(80.0));
+        assert_eq!(rate.counts, [1, 3, 1]);
+        assert_eq!(rate.advantage_over(Target::Nginx), Some(2.0));
+        let p99 = rows.iter().find(|r| r.figure.key == "echo_p99").unwrap();
+        assert_eq!(p99.get(Target::Ringway), Some(30.0));
+        assert_eq!(p99.advantage_over(Target::Nginx), Some(2.0));
+        let cpu = rows.iter().find(|r| r.figure.key == "echo_cpu").unwrap();
+        assert_eq!(cpu.get(Target::Direct), None);
+        assert_eq!(cpu.get(Target::Ringway), Some(6.0));
+        assert_eq!(cpu.advantage_over(Target::Nginx), Some(2.0));
+        let t = table(&rows, true);
+        assert!(t.contains("2.00x better"), "{t}");
+    }
+
+    fn plan() -> Plan {
+        Plan::new(&Options::parse_from(["ringway-compare", "--quick"])).unwrap()
+    }
+
+    #[test]
+    fn plan_defaults() {
+        let p = plan();
+        assert_eq!((p.rounds, p.idle_connections), (2, 2000));
+        assert_eq!(p.duration, Duration::from_secs(2));
+        assert_eq!(p.scenarios.len(), 5);
+        let full = Plan::new(&Options::parse_from(["ringway-compare"])).unwrap();
+        assert_eq!((full.rounds, full.idle_connections), (3, 8000));
+        assert_eq!(full.duration_of(Scenario::Idle), Duration::from_secs(5));
+        let args = p.scenario_args(Scenario::Connect).join(" ");
+        assert!(args.contains("--source-ips 127.0.0.2,127.0.0.3,"), "{args}");
+        assert!(args.ends_with("127.0.0.17"), "{args}");
+        assert!(p
+            .scenario_args(Scenario::Open)
+            .contains(&"--rate".to_string()));
+        assert!(Scenario::parse("nope").is_err());
+        assert_eq!(dur_arg(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn svg_has_one_bar_per_figure() {
+        let rows: Vec<Row> = FIGURES
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Row {
+                figure: *f,
+                values: [Some(1.0), Some(1.0 + i as f64), Some(2.0)],
+                counts: [1, 1, 1],
+            })
+            .collect();
+        let p = plan();
+        let b = bars(&rows, &p, Target::Nginx);
+        let svg = svg_chart("t <&>", &["sub".into()], "nginx", &b, &["foot".into()]);
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches(r#"class="bar""#).count(), FIGURES.len());
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        assert!(svg.contains("t &lt;&amp;&gt;"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        // Groups are headed once each.
+        assert_eq!(svg.matches(&p.describe(Scenario::Open)).count(), 1);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        let (d, s) = utc_stamp(UNIX_EPOCH + Duration::from_secs(19_723 * 86_400 + 3661));
+        assert_eq!(d, "2024-01-01 01:01 UTC");
+        assert_eq!(s, "20240101-010101");
+    }
+
+    #[test]
+    fn cpu_lines() {
+        let stat =
+            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 10 1 5 100 7 2 3 4 0 0\ncpu1 1 2 3 4 5 6 7 8 0 0\n";
+        let c0 = parse_cpu_times(stat, 0).unwrap();
+        assert_eq!((c0.busy, c0.softirq, c0.steal), (10 + 1 + 5 + 2 + 3, 3, 4));
+        assert_eq!(parse_cpu_times(stat, 1).unwrap().busy, 1 + 2 + 3 + 6 + 7);
+        assert_eq!(parse_cpu_times(stat, 2), None);
+        // 100 jiffies busy in 2 s, of which the proxies used 0.5 s: 25% others.
+        let u = CoreUse::between(
+            CpuTimes::default(),
+            CpuTimes {
+                busy: 100,
+                softirq: 10,
+                steal: 2,
+            },
+            2.0,
+            Some(0.5),
+        );
+        assert_eq!((u.busy_pct, u.softirq_pct, u.steal_pct), (50.0, 5.0, 1.0));
+        assert_eq!(u.others_pct, Some(25.0));
+    }
+
+    #[test]
+    fn core_use_lines() {
+        let core = |busy_pct| CoreUse {
+            busy_pct,
+            softirq_pct: 0.0,
+            steal_pct: 0.0,
+            others_pct: None,
+        };
+        let mut r = record(0, Target::Ringway, report(1.0, 1.0, None));
+        r.host = Some(HostUse {
+            proxy_core: core(99.6),
+            load_core: core(42.0),
+        });
+        let text = core_use(&[r], &[Scenario::Echo, Scenario::Idle]);
+        assert!(text.contains("  echo      ringway 100/42"), "{text}");
+        assert!(text.contains("\n  idle\n"), "{text}");
+    }
+
+    #[test]
+    fn generator_error_words() {
+        let ok = json!({"errors": 0, "error_samples": []});
+        assert_eq!(generator_errors(&ok, Target::Nginx), None);
+        let end = json!({"errors": 3, "error_samples": ["connection closed with echoes missing"]});
+        assert!(generator_errors(&end, Target::Nginx)
+            .unwrap()
+            .ends_with(HALF_CLOSE));
+        assert!(generator_errors(&end, Target::Ringway)
+            .unwrap()
+            .contains("3 errors"));
+    }
+
+    #[test]
+    fn xml_escapes() {
+        assert_eq!(xml_escape(r#"a<b>&"c'"#), "a&lt;b&gt;&amp;&quot;c&apos;");
+    }
+}

@@ -137,6 +137,7 @@ fn main() -> Result<()> {
                 },
             };
             let opts = EchoOpts {
+                scenario: "bulk",
                 connections: *connections,
                 size: *size,
                 binary: !text,
@@ -151,6 +152,7 @@ fn main() -> Result<()> {
             inflight,
         } => {
             let opts = EchoOpts {
+                scenario: "bulk",
                 connections: *connections,
                 size: *size,
                 binary: true,

@@ -79,6 +79,7 @@ fn echo_closed_and_open_loop() {
     let closed = scenario::echo(
         &rig.common,
         &EchoOpts {
+            scenario: "echo",
             connections: 8,
             size: 100,
             binary: true,
@@ -93,6 +94,7 @@ fn echo_closed_and_open_loop() {
     let open = scenario::echo(
         &rig.common,
         &EchoOpts {
+            scenario: "echo",
             connections: 4,
             size: 10,
             binary: false,
@@ -112,6 +114,7 @@ fn bulk_messages() {
     let r = scenario::echo(
         &rig.common,
         &EchoOpts {
+            scenario: "bulk",
             connections: 1,
             size: 1 << 20,
             binary: true,

@@ -137,7 +137,7 @@ fn main() -> Result<()> {
                 },
             };
             let opts = EchoOpts {
-                scenario: "bulk",
+                scenario: "echo",
                 connections: *connections,
                 size: *size,
                 binary: !text,

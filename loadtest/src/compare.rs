@@ -1440,6 +1440,41 @@ fn fds_of(pid: u32) -> u64 {
     procstat::sample(pid).map(|s| s.fds).unwrap_or(0)
 }
 
+/// Start a server on a free port (`spawn(port)` returns the child and its
+/// log), retrying with another port if it does not come up listening (a port
+/// taken between our probe and its bind).
+fn start_on_free_port(
+    name: &str,
+    graceful: bool,
+    mut spawn: impl FnMut(u16) -> Result<(Child, PathBuf)>,
+) -> Result<Running> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        let (child, log) = spawn(port)?;
+        let mut proc = Proc {
+            name: name.into(),
+            child,
+            forked: Vec::new(),
+            graceful,
+            log,
+        };
+        match wait_listening(&mut proc, port, Duration::from_secs(10)) {
+            Ok(()) => {
+                let pid = proc.pid();
+                return Ok(Running {
+                    proc,
+                    port,
+                    watch: pid,
+                    fds0: fds_of(pid),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("{name} did not start")))
+}
+
 impl Lab<'_> {
     fn dir(&self) -> &Path {
         &self.tmp.path
@@ -1450,52 +1485,41 @@ impl Lab<'_> {
     }
 
     fn start_echo(&mut self) -> Result<()> {
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            let log = self.dir().join("echo.log");
+        let (bin, cpu, dir) = (
+            self.bins.echo.clone(),
+            self.plan.load_cpu,
+            self.dir().to_path_buf(),
+        );
+        let running = start_on_free_port("ringway-echo", false, |port| {
+            let log = dir.join("echo.log");
             let child = spawn_pinned(
-                Command::new(&self.bins.echo)
+                Command::new(&bin)
                     .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--threads", "1", "--pin", &self.plan.load_cpu.to_string()])
+                    .args(["--threads", "1", "--pin", &cpu.to_string()])
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(File::create(&log)?))
                     .stderr(Stdio::from(File::create(log.with_extension("err"))?)),
-                self.plan.load_cpu,
+                cpu,
             )?;
-            let mut proc = Proc {
-                name: "ringway-echo".into(),
-                child,
-                forked: Vec::new(),
-                graceful: false,
-                log: log.with_extension("err"),
-            };
-            match wait_listening(&mut proc, port, Duration::from_secs(10)) {
-                Ok(()) => {
-                    let pid = proc.pid();
-                    self.echo = Some(Running {
-                        proc,
-                        port,
-                        watch: pid,
-                        fds0: fds_of(pid),
-                    });
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("echo backend did not start")))
+            Ok((child, log.with_extension("err")))
+        })?;
+        self.echo = Some(running);
+        Ok(())
     }
 
     fn start_ringway(&mut self) -> Result<()> {
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            let log = self.dir().join("ringway.log");
+        let (bin, cpu, dir) = (
+            self.bins.ringway.clone(),
+            self.plan.proxy_cpu,
+            self.dir().to_path_buf(),
+        );
+        let upstream = format!("127.0.0.1:{}", self.echo_port());
+        let running = start_on_free_port("ringway", true, |port| {
+            let log = dir.join("ringway.log");
             let child = spawn_pinned(
-                Command::new(&self.bins.ringway)
+                Command::new(&bin)
                     .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--upstream", &format!("127.0.0.1:{}", self.echo_port())])
+                    .args(["--upstream", &upstream])
                     .args(RINGWAY_ARGS)
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
@@ -1503,30 +1527,12 @@ impl Lab<'_> {
                     .stderr(Stdio::from(
                         File::options().create(true).append(true).open(&log)?,
                     )),
-                self.plan.proxy_cpu,
+                cpu,
             )?;
-            let mut proc = Proc {
-                name: "ringway".into(),
-                child,
-                forked: Vec::new(),
-                graceful: true,
-                log,
-            };
-            match wait_listening(&mut proc, port, Duration::from_secs(10)) {
-                Ok(()) => {
-                    let pid = proc.pid();
-                    self.ringway = Some(Running {
-                        proc,
-                        port,
-                        watch: pid,
-                        fds0: fds_of(pid),
-                    });
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("ringway did not start")))
+            Ok((child, log))
+        })?;
+        self.ringway = Some(running);
+        Ok(())
     }
 
     fn nginx_conf(&self, port: u16) -> NginxConf {

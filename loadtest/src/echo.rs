@@ -51,13 +51,9 @@ async fn serve(mut s: TcpStream) -> Result<()> {
     let mut acc: Vec<u8> = Vec::new();
     let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
-        chunk.clear();
-        let (res, c) = s.read(chunk).await;
-        chunk = c;
-        if res? == 0 {
+        if !read_more(&mut s, &mut chunk, &mut acc).await? {
             return Ok(());
         }
-        acc.extend_from_slice(&chunk);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&acc)? {
@@ -124,15 +120,21 @@ async fn serve(mut s: TcpStream) -> Result<()> {
             r?;
             out.clear();
         }
-        if closing {
+        if closing || !read_more(&mut s, &mut chunk, &mut acc).await? {
             return Ok(());
         }
-        chunk.clear();
-        let (res, c) = s.read(chunk).await;
-        chunk = c;
-        if res? == 0 {
-            return Ok(());
-        }
-        acc.extend_from_slice(&chunk);
     }
+}
+
+/// Read once into `chunk` and append it to `acc`; `false` at EOF.
+async fn read_more(s: &mut TcpStream, chunk: &mut Vec<u8>, acc: &mut Vec<u8>) -> Result<bool> {
+    let mut buf = std::mem::take(chunk);
+    buf.clear();
+    let (res, buf) = s.read(buf).await;
+    *chunk = buf;
+    if res? == 0 {
+        return Ok(false);
+    }
+    acc.extend_from_slice(chunk);
+    Ok(true)
 }

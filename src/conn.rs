@@ -186,6 +186,12 @@ impl<'a> Conn<'a> {
             .await;
             let expired = self.track.expired();
             match step {
+                // Complete, but only as the deadline struck: the sweep has shut
+                // our reading side already, so answer the timeout.
+                Ok(Some(Ok(Some(_)))) if expired == Some(Expiry::Handshake) => {
+                    let why = "request head completed only at --handshake-timeout".to_string();
+                    return Err(self.refuse(Status::RequestTimeout, None, None, why).await);
+                }
                 Ok(Some(Ok(Some(req)))) => return Ok(req),
                 Ok(Some(Ok(None))) => continue,
                 Ok(Some(Err((e, target)))) => {
@@ -383,8 +389,10 @@ impl<'a> Conn<'a> {
                             _ => why,
                         };
                         flow.refused.set(Some(status));
+                        sys::shutdown_raw(backend.as_raw_fd(), Half::Both);
                         let _ = write_all(client, &status.response(&why), track).await;
                         flow.why.set(Some(why));
+                        linger(client, track, scratch).await;
                     }
                     shutdown_both(client, backend);
                     return;

@@ -165,10 +165,11 @@ fn not_found(why: &str) -> Vec<u8> {
 async fn echo_frames(s: &mut TcpStream, mut acc: Vec<u8>, mut chunk: Vec<u8>) -> io::Result<()> {
     loop {
         while let Some(h) = ws::parse_header(&acc) {
-            let total = h.header_len as u64 + h.len;
-            if total > MAX_BUFFERED as u64 {
+            // Checked before adding: a frame may claim a length near u64::MAX.
+            if h.len > MAX_BUFFERED as u64 {
                 return Ok(());
             }
+            let total = h.header_len as u64 + h.len;
             if (acc.len() as u64) < total {
                 break;
             }

@@ -61,6 +61,8 @@ struct Slot {
     /// The backend socket once one exists, else -1.
     backend: Cell<RawFd>,
     expired: Cell<Option<Expiry>>,
+    /// Both sockets have been shut down for good (see [`Sweeper::tick`]).
+    forced: Cell<bool>,
 }
 
 /// The per-core registry of live connections and their deadlines.
@@ -109,6 +111,7 @@ impl Sweeper {
             client,
             backend: Cell::new(-1),
             expired: Cell::new(None),
+            forced: Cell::new(false),
         });
         let key = self.slots.borrow_mut().insert(slot.clone());
         Tracked {
@@ -127,11 +130,20 @@ impl Sweeper {
         self.len() == 0
     }
 
-    /// Expire every connection whose deadline has passed.
+    /// Expire every connection whose deadline has passed. An expired
+    /// connection normally answers (408/504) and moves on to its linger
+    /// within moments; one still in the same phase [`LINGER`] later (its
+    /// answer stuck behind a client that does not read) has both sockets
+    /// shut down, so that every connection ends.
     pub fn tick(&self) {
         let now = self.refresh();
         for (_, slot) in self.slots.borrow().iter() {
             if slot.expired.get().is_some() {
+                let stuck = now.saturating_sub(slot.stamp.get()) >= LINGER.as_millis() as u64;
+                if stuck && !slot.forced.get() {
+                    slot.forced.set(true);
+                    shut_both(slot);
+                }
                 continue;
             }
             let (limit, why) = match slot.phase.get() {
@@ -141,22 +153,25 @@ impl Sweeper {
                 Phase::Linger => (LINGER.as_millis() as u64, Expiry::Linger),
             };
             if now.saturating_sub(slot.stamp.get()) >= limit {
-                expire(slot, why);
+                expire(slot, why, now);
             }
         }
     }
 
     /// Close every tracked connection now (the end of a drain).
     pub fn expire_all(&self, why: Expiry) {
+        let now = self.refresh();
         for (_, slot) in self.slots.borrow().iter() {
-            expire(slot, why);
+            expire(slot, why, now);
         }
     }
 }
 
-/// Shut the sockets down so that the connection's pending waits wake.
-fn expire(slot: &Slot, why: Expiry) {
+/// Shut the sockets down so that the connection's pending waits wake. The
+/// stamp now marks the expiry, for the escalation in [`Sweeper::tick`].
+fn expire(slot: &Slot, why: Expiry, now: u64) {
     slot.expired.set(Some(why));
+    slot.stamp.set(now);
     let backend = slot.backend.get();
     match (why, slot.phase.get()) {
         // Keep the client's write side: it gets a 408.
@@ -167,12 +182,15 @@ fn expire(slot: &Slot, why: Expiry) {
                 sys::shutdown_raw(backend, Half::Both);
             }
         }
-        _ => {
-            sys::shutdown_raw(slot.client, Half::Both);
-            if backend >= 0 {
-                sys::shutdown_raw(backend, Half::Both);
-            }
-        }
+        _ => shut_both(slot),
+    }
+}
+
+fn shut_both(slot: &Slot) {
+    sys::shutdown_raw(slot.client, Half::Both);
+    let backend = slot.backend.get();
+    if backend >= 0 {
+        sys::shutdown_raw(backend, Half::Both);
     }
 }
 
@@ -261,6 +279,38 @@ mod tests {
         drop(a);
         assert_eq!(sw.len(), 1);
         drop(b);
+        assert!(sw.is_empty());
+    }
+
+    #[test]
+    fn an_expired_connection_stuck_in_its_phase_is_shut_for_good() {
+        let ms = Duration::from_millis;
+        // A clock that started 10 s ago, so that stamps can be moved back.
+        let mut sweeper = Sweeper::new(ms(20), ms(1000), ms(1000));
+        sweeper.start -= Duration::from_secs(10);
+        let sw = Rc::new(sweeper);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        let a = sw.register(server.as_raw_fd());
+        std::thread::sleep(ms(30));
+        sw.tick();
+        assert_eq!(a.expired(), Some(Expiry::Handshake));
+        // A handshake expiry keeps the write side for the 408...
+        assert!(crate::sys::send(&server, b"x").is_ok());
+        assert!(!a.slot.forced.get());
+        // ...but not forever.
+        a.slot
+            .stamp
+            .set(a.slot.stamp.get() - LINGER.as_millis() as u64);
+        sw.tick();
+        assert!(a.slot.forced.get());
+        let mut buf = [0u8; 8];
+        use std::io::Read;
+        c.set_read_timeout(Some(ms(500))).unwrap();
+        assert_eq!(c.read(&mut buf).unwrap(), 1, "the byte sent before");
+        assert_eq!(c.read(&mut buf).unwrap(), 0, "then EOF: both halves shut");
+        drop(a);
         assert!(sw.is_empty());
     }
 }

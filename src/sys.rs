@@ -132,9 +132,10 @@ pub fn shutdown_raw(fd: RawFd, how: Half) {
         Half::Both => libc::SHUT_RDWR,
     };
     // SAFETY: shutdown takes no pointers. The descriptor numbers passed here
-    // come from the per-core registry, whose entries are removed before the
-    // connection that owns the descriptors closes them (single thread), so
-    // the number always names the connection's own, still open, socket.
+    // are of sockets still open: the per-core registry's, whose entries are
+    // removed before the connection that owns the descriptors closes them
+    // (single thread); a live connection's own streams; or the listeners a
+    // worker holds until it returns.
     unsafe {
         libc::shutdown(fd, how);
     }

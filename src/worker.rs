@@ -4,7 +4,7 @@
 //! Nothing here is shared with other workers but the read-only `Config` and
 //! the `Shutdown` signal.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,16 +168,20 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     ));
     let core = Rc::new(Core {
         id,
-        scratch: Scratch::new(config.buffer_size),
+        scratch: Scratch::new(config.buffer_size, driver == "epoll"),
         sweeper: sweeper.clone(),
         balancer: Balancer::new(config.backends.len(), config.fail_timeout),
         config,
     });
-    let mut listener_fds: Vec<RawFd> = Vec::new();
+    // The worker holds every listener until it returns, so shutting them down
+    // below always names open sockets of ours.
+    let mut held: Vec<Rc<TcpListener>> = Vec::new();
     for std_listener in listeners {
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|source| WorkerError::Listener { id, source })?;
-        listener_fds.push(listener.as_raw_fd());
+        let listener = Rc::new(
+            TcpListener::from_std(std_listener)
+                .map_err(|source| WorkerError::Listener { id, source })?,
+        );
+        held.push(listener.clone());
         monoio::spawn(accept_loop(core.clone(), listener, shutdown.clone()));
     }
     log::info!(
@@ -199,8 +203,8 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     shutdown.triggered().await;
     // Stop accepting at once: shutting a listener down wakes its pending
     // accept with an error, and its accept loop ends and closes it.
-    for fd in &listener_fds {
-        sys::shutdown_raw(*fd, Half::Read);
+    for listener in &held {
+        sys::shutdown_raw(listener.as_raw_fd(), Half::Read);
     }
     let deadline = Instant::now() + core.config.drain_timeout;
     let poll = Duration::from_millis(20);
@@ -226,7 +230,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     Ok(())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener, shutdown: Shutdown) {
+async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, shutdown: Shutdown) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

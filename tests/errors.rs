@@ -289,3 +289,28 @@ fn a_client_that_leaves_before_the_answer_is_a_499_not_a_502() {
     assert_eq!(proxy.count_logs("status=502"), 0, "{:#?}", proxy.logs());
     proxy.assert_fds_at_baseline();
 }
+
+#[test]
+fn a_502_reaches_a_client_that_keeps_sending_before_the_answer() {
+    // The client sends frames after its head while the backend thinks; the
+    // backend then answers garbage. The 502 must be readable, not lost to a
+    // reset caused by closing over unread bytes.
+    let garbage = Backend::spawn(|mut s, _| {
+        let _ = read_head(&mut s);
+        thread::sleep(Duration::from_millis(300));
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n");
+        thread::sleep(Duration::from_millis(300));
+    });
+    let proxy = Proxy::start(&["--upstream", &garbage.addr.to_string()]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
+    for _ in 0..20 {
+        s.write_all(&client_frame(ringway::ws::OP_BINARY, &[7u8; 4000]))
+            .unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    let resp = read_to_close(&mut s);
+    assert_eq!(status_of(&resp), 502, "{}", String::from_utf8_lossy(&resp));
+    proxy.assert_fds_at_baseline();
+}

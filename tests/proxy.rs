@@ -426,3 +426,31 @@ fn a_chunked_response_ends_at_its_last_chunk() {
     );
     proxy.assert_fds_at_baseline();
 }
+
+#[test]
+fn the_demo_backend_survives_absurd_frame_lengths() {
+    let backend = ringway::demo::spawn_echo_backend("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attack = |frame: &[u8]| {
+        let mut s = TcpStream::connect(backend).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
+        let (head, _) = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(frame).unwrap();
+        read_to_close(&mut s)
+    };
+    // A 64-bit length of u64::MAX: closed, not a panic.
+    let mut huge = vec![0x82, 0xFF];
+    huge.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    attack(&huge);
+    // And it still echoes.
+    let echoed = attack(
+        &[
+            client_frame(ringway::ws::OP_TEXT, b"still here"),
+            client_frame(ringway::ws::OP_CLOSE, &[]),
+        ]
+        .concat(),
+    );
+    assert!(echoed.windows(10).any(|w| w == b"still here"), "{echoed:?}");
+}

@@ -332,15 +332,7 @@ impl<'a> Conn<'a> {
                     shutdown_both(client, backend);
                     return;
                 }
-                Err(e) => {
-                    return flow.fail(
-                        e,
-                        Closer::ClientError,
-                        Closer::BackendError,
-                        client,
-                        backend,
-                    )
-                }
+                Err(e) => return flow.fail(e, Side::Client, client, backend),
             }
             let ready = client.readable(false).await;
             let gone = ready.is_err() || !matches!(sys::peek(client), Ok(Xfer::Done(_)));
@@ -353,28 +345,7 @@ impl<'a> Conn<'a> {
             if !answered.wait().await {
                 return;
             }
-            match pump(
-                client,
-                backend,
-                scratch,
-                track,
-                &mut Framing::UntilClose,
-                &flow.up,
-            )
-            .await
-            {
-                Ok(_) => {
-                    flow.closed(Closer::Client);
-                    sys::shutdown_raw(backend.as_raw_fd(), Half::Write);
-                }
-                Err(e) => flow.fail(
-                    e,
-                    Closer::ClientError,
-                    Closer::BackendError,
-                    client,
-                    backend,
-                ),
-            }
+            relay(Side::Client, client, backend, scratch, track, &flow).await;
         };
         let down = async {
             let fin = match self.read_answer(backend, kind, head_method, &flow).await {
@@ -405,51 +376,18 @@ impl<'a> Conn<'a> {
             flow.down.set(flow.down.get() + fin.client.len() as u64);
             if let Err(e) = written {
                 answered.set(false);
-                return flow.fail(
-                    PumpError::Write(e),
-                    Closer::BackendError,
-                    Closer::ClientError,
-                    backend,
-                    client,
-                );
+                return flow.fail(PumpError::Write(e), Side::Backend, client, backend);
             }
             drop(fin.client);
             if fin.upgraded {
                 if let Err(e) = write_all(backend, &early, track).await {
                     answered.set(false);
-                    return flow.fail(
-                        PumpError::Write(e),
-                        Closer::ClientError,
-                        Closer::BackendError,
-                        client,
-                        backend,
-                    );
+                    return flow.fail(PumpError::Write(e), Side::Client, client, backend);
                 }
                 flow.up.set(flow.up.get() + early.len() as u64);
                 drop(early);
                 answered.set(true);
-                match pump(
-                    backend,
-                    client,
-                    scratch,
-                    track,
-                    &mut Framing::UntilClose,
-                    &flow.down,
-                )
-                .await
-                {
-                    Ok(_) => {
-                        flow.closed(Closer::Backend);
-                        sys::shutdown_raw(client.as_raw_fd(), Half::Write);
-                    }
-                    Err(e) => flow.fail(
-                        e,
-                        Closer::BackendError,
-                        Closer::ClientError,
-                        backend,
-                        client,
-                    ),
-                }
+                relay(Side::Backend, client, backend, scratch, track, &flow).await;
                 return;
             }
             answered.set(false);
@@ -460,13 +398,7 @@ impl<'a> Conn<'a> {
                 Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
                 // Closed before the end of its declared body.
                 Ok(End::Eof) => flow.closed(Closer::Backend),
-                Err(e) => flow.fail(
-                    e,
-                    Closer::BackendError,
-                    Closer::ClientError,
-                    backend,
-                    client,
-                ),
+                Err(e) => flow.fail(e, Side::Backend, client, backend),
             }
             // A plain exchange ends with its response; this also ends `up`.
             shutdown_both(client, backend);
@@ -631,21 +563,61 @@ impl Flow {
         }
     }
 
-    /// A pump from `src` to `dst` failed: note whose fault, and tear down both
-    /// sides so the other direction ends too.
-    fn fail(
-        &self,
-        e: PumpError,
-        src_err: fn(io::ErrorKind) -> Closer,
-        dst_err: fn(io::ErrorKind) -> Closer,
-        src: &TcpStream,
-        dst: &TcpStream,
-    ) {
-        self.closed(match e {
-            PumpError::Read(e) => src_err(e.kind()),
-            PumpError::Write(e) => dst_err(e.kind()),
+    /// A transfer of bytes coming `from` one side failed: note whose fault
+    /// (a failed read is the sender's, a failed write the receiver's), and
+    /// tear down both sides so the other direction ends too.
+    fn fail(&self, e: PumpError, from: Side, client: &TcpStream, backend: &TcpStream) {
+        let (side, e) = match e {
+            PumpError::Read(e) => (from, e),
+            PumpError::Write(e) => (from.other(), e),
+        };
+        self.closed(match side {
+            Side::Client => Closer::ClientError(e.kind()),
+            Side::Backend => Closer::BackendError(e.kind()),
         });
-        shutdown_both(src, dst);
+        shutdown_both(client, backend);
+    }
+}
+
+/// The two ends of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+/// One direction of an open tunnel: copy the bytes coming `from` one side
+/// until it closes its writing half, then pass that half-close on.
+async fn relay(
+    from: Side,
+    client: &TcpStream,
+    backend: &TcpStream,
+    scratch: &Scratch,
+    track: &Tracked,
+    flow: &Flow,
+) {
+    let (src, dst, moved) = match from {
+        Side::Client => (client, backend, &flow.up),
+        Side::Backend => (backend, client, &flow.down),
+    };
+    match pump(src, dst, scratch, track, &mut Framing::UntilClose, moved).await {
+        Ok(_) => {
+            flow.closed(match from {
+                Side::Client => Closer::Client,
+                Side::Backend => Closer::Backend,
+            });
+            sys::shutdown_raw(dst.as_raw_fd(), Half::Write);
+        }
+        Err(e) => flow.fail(e, from, client, backend),
     }
 }
 

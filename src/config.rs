@@ -5,9 +5,15 @@
 //! backend names resolved. Each worker reads it through an `Arc`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::tls::{self, CertFiles, ServerTls, UpstreamTrust};
 
 /// Default listen address (nginx's `listen 80` needs root; 8080 does not).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -74,13 +80,44 @@ pub struct DemoArgs {
 /// Flags of the proxy itself.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
-    /// Address to accept ws:// clients on, IPv4 or [IPv6]:port (repeatable).
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    /// Address to accept ws:// clients on, IPv4 or [IPv6]:port (repeatable;
+    /// default 0.0.0.0:8080 unless --tls-listen is given).
+    #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
-    /// Backend HOST:PORT (or ws://HOST:PORT) (repeatable); several are used
-    /// round-robin, and a name that resolves to several addresses adds each.
+    /// Address to accept wss:// (TLS) clients on (repeatable); needs --cert
+    /// and --key (or --sni-cert).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate chain (PEM, leaf first) for --tls-listen: the default
+    /// certificate, for clients without SNI or with a name no --sni-cert has.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, RSA or EC) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Certificate for one SNI name: HOST=CERT,KEY, HOST a name or
+    /// *.example.com (repeatable). SIGHUP reloads all certificate files.
+    #[arg(long, value_name = "HOST=CERT,KEY", value_parser = tls::parse_sni_cert)]
+    pub sni_cert: Vec<(String, PathBuf, PathBuf)>,
+    /// Fail the TLS handshake of a client whose SNI name has no certificate
+    /// (no --sni-cert, and the default certificate does not name it),
+    /// instead of answering with the default certificate.
+    #[arg(long)]
+    pub sni_strict: bool,
+    /// Backend HOST:PORT, ws://HOST:PORT or wss://HOST:PORT (repeatable);
+    /// several are used round-robin, and a name that resolves to several
+    /// addresses adds each. wss:// backends are verified against the system
+    /// roots (or --upstream-ca), with HOST as the SNI name.
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: Vec<String>,
+    /// Verify wss:// backends against the CA certificates in this PEM file
+    /// instead of the system roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "upstream_insecure")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not verify wss:// backends' certificates (encryption without
+    /// authentication: for tests and private networks only).
+    #[arg(long)]
+    pub upstream_insecure: bool,
     /// Worker threads, one event loop each (default: the cores this process
     /// may run on).
     #[arg(long, value_name = "N")]
@@ -118,7 +155,8 @@ pub struct ProxyArgs {
     /// Largest request head accepted, in bytes (431 above it).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
-    /// Size of the per-core scratch buffer tunnel bytes move through.
+    /// Size of the per-core scratch buffer tunnel bytes move through (with
+    /// TLS at least 72 KiB is used, room for a whole handshake message).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE)]
     pub buffer_size: usize,
 }
@@ -135,13 +173,20 @@ pub enum Driver {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// wss://: the name its certificate is verified against (and sent as SNI).
+    pub tls: Option<ServerName<'static>>,
 }
 
 /// The validated configuration. Built once, read-only, shared by `Arc`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// The TLS listeners' certificates (when there are TLS listeners).
+    pub tls: Option<Arc<ServerTls>>,
     pub backends: Vec<Backend>,
+    /// How wss:// backends are spoken to (when there are any).
+    pub upstream_tls: Option<Arc<ClientConfig>>,
     pub workers: usize,
     pub pin: bool,
     pub driver: Driver,
@@ -165,8 +210,10 @@ pub enum ConfigError {
     BadUpstream(String, String),
     #[error("--{0} must be {1}")]
     OutOfRange(&'static str, &'static str),
-    #[error("--listen {0} is given twice")]
+    #[error("--listen/--tls-listen {0} is given twice")]
     DuplicateListen(SocketAddr),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Most worker threads accepted.
@@ -178,13 +225,28 @@ impl Config {
         if args.upstream.is_empty() {
             return Err(ConfigError::NoUpstream);
         }
-        for (i, addr) in args.listen.iter().enumerate() {
-            if args.listen[..i].contains(addr) {
+        let mut listen = args.listen.clone();
+        if listen.is_empty() && args.tls_listen.is_empty() {
+            listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
+        }
+        let all: Vec<SocketAddr> = listen.iter().chain(&args.tls_listen).copied().collect();
+        for (i, addr) in all.iter().enumerate() {
+            // Port 0 asks for a fresh port each time.
+            if addr.port() != 0 && all[..i].contains(addr) {
                 return Err(ConfigError::DuplicateListen(*addr));
             }
         }
-        if args.listen.is_empty() {
-            return Err(ConfigError::OutOfRange("listen", "given at least once"));
+        let cert_files = CertFiles {
+            default: args.cert.clone().zip(args.key.clone()),
+            sni: args.sni_cert.clone(),
+            strict: args.sni_strict,
+        };
+        if args.tls_listen.is_empty() != cert_files.is_empty() {
+            return Err(ConfigError::Tls(if args.tls_listen.is_empty() {
+                "certificates are given but no --tls-listen address to use them on".into()
+            } else {
+                "--tls-listen needs a certificate: give --cert FILE --key FILE".into()
+            }));
         }
         let workers = args.workers.unwrap_or(available_cores.max(1));
         if workers == 0 || workers > MAX_WORKERS {
@@ -222,14 +284,38 @@ impl Config {
                 "between 4096 and 16777216",
             ));
         }
-        // Last: resolving names is the slow check.
+        // Last: resolving names and reading files are the slow checks.
         let mut backends = Vec::new();
         for raw in &args.upstream {
             backends.extend(resolve_upstream(raw)?);
         }
+        let trust = UpstreamTrust {
+            ca: args.upstream_ca.clone(),
+            insecure: args.upstream_insecure,
+        };
+        let upstream_tls = if backends.iter().any(|b| b.tls.is_some()) {
+            Some(tls::client_config(&trust).map_err(ConfigError::Tls)?)
+        } else if trust != UpstreamTrust::default() {
+            return Err(ConfigError::Tls(
+                "--upstream-ca/--upstream-insecure are for wss:// backends, and none is given"
+                    .into(),
+            ));
+        } else {
+            None
+        };
+        let tls = if cert_files.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                ServerTls::load(cert_files).map_err(ConfigError::Tls)?,
+            ))
+        };
         Ok(Config {
-            listen: args.listen.clone(),
+            listen,
+            tls_listen: args.tls_listen.clone(),
+            tls,
             backends,
+            upstream_tls,
             workers,
             pin: !args.no_pin,
             driver: args.driver,
@@ -246,17 +332,20 @@ impl Config {
     }
 }
 
-/// `HOST:PORT` or `ws://HOST:PORT[/]` to every address the name resolves to.
+/// `HOST:PORT`, `ws://HOST:PORT[/]` or `wss://HOST:PORT[/]` to every
+/// address the name resolves to.
 fn resolve_upstream(raw: &str) -> Result<Vec<Backend>, ConfigError> {
     let bad = |why: &str| ConfigError::BadUpstream(raw.to_string(), why.to_string());
-    let hostport = if let Some(rest) = raw.strip_prefix("ws://") {
-        rest.trim_end_matches('/')
+    let (hostport, secure) = if let Some(rest) = raw.strip_prefix("ws://") {
+        (rest.trim_end_matches('/'), false)
+    } else if let Some(rest) = raw.strip_prefix("wss://") {
+        (rest.trim_end_matches('/'), true)
     } else if raw.contains("://") {
         return Err(bad(
-            "only ws:// backends (or a bare HOST:PORT) are supported",
+            "only ws:// and wss:// backends (or a bare HOST:PORT) are supported",
         ));
     } else {
-        raw
+        (raw, false)
     };
     if hostport.contains('/') {
         return Err(bad("a backend has no path; give HOST:PORT"));
@@ -274,11 +363,21 @@ fn resolve_upstream(raw: &str) -> Result<Vec<Backend>, ConfigError> {
     if addrs.is_empty() {
         return Err(bad("resolves to no address"));
     }
+    let tls = if secure {
+        let (host, _) = hostport.rsplit_once(':').unwrap_or((hostport, ""));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| bad("the host is not a name a certificate can be checked against"))?;
+        Some(name)
+    } else {
+        None
+    };
     Ok(addrs
         .into_iter()
         .map(|addr| Backend {
             name: hostport.to_string(),
             addr,
+            tls: tls.clone(),
         })
         .collect())
 }

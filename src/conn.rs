@@ -5,7 +5,7 @@
 //! logs its own end in exactly one line (a client that leaves before sending
 //! a whole request head is logged at debug level only: it costs nothing).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -21,25 +21,51 @@ use crate::http::response::{self, Answer};
 use crate::http::status::Status;
 use crate::sweep::{Expiry, Phase, Tracked};
 use crate::sys::{self, Half, Xfer};
-use crate::tunnel::{pump, read_some, write_all, End, PumpError, Scratch};
+use crate::tls::session::Session;
+use crate::tunnel::{
+    close_write, discard, handshake, pump, read_some, write_all, End, HandshakeError, Peer,
+    PumpError, Scratch,
+};
 use crate::worker::Core;
 
 /// Most bytes discarded from a refused client before its socket closes.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
-/// Serve one accepted client until both of its sockets are closed.
-pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr) {
+/// Serve one accepted client until both of its sockets are closed; `tls`:
+/// it came to a TLS listener.
+pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) {
     let started = Instant::now();
     // Declared after `client`, so dropped (unregistered) before it closes.
     let track = core.sweeper.register(client.as_raw_fd());
+    // Boxed: a plain connection pays one pointer for it.
+    let session = match (tls, &core.tls) {
+        (false, _) => None,
+        (true, Some(tls)) => match Session::server(tls.config()) {
+            Ok(s) => Some(Box::new(RefCell::new(s))),
+            Err(e) => {
+                log::error!("client={peer}: cannot start a TLS session: {e}");
+                return;
+            }
+        },
+        (true, None) => {
+            log::error!("client={peer}: TLS listener without certificates");
+            return;
+        }
+    };
     let conn = Conn {
         core,
-        client: &client,
+        client: Peer::new(&client, session.as_deref()),
         peer,
         track: &track,
     };
-    match conn.run().await {
+    let outcome = conn.run().await;
+    let tls = match &session {
+        Some(s) => format!(" tls={}", s.borrow().version()),
+        None => String::new(),
+    };
+    match outcome {
         Outcome::Gone(why) => log::debug!("client={peer} left before a request: {why}"),
+        Outcome::TlsFailed(why) => log::info!("client={peer} tls handshake failed: {why}"),
         Outcome::Refused {
             status,
             target,
@@ -52,7 +78,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr) {
             status.code(),
         ),
         Outcome::Done(s) => log::info!(
-            "{} client={peer} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"",
+            "{} client={peer} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"{tls}",
             if s.upgraded { "tunnel" } else { "request" },
             s.target,
             core.config.backends[s.backend].name,
@@ -68,6 +94,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr) {
 /// How a connection ended.
 enum Outcome {
     Gone(&'static str),
+    TlsFailed(String),
     Refused {
         status: Status,
         target: Option<Box<str>>,
@@ -114,10 +141,18 @@ impl std::fmt::Display for Closer {
     }
 }
 
-/// A backend socket that leaves the timeout slot before it closes.
+/// A backend socket (and its TLS session, for wss://) that leaves the
+/// timeout slot before it closes.
 struct Backend<'a> {
     stream: TcpStream,
+    session: Option<Box<RefCell<Session>>>,
     track: &'a Tracked,
+}
+
+impl Backend<'_> {
+    fn peer(&self) -> Peer<'_> {
+        Peer::new(&self.stream, self.session.as_deref())
+    }
 }
 
 impl Drop for Backend<'_> {
@@ -129,17 +164,22 @@ impl Drop for Backend<'_> {
 enum ConnectError {
     Timeout,
     Failed(io::Error),
+    /// The TLS handshake with the backend failed (its certificate, say).
+    Tls(io::Error),
 }
 
 struct Conn<'a> {
     core: &'a Core,
-    client: &'a TcpStream,
+    client: Peer<'a>,
     peer: SocketAddr,
     track: &'a Tracked,
 }
 
 impl<'a> Conn<'a> {
     async fn run(&self) -> Outcome {
+        if let Err(outcome) = self.tls_handshake().await {
+            return outcome;
+        }
         let req = match self.read_head().await {
             Ok(req) => req,
             Err(outcome) => return outcome,
@@ -150,20 +190,47 @@ impl<'a> Conn<'a> {
             Err((status, backend, why)) => return self.refuse(status, target, backend, why).await,
         };
         self.track.set_phase(Phase::Answer);
-        if let Err(e) = write_all(&backend.stream, &req.upstream, self.track).await {
+        let scratch = &self.core.scratch;
+        if let Err(e) = write_all(backend.peer(), &req.upstream, scratch, self.track).await {
             let why = format!("sending the request failed: {e}");
             return self
                 .refuse(Status::BadGateway, target, Some(name), why)
                 .await;
         }
-        self.exchange(&backend.stream, req, name).await
+        self.exchange(backend.peer(), req, name).await
+    }
+
+    /// A TLS client's handshake, under the handshake deadline. Plain HTTP
+    /// sent to the TLS port is answered 400, as nginx does.
+    async fn tls_handshake(&self) -> Result<(), Outcome> {
+        let Err(e) = handshake(self.client, &self.core.scratch, self.track).await else {
+            return Ok(());
+        };
+        let expired = self.track.expired() == Some(Expiry::Handshake);
+        Err(match e {
+            _ if expired => Outcome::TlsFailed("not finished within --handshake-timeout".into()),
+            HandshakeError::Closed => Outcome::Gone("closed during the TLS handshake"),
+            HandshakeError::Failed(e) => Outcome::TlsFailed(e.to_string()),
+            HandshakeError::PlainHttp => {
+                let plain = Conn {
+                    client: Peer::plain(self.client.sock),
+                    ..*self
+                };
+                let why = "plain HTTP request sent to a TLS port".to_string();
+                plain.refuse(Status::BadRequest, None, None, why).await
+            }
+        })
     }
 
     /// Read until a whole request head is here, and validate it.
     async fn read_head(&self) -> Result<Prepared, Outcome> {
         let info = ClientInfo {
             ip: self.peer.ip().to_canonical(),
-            proto: "http",
+            proto: if self.client.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         };
         let max = self.core.config.max_header_bytes;
         // Filled only when a head spans several reads.
@@ -218,7 +285,7 @@ impl<'a> Conn<'a> {
                 let failed = &core.config.backends[*failed].name;
                 log::info!("client={} {failed}: {why}; trying {}", self.peer, b.name);
             }
-            let failure = match self.connect(b.addr).await {
+            let failure = match self.connect(b).await {
                 Ok(stream) => return Ok((stream, i)),
                 Err(_) if self.track.expired() == Some(Expiry::Drain) => {
                     return Err((Status::ServiceUnavailable, Some(i), "shutting down".into()));
@@ -232,6 +299,11 @@ impl<'a> Conn<'a> {
                     Status::BadGateway,
                     i,
                     format!("connect to {} failed: {e}", b.addr),
+                ),
+                Err(ConnectError::Tls(e)) => (
+                    Status::BadGateway,
+                    i,
+                    format!("TLS handshake with {} failed: {e}", b.addr),
                 ),
             };
             core.balancer.mark_failed(i, Instant::now());
@@ -247,8 +319,31 @@ impl<'a> Conn<'a> {
         })
     }
 
-    /// A non-blocking connect whose socket the sweep can shut down on timeout.
-    async fn connect(&self, addr: SocketAddr) -> Result<Backend<'a>, ConnectError> {
+    /// A non-blocking connect (and TLS handshake, for wss://) that the sweep
+    /// can shut down when --connect-timeout strikes.
+    async fn connect(&self, b: &crate::config::Backend) -> Result<Backend<'a>, ConnectError> {
+        let backend = self.connect_tcp(b.addr).await?;
+        let (Some(name), Some(config)) = (&b.tls, &self.core.config.upstream_tls) else {
+            return Ok(backend);
+        };
+        let session = Session::client(config.clone(), name.clone()).map_err(ConnectError::Tls)?;
+        let mut backend = backend;
+        backend.session = Some(Box::new(RefCell::new(session)));
+        let done = handshake(backend.peer(), &self.core.scratch, self.track).await;
+        if self.track.expired() == Some(Expiry::Connect) {
+            return Err(ConnectError::Timeout);
+        }
+        match done {
+            Ok(()) => Ok(backend),
+            Err(HandshakeError::Failed(e)) => Err(ConnectError::Tls(e)),
+            Err(_) => Err(ConnectError::Tls(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the backend closed the connection",
+            ))),
+        }
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<Backend<'a>, ConnectError> {
         let sock = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking().cloexec(),
@@ -265,6 +360,7 @@ impl<'a> Conn<'a> {
             TcpStream::from_std(std::net::TcpStream::from(sock)).map_err(ConnectError::Failed)?;
         let backend = Backend {
             stream,
+            session: None,
             track: self.track,
         };
         self.track.set_backend(backend.stream.as_raw_fd());
@@ -288,8 +384,9 @@ impl<'a> Conn<'a> {
         backend: Option<usize>,
         why: String,
     ) -> Outcome {
-        let _ = write_all(self.client, &status.response(&why), self.track).await;
-        linger(self.client, self.track, &self.core.scratch).await;
+        let scratch = &self.core.scratch;
+        let _ = write_all(self.client, &status.response(&why), scratch, self.track).await;
+        linger(self.client, self.track, scratch).await;
         Outcome::Refused {
             status,
             target,
@@ -307,7 +404,7 @@ impl<'a> Conn<'a> {
     /// - down: the backend's answer (interim heads passed on); a 101 to an
     ///   upgrade opens the tunnel, anything else is streamed to its end and
     ///   both sides closed.
-    async fn exchange(&self, backend: &TcpStream, req: Prepared, name: usize) -> Outcome {
+    async fn exchange(&self, backend: Peer<'_>, req: Prepared, name: usize) -> Outcome {
         let Prepared {
             kind,
             upstream,
@@ -334,12 +431,14 @@ impl<'a> Conn<'a> {
                 }
                 Err(e) => return flow.fail(e, Side::Client, client, backend),
             }
-            let ready = client.readable(false).await;
-            let gone = ready.is_err() || !matches!(sys::peek(client), Ok(Xfer::Done(_)));
+            // Records a TLS client sent with its head are taken already, so
+            // the socket itself tells whether more came, or an end.
+            let ready = client.sock.readable(false).await;
+            let gone = ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)));
             if gone && answered.get().is_none() {
                 flow.closed(Closer::Client);
                 flow.client_gone.set(true);
-                sys::shutdown_raw(backend.as_raw_fd(), Half::Both);
+                sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
                 return;
             }
             if !answered.wait().await {
@@ -360,8 +459,8 @@ impl<'a> Conn<'a> {
                             _ => why,
                         };
                         flow.refused.set(Some(status));
-                        sys::shutdown_raw(backend.as_raw_fd(), Half::Both);
-                        let _ = write_all(client, &status.response(&why), track).await;
+                        sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
+                        let _ = write_all(client, &status.response(&why), scratch, track).await;
                         flow.why.set(Some(why));
                         linger(client, track, scratch).await;
                     }
@@ -372,7 +471,7 @@ impl<'a> Conn<'a> {
             flow.status.set(fin.status);
             flow.upgraded.set(fin.upgraded);
             track.set_phase(Phase::Active);
-            let written = write_all(client, &fin.client, track).await;
+            let written = write_all(client, &fin.client, scratch, track).await;
             flow.down.set(flow.down.get() + fin.client.len() as u64);
             if let Err(e) = written {
                 answered.set(false);
@@ -380,7 +479,7 @@ impl<'a> Conn<'a> {
             }
             drop(fin.client);
             if fin.upgraded {
-                if let Err(e) = write_all(backend, &early, track).await {
+                if let Err(e) = write_all(backend, &early, scratch, track).await {
                     answered.set(false);
                     return flow.fail(PumpError::Write(e), Side::Client, client, backend);
                 }
@@ -435,7 +534,7 @@ impl<'a> Conn<'a> {
     /// Read the backend's final response head, passing interim (1xx) heads on.
     async fn read_answer(
         &self,
-        backend: &TcpStream,
+        backend: Peer<'_>,
         kind: Kind,
         head_method: bool,
         flow: &Flow,
@@ -482,7 +581,7 @@ impl<'a> Conn<'a> {
                                 format!("more than {MAX_INTERIM} interim (1xx) answers"),
                             ));
                         }
-                        if write_all(self.client, &head[..len], self.track)
+                        if write_all(self.client, &head[..len], &self.core.scratch, self.track)
                             .await
                             .is_err()
                         {
@@ -566,7 +665,7 @@ impl Flow {
     /// A transfer of bytes coming `from` one side failed: note whose fault
     /// (a failed read is the sender's, a failed write the receiver's), and
     /// tear down both sides so the other direction ends too.
-    fn fail(&self, e: PumpError, from: Side, client: &TcpStream, backend: &TcpStream) {
+    fn fail(&self, e: PumpError, from: Side, client: Peer<'_>, backend: Peer<'_>) {
         let (side, e) = match e {
             PumpError::Read(e) => (from, e),
             PumpError::Write(e) => (from.other(), e),
@@ -599,8 +698,8 @@ impl Side {
 /// until it closes its writing half, then pass that half-close on.
 async fn relay(
     from: Side,
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: Peer<'_>,
+    backend: Peer<'_>,
     scratch: &Scratch,
     track: &Tracked,
     flow: &Flow,
@@ -615,28 +714,22 @@ async fn relay(
                 Side::Client => Closer::Client,
                 Side::Backend => Closer::Backend,
             });
-            sys::shutdown_raw(dst.as_raw_fd(), Half::Write);
+            close_write(dst, track).await;
         }
         Err(e) => flow.fail(e, from, client, backend),
     }
 }
 
-fn shutdown_both(a: &TcpStream, b: &TcpStream) {
-    sys::shutdown_raw(a.as_raw_fd(), Half::Both);
-    sys::shutdown_raw(b.as_raw_fd(), Half::Both);
+fn shutdown_both(a: Peer<'_>, b: Peer<'_>) {
+    sys::shutdown_raw(a.sock.as_raw_fd(), Half::Both);
+    sys::shutdown_raw(b.sock.as_raw_fd(), Half::Both);
 }
 
 /// After an error answer: stop writing, then read and discard what the client
 /// still sends (for [`crate::sweep::LINGER`] at most), so that closing does
 /// not reset the connection before the client has read the answer.
-async fn linger(client: &TcpStream, track: &Tracked, scratch: &Scratch) {
-    sys::shutdown_raw(client.as_raw_fd(), Half::Write);
+async fn linger(client: Peer<'_>, track: &Tracked, scratch: &Scratch) {
     track.set_phase(Phase::Linger);
-    let mut discarded = 0;
-    while discarded < LINGER_MAX_BYTES {
-        match read_some(client, scratch, |b| b.len()).await {
-            Ok(Some(n)) => discarded += n,
-            _ => break,
-        }
-    }
+    close_write(client, track).await;
+    let _ = discard(client.sock, scratch, LINGER_MAX_BYTES).await;
 }

@@ -24,6 +24,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sweep;
 pub mod sys;
+pub mod tls;
 pub mod tunnel;
 pub mod worker;
 pub mod ws;

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use crate::config::Config;
 use crate::listener::{self, ListenError, Steering};
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 use crate::worker::{self, WorkerError, WorkerSpec};
 
 /// Why the server could not start or stopped badly.
@@ -37,7 +38,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// The bound listen addresses (port 0 resolved), in `--listen` order.
+    /// The bound listen addresses (port 0 resolved), in `--listen` order,
+    /// then those of `--tls-listen`.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -99,10 +101,13 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     };
     let cpu_of = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
 
-    // per_worker[w] = that worker's listener for each --listen address.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    // per_worker[w] = that worker's listener for each listen address.
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> =
+        (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    for &addr in &config.listen {
+    let plain = config.listen.iter().map(|a| (*a, false));
+    let secure = config.tls_listen.iter().map(|a| (*a, true));
+    for (addr, tls) in plain.chain(secure) {
         let (group, bound) = listener::bind_group(addr, n, config.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
         // the extra workers would never get a connection, so leave it to
@@ -113,10 +118,11 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
             let cpus: Vec<usize> = (0..n).map(|i| cores[i % cores.len()].id).collect();
             listener::steer(&group, &cpus)
         };
-        log::info!("listening on {bound} ({n} workers, steering: {steering:?})");
+        let scheme = if tls { "wss" } else { "ws" };
+        log::info!("listening on {bound} ({scheme}, {n} workers, steering: {steering:?})");
         addrs.push(bound);
         for (w, l) in group.into_iter().enumerate() {
-            per_worker[w].push(l);
+            per_worker[w].push((l, tls));
         }
     }
 
@@ -167,14 +173,42 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
 /// return when every worker has stopped.
 pub fn run(config: Config) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
-    install_signal_handler(shutdown.clone());
+    let tls = config.tls.clone();
+    install_signals(
+        shutdown.clone(),
+        Box::new(move || reload_certificates(tls.as_deref())),
+    );
     let server = start(config, shutdown)?;
     server.wait()
 }
 
+/// SIGHUP: read the certificate files again; on any failure keep the ones
+/// in use.
+fn reload_certificates(tls: Option<&ServerTls>) {
+    let Some(tls) = tls else {
+        log::info!("SIGHUP: no certificates to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(n) => log::info!("SIGHUP: certificates reloaded ({n}); new TLS handshakes use them"),
+        Err(e) => {
+            log::error!("SIGHUP: certificate reload failed: {e}; keeping the old certificates")
+        }
+    }
+}
+
+/// SIGTERM/SIGINT drain through `shutdown`; SIGHUP is logged and ignored.
 pub fn install_signal_handler(shutdown: Shutdown) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+    install_signals(
+        shutdown,
+        Box::new(|| log::info!("SIGHUP: nothing to reload")),
+    );
+}
+
+/// SIGTERM/SIGINT drain through `shutdown`; SIGHUP calls `on_hup`.
+pub fn install_signals(shutdown: Shutdown, on_hup: Box<dyn Fn() + Send>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers ({e}); SIGTERM will not drain");
@@ -185,6 +219,10 @@ pub fn install_signal_handler(shutdown: Shutdown) {
         .name("ringway-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    on_hup();
+                    continue;
+                }
                 if shutdown.is_triggered() {
                     log::warn!("signal {sig} again: closing every connection now");
                 } else {

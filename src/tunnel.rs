@@ -8,8 +8,12 @@
 //! is full does the connection copy the unsent rest into a buffer of its own
 //! and wait for room; that buffer is freed as soon as it is written.
 //!
-//! The scratch buffer is borrowed only between two awaits, so the tasks of
-//! one core can never hold it at the same time.
+//! The scratch buffers are borrowed only between two awaits, so the tasks of
+//! one core can never hold them at the same time.
+//!
+//! A [`Peer`] may be TLS (`tls::session`): then reads decrypt from the
+//! scratch buffer into the second per-core buffer, and writes seal into it;
+//! the session keeps bytes only for a record half received or a backlog.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -19,15 +23,21 @@ use monoio::net::TcpStream;
 use crate::http::body::Framing;
 use crate::sweep::Tracked;
 use crate::sys::{self, Xfer};
+use crate::tls::session::{self, Session, Step};
 
 /// Reads in a row before a pump yields to the other connections of its core.
 const BUDGET: usize = 16;
 
-/// The per-core buffer every transfer of that core goes through, and how
+/// The per-core buffers every transfer of that core goes through, and how
 /// that core's pumps give way to each other.
 #[derive(Debug)]
 pub struct Scratch {
+    /// Bytes read from a socket land here.
     buf: RefCell<Box<[u8]>>,
+    /// With TLS only (else empty): decrypted plaintext, or sealed ciphertext.
+    aux: RefCell<Box<[u8]>>,
+    /// Most bytes one read takes, leaving room for what sealing adds.
+    cap: usize,
     /// With the epoll driver a readiness wait on a busy socket returns at
     /// once without yielding, so after a burst a pump sleeps for a moment
     /// instead, letting the runtime poll everyone's I/O and its timers.
@@ -43,11 +53,40 @@ const MAX_BUSY: std::time::Duration = std::time::Duration::from_millis(4);
 const BURST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Scratch {
-    pub fn new(size: usize, yield_by_timer: bool) -> Scratch {
+    /// `size` bytes per read; with `tls`, at least a whole TLS handshake
+    /// message, and a second buffer for plaintext and sealed records.
+    pub fn new(size: usize, tls: bool, yield_by_timer: bool) -> Scratch {
+        let (cap, len) = if tls {
+            let cap = size.max(session::MIN_READ_SPACE);
+            (cap, session::sealed_len(cap))
+        } else {
+            (size, size)
+        };
         Scratch {
-            buf: RefCell::new(vec![0; size].into_boxed_slice()),
+            buf: RefCell::new(vec![0; len].into_boxed_slice()),
+            aux: RefCell::new(vec![0; if tls { len } else { 0 }].into_boxed_slice()),
+            cap,
             yield_by_timer,
         }
+    }
+}
+
+/// One end of a connection: its socket and, for TLS, its session. Reads and
+/// writes through a `Peer` carry plaintext; the session turns it into
+/// records and back.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub sock: &'a TcpStream,
+    pub tls: Option<&'a RefCell<Session>>,
+}
+
+impl<'a> Peer<'a> {
+    pub fn new(sock: &'a TcpStream, tls: Option<&'a RefCell<Session>>) -> Peer<'a> {
+        Peer { sock, tls }
+    }
+
+    pub fn plain(sock: &'a TcpStream) -> Peer<'a> {
+        Peer { sock, tls: None }
     }
 }
 
@@ -69,27 +108,227 @@ pub enum PumpError {
     Write(io::Error),
 }
 
-/// Wait until `src` is readable, `recv` once into the scratch buffer and pass
-/// the bytes to `f`. `Ok(None)`: the peer closed its write side.
-pub async fn read_some<R>(
-    src: &TcpStream,
-    scratch: &Scratch,
-    f: impl FnOnce(&[u8]) -> R,
-) -> io::Result<Option<R>> {
-    loop {
-        src.readable(false).await?;
-        let mut buf = scratch.buf.borrow_mut();
-        match sys::recv(src, &mut buf)? {
-            Xfer::WouldBlock => continue,
-            Xfer::Eof => return Ok(None),
-            Xfer::Done(n) => return Ok(Some(f(&buf[..n]))),
+/// What one non-blocking read of plaintext got.
+enum Got<'s> {
+    /// Plaintext, and the other buffer, free for sealing it.
+    Data {
+        data: &'s [u8],
+        spare: &'s mut [u8],
+        /// Bytes taken from the socket (ciphertext, with TLS).
+        raw: usize,
+    },
+    /// Nothing usable yet.
+    WouldBlock,
+    Eof,
+}
+
+/// Read once from `peer` without waiting, at most `cap` bytes.
+fn recv<'s>(
+    peer: Peer<'_>,
+    buf: &'s mut [u8],
+    aux: &'s mut [u8],
+    cap: usize,
+) -> io::Result<Got<'s>> {
+    match peer.tls {
+        None => match sys::recv(peer.sock, &mut buf[..cap])? {
+            Xfer::Done(n) => Ok(Got::Data {
+                data: &buf[..n],
+                spare: aux,
+                raw: n,
+            }),
+            Xfer::WouldBlock => Ok(Got::WouldBlock),
+            Xfer::Eof => Ok(Got::Eof),
+        },
+        Some(tls) => {
+            let got = tls.borrow_mut().recv(peer.sock, buf, cap, aux)?;
+            if got.eof {
+                Ok(Got::Eof)
+            } else if got.plain == 0 {
+                Ok(Got::WouldBlock)
+            } else {
+                Ok(Got::Data {
+                    data: &aux[..got.plain],
+                    spare: buf,
+                    raw: got.raw,
+                })
+            }
         }
     }
 }
 
-/// Write all of `buf`, waiting for room whenever the socket is full. Each
-/// bit of progress counts as activity for the idle timeout.
-pub async fn write_all(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::Result<()> {
+/// Wait until reading `peer` may give something.
+async fn readable(peer: Peer<'_>) -> io::Result<()> {
+    if peer.tls.is_some_and(|t| t.borrow().has_pending()) {
+        return Ok(());
+    }
+    peer.sock.readable(false).await
+}
+
+/// What a send left for later.
+enum Backlog {
+    Clear,
+    /// Plaintext the socket did not take.
+    Plain(Vec<u8>),
+    /// Records waiting in the TLS session.
+    Sealed,
+}
+
+/// Send `data` to `peer` as far as its socket takes it now (sealing it in
+/// `spare` first for TLS); what it does not take is kept for [`finish`].
+fn send_now(peer: Peer<'_>, data: &[u8], spare: &mut [u8]) -> io::Result<Backlog> {
+    match peer.tls {
+        None => Ok(match sys::send(peer.sock, data)? {
+            Xfer::Done(m) if m == data.len() => Backlog::Clear,
+            Xfer::Done(m) => Backlog::Plain(data[m..].to_vec()),
+            Xfer::WouldBlock | Xfer::Eof => Backlog::Plain(data.to_vec()),
+        }),
+        Some(tls) => {
+            let mut tls = tls.borrow_mut();
+            let n = tls.seal(data, spare)?;
+            Ok(if tls.send(peer.sock, &spare[..n])? {
+                Backlog::Clear
+            } else {
+                Backlog::Sealed
+            })
+        }
+    }
+}
+
+/// Write out what [`send_now`] left, waiting for room as needed.
+async fn finish(peer: Peer<'_>, backlog: Backlog, track: &Tracked) -> io::Result<()> {
+    match backlog {
+        Backlog::Clear => Ok(()),
+        Backlog::Plain(rest) => write_raw(peer.sock, &rest, track).await,
+        Backlog::Sealed => flush(peer, track).await,
+    }
+}
+
+/// Wait until `peer`'s socket has taken every record waiting for it.
+pub async fn flush(peer: Peer<'_>, track: &Tracked) -> io::Result<()> {
+    let Some(tls) = peer.tls else {
+        return Ok(());
+    };
+    while !tls.borrow_mut().try_flush(peer.sock)? {
+        peer.sock.writable(false).await?;
+        track.touch();
+    }
+    Ok(())
+}
+
+/// How a TLS handshake failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The peer closed (or the deadline shut the socket) first.
+    Closed,
+    /// A plain HTTP request came to a TLS listener.
+    PlainHttp,
+    Failed(io::Error),
+}
+
+/// Run `peer`'s TLS handshake to its end (the deadline is the sweep's).
+pub async fn handshake(
+    peer: Peer<'_>,
+    scratch: &Scratch,
+    track: &Tracked,
+) -> Result<(), HandshakeError> {
+    let Some(tls) = peer.tls else {
+        return Ok(());
+    };
+    let failed = |e: io::Error| {
+        tls.borrow_mut().send_alert(peer.sock);
+        HandshakeError::Failed(e)
+    };
+    loop {
+        flush(peer, track).await.map_err(HandshakeError::Failed)?;
+        if !tls.borrow().is_handshaking() {
+            return Ok(());
+        }
+        peer.sock
+            .readable(false)
+            .await
+            .map_err(HandshakeError::Failed)?;
+        let step = {
+            let mut buf = scratch.buf.borrow_mut();
+            tls.borrow_mut()
+                .handshake_step(peer.sock, &mut buf, scratch.cap)
+        };
+        match step.map_err(failed)? {
+            Step::Progress => {}
+            Step::Eof => return Err(HandshakeError::Closed),
+            Step::PlainHttp => return Err(HandshakeError::PlainHttp),
+        }
+    }
+}
+
+/// Close `peer`'s writing half: a close_notify first for TLS.
+pub async fn close_write(peer: Peer<'_>, track: &Tracked) {
+    if let Some(tls) = peer.tls {
+        let queued = tls.borrow_mut().close_notify();
+        if queued.is_ok() {
+            let _ = flush(peer, track).await;
+        }
+    }
+    sys::shutdown_raw(std::os::fd::AsRawFd::as_raw_fd(peer.sock), sys::Half::Write);
+}
+
+/// Read from `sock` and throw the bytes away, `budget` bytes at most, until
+/// it closes. `Ok(true)`: it closed.
+pub async fn discard(sock: &TcpStream, scratch: &Scratch, budget: usize) -> io::Result<bool> {
+    let mut left = budget;
+    while left > 0 {
+        sock.readable(false).await?;
+        let mut buf = scratch.buf.borrow_mut();
+        match sys::recv(sock, &mut buf)? {
+            Xfer::WouldBlock => {}
+            Xfer::Eof => return Ok(true),
+            Xfer::Done(n) => left = left.saturating_sub(n),
+        }
+    }
+    Ok(false)
+}
+
+/// Wait until `src` has data, read it once and pass the plaintext to `f`.
+/// `Ok(None)`: the peer closed its write side.
+pub async fn read_some<R>(
+    src: Peer<'_>,
+    scratch: &Scratch,
+    f: impl FnOnce(&[u8]) -> R,
+) -> io::Result<Option<R>> {
+    loop {
+        readable(src).await?;
+        let mut buf = scratch.buf.borrow_mut();
+        let mut aux = scratch.aux.borrow_mut();
+        match recv(src, &mut buf, &mut aux, scratch.cap)? {
+            Got::WouldBlock => continue,
+            Got::Eof => return Ok(None),
+            Got::Data { data, .. } => return Ok(Some(f(data))),
+        }
+    }
+}
+
+/// Write all of `buf` to `dst`, waiting for room whenever the socket is
+/// full. Each bit of progress counts as activity for the idle timeout.
+pub async fn write_all(
+    dst: Peer<'_>,
+    buf: &[u8],
+    scratch: &Scratch,
+    track: &Tracked,
+) -> io::Result<()> {
+    if dst.tls.is_none() {
+        return write_raw(dst.sock, buf, track).await;
+    }
+    for chunk in buf.chunks(scratch.cap) {
+        let backlog = {
+            let mut aux = scratch.aux.borrow_mut();
+            send_now(dst, chunk, &mut aux)?
+        };
+        finish(dst, backlog, track).await?;
+    }
+    Ok(())
+}
+
+/// Write all of `buf` to the socket as it is.
+async fn write_raw(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::Result<()> {
     while !buf.is_empty() {
         match sys::send(dst, buf)? {
             Xfer::Done(n) => {
@@ -103,11 +342,13 @@ pub async fn write_all(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::
 }
 
 /// Copy from `src` to `dst` until `src` reaches EOF or `framing` says the
-/// body is complete (nothing past its end is read). Counts the bytes in
-/// `moved`. Does not shut anything down: the caller decides what an end means.
+/// body is complete. From a plain socket nothing past the body's end is
+/// read; from TLS, plaintext past it (a pipelined request) is dropped.
+/// Counts the bytes in `moved`. Does not shut anything down: the caller
+/// decides what an end means.
 pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: Peer<'_>,
+    dst: Peer<'_>,
     scratch: &Scratch,
     track: &Tracked,
     framing: &mut Framing,
@@ -116,40 +357,41 @@ pub async fn pump(
     // Since when this pump has been moving full buffers without a break.
     let mut busy_since: Option<std::time::Instant> = None;
     while !framing.is_done() {
-        src.readable(false).await.map_err(PumpError::Read)?;
+        readable(src).await.map_err(PumpError::Read)?;
         let mut burst = true;
         for _ in 0..BUDGET {
-            let (n, cap, unsent) = {
+            let (raw, cap, backlog) = {
                 let mut buf = scratch.buf.borrow_mut();
-                let cap = framing.cap(buf.len());
-                let n = match sys::recv(src, &mut buf[..cap]).map_err(PumpError::Read)? {
-                    Xfer::WouldBlock => {
-                        burst = false;
-                        break;
-                    }
-                    Xfer::Eof => return Ok(End::Eof),
-                    Xfer::Done(n) => n,
+                let mut aux = scratch.aux.borrow_mut();
+                // A TLS read must be able to take a whole record, whatever
+                // is left of the body.
+                let cap = match src.tls {
+                    None => framing.cap(scratch.cap),
+                    Some(_) => scratch.cap,
                 };
+                let (data, spare, raw) =
+                    match recv(src, &mut buf, &mut aux, cap).map_err(PumpError::Read)? {
+                        Got::WouldBlock => {
+                            burst = false;
+                            break;
+                        }
+                        Got::Eof => return Ok(End::Eof),
+                        Got::Data { data, spare, raw } => (data, spare, raw),
+                    };
                 track.touch();
                 let used = framing
-                    .take(&buf[..n])
+                    .take(data)
                     .map_err(|e| PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
                 moved.set(moved.get() + used as u64);
-                let unsent = match sys::send(dst, &buf[..used]).map_err(PumpError::Write)? {
-                    Xfer::Done(m) if m == used => None,
-                    Xfer::Done(m) => Some(buf[m..used].to_vec()),
-                    Xfer::WouldBlock | Xfer::Eof => Some(buf[..used].to_vec()),
-                };
-                (n, cap, unsent)
+                let backlog = send_now(dst, &data[..used], spare).map_err(PumpError::Write)?;
+                (raw, cap, backlog)
             };
-            if let Some(rest) = unsent {
-                // Backpressure: this connection alone holds a buffer, until
-                // the destination has taken it.
-                write_all(dst, &rest, track)
-                    .await
-                    .map_err(PumpError::Write)?;
-            }
-            if n < cap || framing.is_done() {
+            // Backpressure: this connection alone holds a buffer, until the
+            // destination has taken it.
+            finish(dst, backlog, track)
+                .await
+                .map_err(PumpError::Write)?;
+            if raw < cap || framing.is_done() {
                 // A short read almost always means the socket is drained:
                 // wait for readiness rather than pay for an EAGAIN.
                 burst = false;

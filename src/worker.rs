@@ -16,6 +16,7 @@ use crate::config::{Config, Driver};
 use crate::shutdown::Shutdown;
 use crate::sweep::{Expiry, Sweeper};
 use crate::sys::{self, Half};
+use crate::tls::CoreTls;
 use crate::tunnel::Scratch;
 
 /// How long connections get to finish once the drain deadline has shut their
@@ -34,13 +35,16 @@ pub struct Core {
     pub sweeper: Rc<Sweeper>,
     /// Round-robin cursor and failure marks of this core.
     pub balancer: Balancer,
+    /// This core's TLS server configuration (with TLS listeners).
+    pub tls: Option<CoreTls>,
 }
 
 /// Everything a worker thread is started with.
 pub struct WorkerSpec {
     pub id: usize,
     pub cpu: Option<core_affinity::CoreId>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Each with whether it is a TLS listener.
+    pub listeners: Vec<(std::net::TcpListener, bool)>,
     pub config: Arc<Config>,
     pub shutdown: Shutdown,
 }
@@ -55,6 +59,8 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("worker {id}: cannot set up TLS: {why}")]
+    Tls { id: usize, why: String },
     #[error("worker {id}: cannot register a listener: {source}")]
     Listener {
         id: usize,
@@ -166,9 +172,17 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         config.connect_timeout,
         config.idle_timeout,
     ));
+    let tls = match &config.tls {
+        Some(shared) => {
+            Some(CoreTls::new(shared.clone()).map_err(|why| WorkerError::Tls { id, why })?)
+        }
+        None => None,
+    };
+    let uses_tls = tls.is_some() || config.upstream_tls.is_some();
     let core = Rc::new(Core {
         id,
-        scratch: Scratch::new(config.buffer_size, driver == "epoll"),
+        scratch: Scratch::new(config.buffer_size, uses_tls, driver == "epoll"),
+        tls,
         sweeper: sweeper.clone(),
         balancer: Balancer::new(config.backends.len(), config.fail_timeout),
         config,
@@ -176,13 +190,13 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
     let mut held: Vec<Rc<TcpListener>> = Vec::new();
-    for std_listener in listeners {
+    for (std_listener, tls) in listeners {
         let listener = Rc::new(
             TcpListener::from_std(std_listener)
                 .map_err(|source| WorkerError::Listener { id, source })?,
         );
         held.push(listener.clone());
-        monoio::spawn(accept_loop(core.clone(), listener, shutdown.clone()));
+        monoio::spawn(accept_loop(core.clone(), listener, tls, shutdown.clone()));
     }
     log::info!(
         "worker {id} started: core {}, {driver} driver",
@@ -230,7 +244,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     Ok(())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, shutdown: Shutdown) {
+async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, tls: bool, shutdown: Shutdown) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -243,7 +257,7 @@ async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, shutdown: Shutdo
                     log::debug!("client={peer}: TCP_NODELAY: {e}");
                 }
                 let core = core.clone();
-                monoio::spawn(async move { crate::conn::serve(&core, stream, peer).await });
+                monoio::spawn(async move { crate::conn::serve(&core, stream, peer, tls).await });
             }
             Err(_) if shutdown.is_triggered() => break,
             Err(e) => match e.raw_os_error() {

@@ -69,9 +69,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Address the demo proxy listens on.
+    /// Address the demo proxy listens on for ws:// (and the page over http).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Address the demo proxy listens on for wss:// (and the page over
+    /// https), with a certificate generated at start.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub tls_listen: SocketAddr,
     /// Worker threads (default: the cores this process may run on, at most 2).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

@@ -2,10 +2,12 @@
 //! backend that also serves a page to try it in a browser.
 //!
 //! The backend runs on its own thread and runtime, so the proxy in front of
-//! it is the real one, configured like any other.
+//! it is the real one, configured like any other. It serves ws:// and, with
+//! a certificate from a CA made for the run (rcgen), wss://.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -62,25 +64,101 @@ pub fn spawn_echo_backend(addr: SocketAddr) -> io::Result<SocketAddr> {
 /// Run the demo until SIGTERM/SIGINT.
 pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Error>> {
     let backend = spawn_echo_backend("127.0.0.1:0".parse()?)?;
+    let certs = DemoCerts::generate()?;
     let mut proxy = <Cli as clap::Parser>::try_parse_from(["ringway", "--upstream", "x:1"])?.proxy;
     proxy.upstream = vec![backend.to_string()];
     proxy.listen = vec![args.listen];
+    proxy.tls_listen = vec![args.tls_listen];
+    proxy.cert = Some(certs.cert.clone());
+    proxy.key = Some(certs.key.clone());
     proxy.workers = args.workers.or(Some(cores.min(2)));
     let config = Config::from_args(&proxy, cores)?;
     let shutdown = crate::shutdown::Shutdown::new();
     let server = crate::server::start(config, shutdown.clone())?;
-    let at = server.local_addrs()[0];
+    let (at, tls_at) = (server.local_addrs()[0], server.local_addrs()[1]);
+    let tls_port = tls_at.port();
+    let ca = certs.ca.display();
     println!(
         "\nringway demo: a WebSocket echo backend on {backend}, ringway in front of it.\n\n\
-         Open  http://{at}/  in a browser and send a message, or:\n\n  \
+         Open  http://{at}/  (ws://) or  https://localhost:{tls_port}/  (wss://) in a\n\
+         browser and send a message, or:\n\n  \
          curl -i -N -H 'Connection: Upgrade' -H 'Upgrade: websocket' \\\n       \
          -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \\\n       \
          http://{at}/ws\n\n\
-         (a 101 Switching Protocols answer, then the tunnel). Ctrl-C stops it.\n"
+         (a 101 Switching Protocols answer, then the tunnel). For wss://, use\n  \
+         https://localhost:{tls_port}/ws  with  --cacert {ca}  (or -k).\n\
+         The certificate is made for this run by a throwaway CA; a browser warns\n\
+         about it unless {ca} is imported as a trusted authority.\n\
+         Ctrl-C stops it.\n"
     );
     crate::server::install_signal_handler(shutdown);
-    server.wait()?;
+    let stopped = server.wait();
+    certs.remove();
+    stopped?;
     Ok(())
+}
+
+/// A throwaway CA and a certificate it signs for localhost and 127.0.0.1,
+/// written as PEM files to a fresh directory under the temp dir.
+struct DemoCerts {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl DemoCerts {
+    fn generate() -> Result<DemoCerts, Box<dyn std::error::Error>> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ringway demo CA");
+        let ca_key = KeyPair::generate()?;
+        let ca = ca_params.self_signed(&ca_key)?;
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf_key = KeyPair::generate()?;
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
+
+        let dir = std::env::temp_dir().join(format!("ringway-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let certs = DemoCerts {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&certs.ca, ca.pem())?;
+        // The chain a server sends: its own certificate, then the CA's.
+        std::fs::write(&certs.cert, format!("{}{}", leaf.pem(), ca.pem()))?;
+        write_private(&certs.key, &leaf_key.serialize_pem())?;
+        Ok(certs)
+    }
+}
+
+impl DemoCerts {
+    /// Remove the files (and their directory) at the end of the demo.
+    fn remove(&self) {
+        if let Some(dir) = self.ca.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
 }
 
 async fn serve(mut s: TcpStream) -> io::Result<()> {

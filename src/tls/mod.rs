@@ -80,22 +80,40 @@ pub fn parse_sni_cert(s: &str) -> Result<(String, PathBuf, PathBuf), String> {
 }
 
 /// Load one certificate chain and its private key, checking that they match.
+/// `flag` names where the files came from, for the message.
 fn load_pair(
+    flag: &str,
     cert: &Path,
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
+    use rustls::pki_types::pem::Error as PemError;
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|e| format!("{flag}: certificate file {}: {e}", cert.display()))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
+        return Err(format!(
+            "{flag}: certificate file {}: no PEM certificate in it",
+            cert.display()
+        ));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let certified = CertifiedKey::from_der(chain, key_der, provider)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
-    Ok(Arc::new(certified))
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        PemError::NoItemsFound => format!(
+            "{flag}: key file {}: no PEM private key in it (PKCS#8, RSA or EC)",
+            key.display()
+        ),
+        e => format!("{flag}: key file {}: {e}", key.display()),
+    })?;
+    CertifiedKey::from_der(chain, key_der, provider)
+        .map(Arc::new)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "{flag}: the private key in {} does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            ),
+            e => format!("{flag}: key file {}: {e}", key.display()),
+        })
 }
 
 /// Picks a certificate by the name the client asked for.
@@ -111,10 +129,11 @@ impl Resolver {
     fn load(files: &CertFiles, provider: &CryptoProvider) -> Result<Resolver, String> {
         let mut named = Vec::new();
         for (host, cert, key) in &files.sni {
-            named.push((host.clone(), load_pair(cert, key, provider)?));
+            let flag = format!("--sni-cert {host}");
+            named.push((host.clone(), load_pair(&flag, cert, key, provider)?));
         }
         let default = match &files.default {
-            Some((cert, key)) => load_pair(cert, key, provider)?,
+            Some((cert, key)) => load_pair("--cert/--key", cert, key, provider)?,
             None => match named.first() {
                 Some((_, k)) => k.clone(),
                 None => return Err("no certificate: give --cert and --key".into()),

@@ -4,11 +4,19 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion,
+};
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::{Message, WebSocket};
 
@@ -18,7 +26,10 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A running ringway process.
 pub struct Proxy {
     child: Child,
+    /// The first plain (`ws://`) listener.
     pub addr: SocketAddr,
+    /// The first TLS (`wss://`) listener, when `--tls-listen` was given.
+    pub tls_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     /// Open descriptors right after start-up.
     pub baseline_fds: usize,
@@ -57,14 +68,22 @@ impl Proxy {
         let mut proxy = Proxy {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
+            tls_addr: None,
             logs,
             baseline_fds: 0,
         };
+        // Plain listeners are logged first, as `listening on ADDR (ws, ...)`,
+        // then TLS ones as `listening on ADDR (wss, ...)`.
         let line = proxy
-            .wait_log("listening on ", PATIENCE)
+            .wait_start_line(|l| l.contains("listening on ") && !l.contains("(wss"))
             .unwrap_or_else(|| panic!("ringway did not start: {:?}", proxy.logs()));
-        let addr = line.split("listening on ").nth(1).unwrap();
-        proxy.addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+        proxy.addr = listening_addr(&line);
+        if all.iter().any(|a| a == "--tls-listen") {
+            let line = proxy
+                .wait_start_line(|l| l.contains("listening on ") && l.contains("(wss"))
+                .unwrap_or_else(|| panic!("no TLS listener logged: {:?}", proxy.logs()));
+            proxy.tls_addr = Some(listening_addr(&line));
+        }
         let workers = all
             .iter()
             .position(|a| a == "--workers")
@@ -91,6 +110,11 @@ impl Proxy {
         format!("ws://{}{}", self.addr, path)
     }
 
+    /// The TLS listener's address; panics when there is none.
+    pub fn tls(&self) -> SocketAddr {
+        self.tls_addr.expect("started without --tls-listen")
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -101,14 +125,65 @@ impl Proxy {
 
     /// The first log line containing `needle`, waiting up to `within`.
     pub fn wait_log(&self, needle: &str, within: Duration) -> Option<String> {
+        self.wait_log_where(|l| l.contains(needle), within)
+    }
+
+    /// The first log line for which `pred` holds, waiting up to `within`.
+    pub fn wait_log_where(&self, pred: impl Fn(&str) -> bool, within: Duration) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(l) = self.logs().into_iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self.logs().into_iter().find(|l| pred(l)) {
                 return Some(l);
             }
             if Instant::now() > deadline {
                 return None;
             }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A start-up line: as `wait_log_where` with `PATIENCE`, but gives up
+    /// soon after the process has exited (a refused configuration).
+    fn wait_start_line(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut exited_at: Option<Instant> = None;
+        loop {
+            if let Some(l) = self.logs().into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            if exited_at.is_none() && !self.is_running() {
+                exited_at = Some(Instant::now());
+            }
+            if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running (without reaping it).
+    fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .map(|s| {
+                let state = s.rsplit(") ").next().unwrap_or("").chars().next();
+                !matches!(state, Some('Z' | 'X'))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Wait until at least `n` log lines contain `needle`; panics (with the
+    /// logs) after `within`.
+    pub fn wait_count(&self, needle: &str, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count_logs(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {n} lines with {needle:?}: {:#?}",
+                self.logs()
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -177,6 +252,8 @@ pub struct Backend {
     /// Headers of each request head the backend received, in order.
     pub requests: Arc<Mutex<Vec<Headers>>>,
     pub accepted: Arc<Mutex<usize>>,
+    /// For TLS backends: the SNI name of each completed TLS handshake.
+    pub tls_names: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl Backend {
@@ -187,6 +264,7 @@ impl Backend {
             addr,
             requests: Arc::default(),
             accepted: Arc::default(),
+            tls_names: Arc::default(),
         };
         let shared = Arc::new((handler, backend.clone_handles()));
         thread::spawn(move || {
@@ -205,6 +283,7 @@ impl Backend {
             addr: self.addr,
             requests: self.requests.clone(),
             accepted: self.accepted.clone(),
+            tls_names: self.tls_names.clone(),
         }
     }
 
@@ -213,26 +292,28 @@ impl Backend {
     /// with code 4001 when it receives the text "close-me".
     pub fn echo() -> Backend {
         Backend::spawn(|stream, b| {
-            let Some(mut ws) = accept_ws(stream, b, |_| {}) else {
-                return;
-            };
-            loop {
-                match ws.read() {
-                    Ok(Message::Text(t)) if t == "close-me" => {
-                        let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
-                            code: 4001.into(),
-                            reason: "as asked".into(),
-                        }));
-                        let _ = ws.flush();
-                    }
-                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                        if ws.send(m).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
+            if let Some(ws) = accept_ws(stream, b, |_| {}) {
+                echo_loop(ws);
+            }
+        })
+    }
+
+    /// The same echo server behind TLS (`wss://`) with `config`; records
+    /// the SNI name of each handshake in `tls_names`.
+    pub fn tls_echo(config: Arc<rustls::ServerConfig>) -> Backend {
+        Backend::spawn(move |stream, b| {
+            stream.set_read_timeout(Some(PATIENCE * 3)).unwrap();
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = StreamOwned::new(conn, stream);
+            while tls.conn.is_handshaking() {
+                if tls.conn.complete_io(&mut tls.sock).is_err() {
+                    return;
                 }
+            }
+            let name = tls.conn.server_name().map(str::to_string);
+            b.tls_names.lock().unwrap().push(name);
+            if let Some(ws) = accept_ws(tls, b, |_| {}) {
+                echo_loop(ws);
             }
         })
     }
@@ -257,11 +338,11 @@ impl Backend {
 
 /// Server side of a WebSocket handshake that records the request headers
 /// and lets `extra` add response headers.
-pub fn accept_ws(
-    stream: TcpStream,
+pub fn accept_ws<S: Read + Write>(
+    stream: S,
     b: &Backend,
     extra: impl FnOnce(&mut Response),
-) -> Option<WebSocket<TcpStream>> {
+) -> Option<WebSocket<S>> {
     let requests = b.requests.clone();
     #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let cb = move |req: &Request, mut resp: Response| {
@@ -292,6 +373,28 @@ pub fn accept_ws(
         Ok(resp)
     };
     tungstenite::accept_hdr_with_config(stream, cb, Some(big_messages())).ok()
+}
+
+/// The echo server's loop (see [`Backend::echo`]).
+pub fn echo_loop<S: Read + Write>(mut ws: WebSocket<S>) {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t == "close-me" => {
+                let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                    code: 4001.into(),
+                    reason: "as asked".into(),
+                }));
+                let _ = ws.flush();
+            }
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(m).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Room for the 16 MiB messages of the tests.
@@ -425,4 +528,713 @@ pub fn blackhole() -> (SocketAddr, Vec<TcpStream>, socket2::Socket) {
 pub fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The address in a `listening on ADDR (...)` log line.
+fn listening_addr(line: &str) -> SocketAddr {
+    let rest = line.split("listening on ").nth(1).unwrap();
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"))
+}
+
+/// Run the ringway binary with `args` until it exits (killed after
+/// `within`); returns its exit code (`None` if it had to be killed) and
+/// its stderr.
+pub fn run_to_exit(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringway");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + within;
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    (code, reader.join().unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// Echo checks shared by the ws:// and wss:// tests, generic over the stream.
+
+/// Deterministic, non-repeating-looking payload.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// Text and binary messages of 0 bytes up to 16 MiB come back byte-exact.
+pub fn echo_all_sizes<S: Read + Write>(ws: &mut WebSocket<S>) {
+    for (i, len) in [0usize, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let bin = payload(len, i as u8);
+        ws.send(Message::Binary(bin.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Binary(bin), "binary {len}");
+        let text: String = payload(len, i as u8)
+            .iter()
+            .map(|b| (b'a' + b % 26) as char)
+            .collect();
+        ws.send(Message::Text(text.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Text(text), "text {len}");
+    }
+}
+
+/// One echo of `msg`.
+pub fn echo_once<S: Read + Write>(ws: &mut WebSocket<S>, msg: &str) {
+    ws.send(Message::Text(msg.into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text(msg.into()));
+}
+
+/// A text message in three fragments comes back whole, a ping gets its
+/// pong, and the backend's close (code 4001) reaches the client.
+pub fn fragments_ping_and_backend_close<S: Read + Write>(ws: &mut WebSocket<S>) {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    for (part, op, fin) in [
+        (&b"frag"[..], Data::Text, false),
+        (b"men", Data::Continue, false),
+        (b"ted", Data::Continue, true),
+    ] {
+        ws.write(Message::Frame(Frame::message(
+            part.to_vec(),
+            OpCode::Data(op),
+            fin,
+        )))
+        .unwrap();
+    }
+    ws.flush().unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("fragmented".into()));
+
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
+
+    ws.send(Message::Text("close-me".into())).unwrap();
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4001);
+            assert_eq!(f.reason, "as asked");
+        }
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+}
+
+/// The client closes with code 4242 and the backend's echo of it comes back.
+pub fn client_close_is_echoed<S: Read + Write>(ws: &mut WebSocket<S>) {
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: 4242.into(),
+        reason: "client done".into(),
+    }))
+    .unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4242),
+        other => panic!("expected the close echo, got {other:?}"),
+    }
+}
+
+/// Close and read until the connection ends.
+pub fn close_and_drain<S: Read + Write>(ws: &mut WebSocket<S>) {
+    let _ = ws.close(None);
+    while ws.read().is_ok() {}
+}
+
+/// `n` clients at once, each from `connect`, each echoing `msgs` messages
+/// and closing.
+pub fn concurrent_clients<S, F>(n: usize, msgs: usize, connect: F)
+where
+    S: Read + Write,
+    F: Fn() -> WebSocket<S> + Send + Sync + 'static,
+{
+    let connect = Arc::new(connect);
+    let threads: Vec<_> = (0..n)
+        .map(|c| {
+            let connect = connect.clone();
+            thread::spawn(move || {
+                let mut ws = connect();
+                for m in 0..msgs {
+                    echo_once(&mut ws, &format!("client {c} message {m}"));
+                }
+                close_and_drain(&mut ws);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS: a test PKI, clients and a TLS backend. No process-default crypto
+// provider is installed, so every config names ring's explicitly.
+
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The private key format of a leaf certificate.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyFormat {
+    /// ECDSA P-256, `BEGIN PRIVATE KEY` (what rcgen writes).
+    EcdsaPkcs8,
+    /// ECDSA P-256, `BEGIN EC PRIVATE KEY` (SEC1, what `openssl ecparam` writes).
+    EcdsaSec1,
+    /// RSA 2048, `BEGIN RSA PRIVATE KEY` (PKCS#1, `openssl genrsa -traditional`).
+    RsaPkcs1,
+}
+
+/// A certificate with its key, as PEM, and the files holding them.
+pub struct Leaf {
+    /// DER of the end-entity certificate (what a client sees first).
+    pub der: Vec<u8>,
+    /// The certificate file's content: the leaf, then any intermediate.
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Leaf {
+    /// Overwrite the files at `cert` and `key` with this leaf.
+    pub fn write_to(&self, cert: &str, key: &str) {
+        std::fs::write(cert, &self.cert_pem).unwrap();
+        std::fs::write(key, &self.key_pem).unwrap();
+    }
+
+    /// The value of `--sni-cert` for `host` with this leaf's files.
+    pub fn sni_arg(&self, host: &str) -> String {
+        format!("{host}={},{}", self.cert, self.key)
+    }
+
+    /// A rustls server config serving this leaf (for TLS backends).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+static PKI_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A test certificate authority and a temporary folder for PEM files,
+/// removed on drop.
+pub struct Pki {
+    pub dir: PathBuf,
+    /// `ca.pem` in `dir`: the CA certificate.
+    pub ca_file: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    seq: AtomicUsize,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let n = PKI_SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("ringway-test-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("ringway test CA {n}-{nanos}"),
+        );
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.join("ca.pem").to_str().unwrap().to_string();
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca_file,
+            ca,
+            ca_key,
+            seq: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn ca_der(&self) -> &[u8] {
+        self.ca.der()
+    }
+
+    /// A path in the folder, as a string for command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+
+    /// A fresh ECDSA (PKCS#8) leaf for `names` (DNS names, `*.x` wildcards
+    /// or IP addresses), written to `<stem>-<n>.crt` and `.key`.
+    pub fn leaf(&self, stem: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(stem, names, KeyFormat::EcdsaPkcs8)
+    }
+
+    pub fn leaf_with(&self, stem: &str, names: &[&str], format: KeyFormat) -> Leaf {
+        let params = self.leaf_params(stem, names);
+        let (cert, key_pem) = match format {
+            KeyFormat::EcdsaPkcs8 | KeyFormat::EcdsaSec1 => {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+                let pem = match format {
+                    KeyFormat::EcdsaPkcs8 => key.serialize_pem(),
+                    _ => to_pem("EC PRIVATE KEY", &p256_pkcs8_to_sec1(key.serialized_der())),
+                };
+                (cert, pem)
+            }
+            KeyFormat::RsaPkcs1 => {
+                // ring cannot generate RSA keys: one fixed test key. rcgen
+                // needs only its public half to issue the certificate.
+                let der = PrivateKeyDer::from_pem_slice(TEST_RSA_PKCS1_PEM.as_bytes()).unwrap();
+                assert!(matches!(der, PrivateKeyDer::Pkcs1(_)));
+                let public = RsaPublicKey(rsa_public_from_pkcs1(der.secret_der()));
+                let cert = params.signed_by(&public, &self.ca, &self.ca_key).unwrap();
+                (cert, TEST_RSA_PKCS1_PEM.to_string())
+            }
+        };
+        self.write_leaf(stem, cert.der().to_vec(), cert.pem(), key_pem)
+    }
+
+    /// A leaf issued by an intermediate CA under this CA; the certificate
+    /// file holds the leaf, then the intermediate.
+    pub fn leaf_via_intermediate(&self, stem: &str, names: &[&str]) -> Leaf {
+        let inter_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{stem} intermediate"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let inter = params
+            .signed_by(&inter_key, &self.ca, &self.ca_key)
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = self
+            .leaf_params(stem, names)
+            .signed_by(&key, &inter, &inter_key)
+            .unwrap();
+        let chain = format!("{}{}", cert.pem(), inter.pem());
+        self.write_leaf(stem, cert.der().to_vec(), chain, key.serialize_pem())
+    }
+
+    fn leaf_params(&self, stem: &str, names: &[&str]) -> rcgen::CertificateParams {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{stem} {n}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params
+    }
+
+    fn write_leaf(&self, stem: &str, der: Vec<u8>, cert_pem: String, key_pem: String) -> Leaf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let leaf = Leaf {
+            der,
+            cert_pem,
+            key_pem,
+            cert: self.path(&format!("{stem}-{n}.crt")),
+            key: self.path(&format!("{stem}-{n}.key")),
+        };
+        leaf.write_to(&leaf.cert, &leaf.key);
+        leaf
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An RSA public key (PKCS#1 `RSAPublicKey` DER) for rcgen to certify.
+struct RsaPublicKey(Vec<u8>);
+
+impl rcgen::PublicKeyData for RsaPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+/// A 2048-bit RSA key in PKCS#1 PEM, made for these tests with
+/// `openssl genrsa -traditional 2048`. Not a secret: it protects nothing.
+const TEST_RSA_PKCS1_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIEpAIBAAKCAQEAt9jtDJJkb/g6uHP/Bdi8D4a4MD0XJjf2yxPHVCJ/gT0v+iKe
+5cF+K/Xc6okpVXN8AXlC4Xj7XMj8f5w/OOLh9PgJiblI8u6Askq6qJgrecMkSAlD
+1tS/z2qr0Esq8M0n4BOLZigw+dYrTiL6svJSkzM6MFqkE+E2PDuXxI/l8ft6/ReW
+Ff5ni/c57QwJZCMCvGWaRgeeHvrGXO1FoJv7bM5Y/+w5fYy7lnHciXrkCMngZ2wK
+IaCtMGyLS+VTdaVjKMnJ5eO4PW8bLLhc1qJKcXJZpSGnPkiby0bdkM3JVMpIT9gD
+rt0dyZh4TKJcXr+S3Efw0+RB0IRLlrr/CFgtewIDAQABAoIBAAqY53kdCyBlJ5qw
+R61M7pzagCLPsquSTZiBHbFHgnVZqI/7j5CLfxFbomNRNV+762mjqsDtGgLMLGR9
+W4DqRb9leMSb4zeVmzeBFTyt9iZA+FtqpU1shViYZn+i2ukhz5WcACILA7UIV7Cx
+ACXGeroKGZA7TqU9YG9HuW+Bd+4NyYG4yyZdli/RiyD5zpLXZRo6eJrakfUVgOQR
+2Bxyk8hs7DKaSCIxq0foSrBbteGg++QqNs56ItCR2rXgx1S22UKAdAntVoF47mST
+zvQrpd50rB+kiXTcIkTPqX4nZAeyAH5QA/bY+3kqySc9SJX7SZb0RIBKScAG0KZ5
+hnfkGmECgYEA6a4HuAwd9W0jWj4krMiZlvAiSA8n5pSmvNgVuVaMdjvm/afAH6ZR
+g/YfQsJpKz9c3tkpqXiNPZLyRCkGCgkMlKEA62wQlm9Dv7aLTlg8//QZXp8QiD/W
+WQT4pEFF88TUiWLV2cam0qFs+5L0qZMmKFd6nvnj1mmsUqqlniG/pMsCgYEAyWhi
+6a8E+tLVkk27DN634+fw0LCvGIm1sNGSZCEJp3VM39C4JbxGBxyF1kteMQy6LgAl
+N51g9sMK9p/7SGtjNH7b3/arr2IBtmSFOvM62ACHoe8vSwm5Lmc2ArQDkFJQCx6U
+RcS6gdtq9oAXpvad/EqIR6BNIPMyAtGwEjfPNBECgYB55rtIG6oVOdXTYc+oAw18
+W9DGXoGmG63PnbnXcXrcwusBL91dpVmoyWANZ3WNhgRgjFDbg3PKxzlyrSPlYEsb
+zdG4/iq5D1n8TLHnMMjBjQke/0OUkBi1X46FwTdIr0lgUhrU/HhSMLu1kTforkad
+jOT+wcVFOOMYTMUQ9PIQeQKBgQCPxSIGadcGLQYjf7UsRLfDykeO0PDMdVDrPU5g
+h2zaytLrWZR562GZpfSrufUs0kb8m0H15zPWMfhbgGvhkDaqvHu77ds0QKO0TSEF
+qaaxlf87yv9Zc0FrLGXTnCiHFxroNRXmj74LAFPkTh+UIas48wNBDd7AzJlAhepH
+tusD4QKBgQDgFi8AyDCNjOImiQYViVbkdSX7ojkXf4+uwtbksBEpO1KDjGxgA0rO
+1FysMxTAiJ5IM/qIqB4oUWWA5yLD/tEvSK6yTzUyyiiXoD0TI/SaKUU1AWxARQYY
+YaKwOBEAvEFA7F96FpWQin4RNwd8yzRuxRaVCMMLpY1+d34gdbAa5g==
+-----END RSA PRIVATE KEY-----
+";
+
+/// One DER element at the start of `input`: (tag, whole element, content,
+/// rest). Enough DER for the key conversions below.
+fn der_next(input: &[u8]) -> (u8, &[u8], &[u8], &[u8]) {
+    let tag = input[0];
+    let (len, head) = if input[1] < 0x80 {
+        (input[1] as usize, 2)
+    } else {
+        let n = (input[1] & 0x7f) as usize;
+        let len = input[2..2 + n]
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, 2 + n)
+    };
+    (
+        tag,
+        &input[..head + len],
+        &input[head..head + len],
+        &input[head + len..],
+    )
+}
+
+/// The elements of a constructed DER value's content.
+fn der_children(mut content: &[u8]) -> Vec<(u8, &[u8], &[u8])> {
+    let mut out = Vec::new();
+    while !content.is_empty() {
+        let (tag, whole, inner, rest) = der_next(content);
+        out.push((tag, whole, inner));
+        content = rest;
+    }
+    out
+}
+
+fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// SEC1 `ECPrivateKey` (with the curve named in `[0]`, as OpenSSL writes
+/// it) from a P-256 PKCS#8 `PrivateKeyInfo`.
+pub fn p256_pkcs8_to_sec1(pkcs8: &[u8]) -> Vec<u8> {
+    let (_, _, info, _) = der_next(pkcs8);
+    let fields = der_children(info);
+    assert_eq!(fields[2].0, 0x04, "privateKey OCTET STRING");
+    let (_, _, ec_key, _) = der_next(fields[2].2);
+    const PRIME256V1: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let mut content = Vec::new();
+    for (tag, whole, _) in der_children(ec_key) {
+        if tag == 0xa1 {
+            content.extend(der_element(0xa0, PRIME256V1));
+        }
+        if tag != 0xa0 {
+            content.extend_from_slice(whole);
+        }
+    }
+    der_element(0x30, &content)
+}
+
+/// PKCS#1 `RSAPublicKey` from a PKCS#1 `RSAPrivateKey`.
+fn rsa_public_from_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
+    let (_, _, seq, _) = der_next(pkcs1);
+    let fields = der_children(seq);
+    // version, modulus, publicExponent, ...
+    der_element(0x30, &[fields[1].1, fields[2].1].concat())
+}
+
+/// PEM with `label` around `der`.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = Vec::new();
+    for chunk in der.chunks(3) {
+        let v = chunk
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(3)
+            .fold(0u32, |v, &b| (v << 8) | b as u32);
+        for i in 0..4 {
+            b64.push(if i <= chunk.len() {
+                ALPHABET[(v >> (18 - 6 * i)) as usize & 63]
+            } else {
+                b'='
+            });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// A verifier that checks the chain against the test CA but accepts any
+/// name: to look at which certificate a server picks for a name it may not
+/// be valid for.
+#[derive(Debug)]
+struct AnyNameVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(e))
+                if format!("{e:?}").contains("NotValidForName") =>
+            {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// How a test client speaks TLS.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub config: Arc<ClientConfig>,
+}
+
+impl TlsClient {
+    /// Trusts only `ca_der`; TLS 1.2 and 1.3; offers ALPN `http/1.1`;
+    /// checks the name.
+    pub fn new(ca_der: &[u8]) -> TlsClient {
+        TlsClient::with(
+            ca_der,
+            &[&rustls::version::TLS12, &rustls::version::TLS13],
+            &[b"http/1.1"],
+            true,
+        )
+    }
+
+    /// The same, but any name is accepted (the chain is still verified).
+    pub fn any_name(ca_der: &[u8]) -> TlsClient {
+        TlsClient::with(
+            ca_der,
+            &[&rustls::version::TLS12, &rustls::version::TLS13],
+            &[b"http/1.1"],
+            false,
+        )
+    }
+
+    pub fn with(
+        ca_der: &[u8],
+        versions: &[&'static SupportedProtocolVersion],
+        alpn: &[&[u8]],
+        check_name: bool,
+    ) -> TlsClient {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(ca_der.to_vec())).unwrap();
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .unwrap();
+        let mut config = if check_name {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyNameVerifier(inner)))
+                .with_no_client_auth()
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Every connection a full handshake: a resumed session shows the
+        // certificate of the session it resumes, not the one served now.
+        config.resumption = rustls::client::Resumption::disabled();
+        TlsClient {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The same client, remembering sessions (tickets, session IDs) to
+    /// resume them.
+    pub fn resuming(&self) -> TlsClient {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(64);
+        TlsClient {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Connect and complete the TLS handshake, sending `sni` as the server
+    /// name, or none when `sni` is `None` (then the certificate is checked
+    /// against the address).
+    pub fn connect(&self, addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream> {
+        let sock = TcpStream::connect(addr)?;
+        sock.set_read_timeout(Some(PATIENCE))?;
+        sock.set_write_timeout(Some(PATIENCE))?;
+        let name = match sni {
+            Some(n) => ServerName::try_from(n.to_string()).unwrap(),
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        let conn =
+            ClientConnection::new(self.config.clone(), name).map_err(std::io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, sock);
+        let deadline = Instant::now() + PATIENCE;
+        while tls.conn.is_handshaking() {
+            if Instant::now() > deadline {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
+    }
+
+    /// A WebSocket client over TLS (`wss://`), the handshake done.
+    pub fn ws(&self, addr: SocketAddr, sni: Option<&str>, path: &str) -> WebSocket<TlsStream> {
+        let tls = self
+            .connect(addr, sni)
+            .unwrap_or_else(|e| panic!("TLS handshake with {addr} ({sni:?}) failed: {e}"));
+        let host = sni.map_or_else(|| addr.ip().to_string(), str::to_string);
+        let url = format!("wss://{host}:{}{path}", addr.port());
+        let (ws, resp) = tungstenite::client::client_with_config(url, tls, Some(big_messages()))
+            .unwrap_or_else(|e| panic!("WebSocket handshake over TLS failed: {e}"));
+        assert_eq!(resp.status(), 101);
+        ws
+    }
+}
+
+/// DER of the end-entity certificate the server presented.
+pub fn leaf_seen(tls: &TlsStream) -> Vec<u8> {
+    tls.conn
+        .peer_certificates()
+        .expect("handshake done")
+        .first()
+        .expect("a certificate")
+        .to_vec()
+}
+
+/// Send raw bytes inside TLS, then read until the peer closes; returns what
+/// was read and whether the end was a clean `close_notify`.
+pub fn tls_exchange(tls: &mut TlsStream, bytes: &[u8]) -> (Vec<u8>, bool) {
+    tls.write_all(bytes).unwrap();
+    tls.flush().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return (out, false)
+            }
+            Err(e) => panic!("TLS read: {e} after {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
 }

@@ -1,15 +1,25 @@
 //! The client side of one WebSocket connection, as cheap as it can be:
 //! frames are encoded once and written as shared `Bytes`; on receive only
-//! frame headers are parsed and payloads are skipped.
+//! frame headers are parsed and payloads are skipped. A connection is plain
+//! TCP (`ws://`) or TLS (`wss://`, see [`crate::tls`]); [`Conn`] and its
+//! halves pick the one by a match, the plain path doing exactly the socket
+//! calls it did before TLS existed.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::IoBuf;
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 use ringway::ws;
+
+use crate::tls::{ClientTls, TlsInfo, TlsOptions, TlsReadHalf, TlsStream, TlsWriteHalf};
 
 /// The key every generated handshake sends, and the accept it must get back.
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -25,14 +35,27 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// Set for wss:// targets.
+    pub tls: Option<ClientTls>,
 }
 
 impl Target {
     /// `ws://HOST:PORT/path` (HOST an IP address: load goes to loopback).
+    /// A wss:// URL needs TLS options: see [`Target::parse_with`].
     pub fn parse(url: &str) -> Result<Target> {
-        let rest = url
-            .strip_prefix("ws://")
-            .context("the URL must start with ws://")?;
+        Target::parse_with(url, &TlsOptions::default())
+    }
+
+    /// `ws://` or `wss://IP:PORT/path`; `tls` must say how to verify the
+    /// server for wss:// (`insecure` or `ca`) and be empty for ws://.
+    pub fn parse_with(url: &str, tls: &TlsOptions) -> Result<Target> {
+        let (secure, rest) = if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (true, rest)
+        } else {
+            bail!("the URL must start with ws:// or wss://");
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -40,11 +63,25 @@ impl Target {
         let addr: SocketAddr = hostport
             .parse()
             .with_context(|| format!("{hostport:?} is not IP:PORT"))?;
+        let tls = match secure {
+            true => Some(ClientTls::new(tls, addr.ip())?),
+            false if tls.any() => {
+                bail!("--insecure, --ca, --server-name, --resume and --tls-version are for wss:// URLs")
+            }
+            false => None,
+        };
         Ok(Target {
             addr,
             host: hostport.to_string(),
             path: path.to_string(),
+            tls,
         })
+    }
+
+    /// The URL, for reports.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.host, self.path)
     }
 
     /// The upgrade request, built once per run.
@@ -54,6 +91,89 @@ impl Target {
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             self.path, self.host
         ))
+    }
+}
+
+/// One connection, ws:// or wss://. Reads fill a `Vec` from its start up to
+/// its capacity; writes take shared `Bytes`.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// The reading half of a split [`Conn`].
+pub enum ConnRead {
+    Plain(OwnedReadHalf<TcpStream>),
+    Tls(Box<TlsReadHalf>),
+}
+
+/// The writing half of a split [`Conn`]. Dropping it closes the sending
+/// side of a plain connection once the reading half is gone too.
+pub enum ConnWrite {
+    Plain(OwnedWriteHalf<TcpStream>),
+    Tls(Box<TlsWriteHalf>),
+}
+
+impl Conn {
+    #[inline]
+    pub async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    #[inline]
+    pub async fn write_all<B: IoBuf + AsRef<[u8]>>(&mut self, data: B) -> (io::Result<usize>, B) {
+        match self {
+            Conn::Plain(s) => s.write_all(data).await,
+            Conn::Tls(s) => s.write_all(data).await,
+        }
+    }
+
+    pub fn into_split(self) -> (ConnRead, ConnWrite) {
+        match self {
+            Conn::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ConnRead::Plain(r), ConnWrite::Plain(w))
+            }
+            Conn::Tls(s) => {
+                let (r, w) = s.into_split();
+                (ConnRead::Tls(Box::new(r)), ConnWrite::Tls(Box::new(w)))
+            }
+        }
+    }
+
+    /// What the TLS handshake negotiated (`None` for ws://).
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => Some(s.info()),
+        }
+    }
+}
+
+impl ConnRead {
+    #[inline]
+    pub async fn cancelable_read(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            ConnRead::Plain(s) => s.cancelable_read(buf, cancel).await,
+            ConnRead::Tls(s) => s.cancelable_read(buf, cancel).await,
+        }
+    }
+}
+
+impl ConnWrite {
+    #[inline]
+    pub async fn write_all(&mut self, data: Bytes) -> (io::Result<usize>, Bytes) {
+        match self {
+            ConnWrite::Plain(s) => s.write_all(data).await,
+            ConnWrite::Tls(s) => s.write_all(data).await,
+        }
     }
 }
 
@@ -82,24 +202,36 @@ pub fn burst(frame: &Bytes, count: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// Open a TCP connection (from `source` if given) and upgrade it. Returns the
-/// stream, the bytes read behind the 101 head, and the handshake time
-/// (connect + upgrade).
+/// Open a TCP connection (from `source` if given), do the TLS handshake for
+/// wss://, and upgrade it. Returns the connection, the bytes read behind the
+/// 101 head, and the handshake time (connect + TLS + upgrade).
 pub async fn connect(
     target: &Target,
     request: &Bytes,
     source: Option<IpAddr>,
-) -> Result<(TcpStream, Vec<u8>, Duration)> {
+) -> Result<(Conn, Vec<u8>, Duration)> {
     let started = Instant::now();
-    let mut stream = tcp_connect(target.addr, source).await?;
+    let stream = tcp_connect(target.addr, source).await?;
     stream.set_nodelay(true)?;
-    let (res, _) = stream.write_all(request.clone()).await;
-    res.context("sending the upgrade request")?;
+    let mut conn = match &target.tls {
+        None => {
+            let mut stream = stream;
+            let (res, _) = stream.write_all(request.clone()).await;
+            res.context("sending the upgrade request")?;
+            Conn::Plain(stream)
+        }
+        // The request leaves with the client's last handshake flight.
+        Some(tls) => Conn::Tls(Box::new(
+            TlsStream::connect(stream, tls, request)
+                .await
+                .context("TLS handshake")?,
+        )),
+    };
     let mut head = Vec::new();
     let mut chunk = Vec::with_capacity(4096);
     loop {
         chunk.clear();
-        let (res, c) = stream.read(chunk).await;
+        let (res, c) = conn.read(chunk).await;
         chunk = c;
         if res.context("reading the upgrade answer")? == 0 {
             bail!("closed before answering the upgrade");
@@ -108,7 +240,10 @@ pub async fn connect(
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             check_switch(&head[..end + 4])?;
             let rest = head.split_off(end + 4);
-            return Ok((stream, rest, started.elapsed()));
+            if let Conn::Tls(s) = &mut conn {
+                s.release_buffers();
+            }
+            return Ok((conn, rest, started.elapsed()));
         }
         if head.len() > 64 * 1024 {
             bail!("upgrade answer head too large");
@@ -290,5 +425,49 @@ mod tests {
         assert_eq!(Target::parse("ws://[::1]:9").unwrap().path, "/");
         assert!(Target::parse("http://127.0.0.1:1/").is_err());
         assert!(Target::parse("ws://localhost:1/").is_err());
+        assert_eq!(t.url(), "ws://127.0.0.1:8080/ws/echo");
+        assert!(t.tls.is_none());
+    }
+
+    #[test]
+    fn wss_targets_need_a_way_to_verify() {
+        let err = Target::parse("wss://127.0.0.1:8443/").unwrap_err();
+        assert!(format!("{err:#}").contains("--insecure"), "{err:#}");
+        let insecure = TlsOptions {
+            insecure: true,
+            ..TlsOptions::default()
+        };
+        let t = Target::parse_with("wss://127.0.0.1:8443/x", &insecure).unwrap();
+        assert_eq!(t.url(), "wss://127.0.0.1:8443/x");
+        let tls = t.tls.unwrap();
+        assert_eq!(tls.name, "127.0.0.1".try_into().unwrap());
+        // A full handshake every time unless --resume.
+        assert!(format!("{:?}", tls.config.resumption).contains("Disabled"));
+        // TLS options on a ws:// URL are a mistake, not silently ignored.
+        assert!(Target::parse_with("ws://127.0.0.1:80/", &insecure).is_err());
+        let both = TlsOptions {
+            ca: Some("/nonexistent.pem".into()),
+            ..insecure.clone()
+        };
+        assert!(Target::parse_with("wss://127.0.0.1:8443/", &both).is_err());
+        let missing = TlsOptions {
+            ca: Some("/nonexistent.pem".into()),
+            ..TlsOptions::default()
+        };
+        let err = Target::parse_with("wss://127.0.0.1:8443/", &missing).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent.pem"), "{err:#}");
+        let named = TlsOptions {
+            server_name: Some("proxy.example".into()),
+            version: Some("1.2".into()),
+            resume: true,
+            ..insecure.clone()
+        };
+        let t = Target::parse_with("wss://[::1]:8443/", &named).unwrap();
+        assert_eq!(t.tls.unwrap().name, "proxy.example".try_into().unwrap());
+        let bad_version = TlsOptions {
+            version: Some("1.1".into()),
+            ..insecure
+        };
+        assert!(Target::parse_with("wss://[::1]:8443/", &bad_version).is_err());
     }
 }

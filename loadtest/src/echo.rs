@@ -1,25 +1,41 @@
 //! A fast WebSocket echo backend for load runs, so that the backend is not
 //! what gets measured: one thread per core, SO_REUSEPORT listeners, each
-//! read's complete frames echoed in one write.
+//! read's complete frames echoed in one write. With a TLS configuration it
+//! serves wss:// instead.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use ringway::ws;
+use rustls::ServerConfig;
+
+use crate::client::Conn;
+use crate::tls::TlsStream;
 
 /// Largest frame echoed; bigger ones close the connection.
 const MAX_FRAME: u64 = 64 << 20;
 
-/// Bind `threads` listeners on `addr` and serve on as many threads (pinned
-/// to `pin` CPUs when given). Returns the bound address; threads run until
-/// the process ends.
+/// Bind `threads` listeners on `addr` and serve ws:// on as many threads
+/// (pinned to `pin` CPUs when given). Returns the bound address; threads run
+/// until the process ends.
 pub fn spawn(addr: SocketAddr, threads: usize, pin: &[usize]) -> Result<SocketAddr> {
+    spawn_with(addr, threads, pin, None)
+}
+
+/// [`spawn`], serving wss:// when `tls` is given.
+pub fn spawn_with(
+    addr: SocketAddr,
+    threads: usize,
+    pin: &[usize],
+    tls: Option<Arc<ServerConfig>>,
+) -> Result<SocketAddr> {
     let (group, bound) = ringway::listener::bind_group(addr, threads.max(1), 4096)
         .with_context(|| format!("echo backend on {addr}"))?;
     for (t, l) in group.into_iter().enumerate() {
         let cpu = (!pin.is_empty()).then(|| pin[t % pin.len()]);
+        let tls = tls.clone();
         std::thread::Builder::new()
             .name(format!("echo-{t}"))
             .spawn(move || {
@@ -36,8 +52,9 @@ pub fn spawn(addr: SocketAddr, threads: usize, pin: &[usize]) -> Result<SocketAd
                         Err(e) => return eprintln!("echo backend: {e}"),
                     };
                     while let Ok((s, _)) = listener.accept().await {
+                        let tls = tls.clone();
                         monoio::spawn(async move {
-                            let _ = serve(s).await;
+                            let _ = serve(s, tls).await;
                         });
                     }
                 });
@@ -46,8 +63,12 @@ pub fn spawn(addr: SocketAddr, threads: usize, pin: &[usize]) -> Result<SocketAd
     Ok(bound)
 }
 
-async fn serve(mut s: TcpStream) -> Result<()> {
+async fn serve(s: TcpStream, tls: Option<Arc<ServerConfig>>) -> Result<()> {
     s.set_nodelay(true)?;
+    let mut s = match tls {
+        None => Conn::Plain(s),
+        Some(config) => Conn::Tls(Box::new(TlsStream::accept(s, config).await?)),
+    };
     let mut acc: Vec<u8> = Vec::new();
     let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
@@ -127,7 +148,7 @@ async fn serve(mut s: TcpStream) -> Result<()> {
 }
 
 /// Read once into `chunk` and append it to `acc`; `false` at EOF.
-async fn read_more(s: &mut TcpStream, chunk: &mut Vec<u8>, acc: &mut Vec<u8>) -> Result<bool> {
+async fn read_more(s: &mut Conn, chunk: &mut Vec<u8>, acc: &mut Vec<u8>) -> Result<bool> {
     let mut buf = std::mem::take(chunk);
     buf.clear();
     let (res, buf) = s.read(buf).await;

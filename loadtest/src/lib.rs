@@ -4,6 +4,7 @@
 //!   monoio threads, reported by [`report`] with CPU and memory of watched
 //!   processes from [`procstat`].
 //! - [`client`]: one connection's handshake and a header-only frame counter.
+//! - [`tls`]: wss:// (rustls over monoio), for the generator and the backend.
 //! - [`echo`]: the fast echo backend the runs are made against.
 //! - [`compare`]: starts backend, ringway and nginx, runs every scenario
 //!   against each, and prints and charts the ratios.
@@ -14,3 +15,4 @@ pub mod echo;
 pub mod procstat;
 pub mod report;
 pub mod scenario;
+pub mod tls;

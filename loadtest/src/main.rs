@@ -1,4 +1,4 @@
-//! `ringway-load`: run one load scenario against a ws:// URL.
+//! `ringway-load`: run one load scenario against a ws:// or wss:// URL.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,12 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use ringway::config::parse_duration;
 use ringway_load::client::Target;
 use ringway_load::scenario::{self, Common, EchoOpts, Load};
+use ringway_load::tls::TlsOptions;
 
 #[derive(Parser)]
 #[command(
     name = "ringway-load",
     version,
-    about = "WebSocket load generator (ws://, loopback)"
+    about = "WebSocket load generator (ws:// and wss://, loopback)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,9 +79,28 @@ enum Scenario {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// ws://IP:PORT/path to load.
+    /// ws://IP:PORT/path or wss://IP:PORT/path to load (wss:// needs --ca
+    /// or --insecure).
     #[arg(long, default_value = "ws://127.0.0.1:8080/")]
     url: String,
+    /// wss://: accept any server certificate (handshake signatures are still
+    /// checked).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+    /// wss://: PEM file of the roots to verify the server certificate against.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// wss://: name to send as SNI and to verify the certificate for
+    /// (default: the URL's IP, and no SNI).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// wss://: resume TLS sessions across connections (default: a full
+    /// handshake every time).
+    #[arg(long)]
+    resume: bool,
+    /// wss://: offer only TLS 1.2 or only 1.3 (default: both; 1.3 wins).
+    #[arg(long, value_name = "1.2|1.3", value_parser = ["1.2", "1.3"])]
+    tls_version: Option<String>,
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -108,7 +128,16 @@ struct CommonArgs {
 impl CommonArgs {
     fn common(&self) -> Result<Common> {
         Ok(Common {
-            target: Target::parse(&self.url)?,
+            target: Target::parse_with(
+                &self.url,
+                &TlsOptions {
+                    insecure: self.insecure,
+                    ca: self.ca.clone(),
+                    server_name: self.server_name.clone(),
+                    resume: self.resume,
+                    version: self.tls_version.clone(),
+                },
+            )?,
             threads: self.threads.max(1),
             pin: self.pin.clone(),
             source_ips: self.source_ips.clone(),

@@ -5,6 +5,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::procstat::Usage;
+use crate::tls::TlsInfo;
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -69,6 +70,43 @@ pub struct Report {
     pub cpu_us_per_unit: Vec<f64>,
     /// Per watched pid (idle): RSS growth per held connection, KiB.
     pub rss_kib_per_conn: Vec<f64>,
+    /// wss:// runs only: what the handshakes negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSummary>,
+}
+
+/// The TLS handshakes of a wss:// run (all of them, window or not).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TlsSummary {
+    /// Negotiated by the first handshake, e.g. `TLSv1_3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub suite: String,
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
+}
+
+impl TlsSummary {
+    pub fn add(&mut self, info: &TlsInfo) {
+        if self.version.is_empty() {
+            self.version = info.version.map(|v| format!("{v:?}")).unwrap_or_default();
+            self.suite = info.suite.map(|s| format!("{s:?}")).unwrap_or_default();
+        }
+        if info.resumed {
+            self.resumed_handshakes += 1;
+        } else {
+            self.full_handshakes += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &TlsSummary) {
+        if self.version.is_empty() {
+            self.version.clone_from(&other.version);
+            self.suite.clone_from(&other.suite);
+        }
+        self.full_handshakes += other.full_handshakes;
+        self.resumed_handshakes += other.resumed_handshakes;
+    }
 }
 
 impl Report {
@@ -98,6 +136,12 @@ impl Report {
                 self.latency.p99_us,
                 self.latency.p999_us,
                 self.latency.max_us
+            );
+        }
+        if let Some(t) = &self.tls {
+            println!(
+                "  tls {} {}: {} full, {} resumed handshakes",
+                t.version, t.suite, t.full_handshakes, t.resumed_handshakes
             );
         }
         for (i, u) in self.usage.iter().enumerate() {

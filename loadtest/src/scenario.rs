@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Splitable};
-use monoio::net::TcpStream;
+use monoio::io::Canceller;
 use ringway::ws;
 
-use crate::client::{self, FrameCounter, Target};
+use crate::client::{self, Conn, ConnRead, FrameCounter, Target};
 use crate::procstat::{self, Usage};
-use crate::report::{self, Latency, Report};
+use crate::report::{self, Latency, Report, TlsSummary};
+use crate::tls::TlsInfo;
 
 /// Options every scenario shares.
 #[derive(Debug, Clone)]
@@ -71,6 +71,8 @@ struct Tally {
     errors: Vec<String>,
     error_count: u64,
     hist: Histogram<u64>,
+    /// wss:// only.
+    tls: Option<TlsSummary>,
 }
 
 impl Tally {
@@ -82,6 +84,13 @@ impl Tally {
             errors: Vec::new(),
             error_count: 0,
             hist: report::histogram(),
+            tls: None,
+        }
+    }
+
+    fn tls(&mut self, info: Option<TlsInfo>) {
+        if let Some(info) = info {
+            self.tls.get_or_insert_with(TlsSummary::default).add(&info);
         }
     }
 
@@ -103,6 +112,9 @@ impl Tally {
             }
         }
         let _ = self.hist.add(&other.hist);
+        if let Some(o) = other.tls {
+            self.tls.get_or_insert_with(TlsSummary::default).merge(&o);
+        }
     }
 }
 
@@ -215,7 +227,7 @@ fn source(common: &Common, i: usize) -> Option<IpAddr> {
 }
 
 /// Open `count` connections from thread `t`, 64 at a time.
-async fn open_many(common: &Common, t: usize, count: usize) -> Result<Vec<(TcpStream, Vec<u8>)>> {
+async fn open_many(common: &Common, t: usize, count: usize) -> Result<Vec<(Conn, Vec<u8>)>> {
     let request = common.target.request();
     let mut out = Vec::with_capacity(count);
     let mut i = 0;
@@ -268,6 +280,9 @@ pub fn echo(common: &Common, opts: &EchoOpts) -> Result<Report> {
             let _ = (&c2, t);
             async move {
                 let tally = Rc::new(RefCell::new(Tally::new()));
+                for (s, _) in &streams {
+                    tally.borrow_mut().tls(s.tls_info());
+                }
                 let mut tasks = Vec::new();
                 for (i, (s, rest)) in streams.into_iter().enumerate() {
                     let (tally, frame, burst) = (tally.clone(), frame.clone(), burst.clone());
@@ -333,7 +348,7 @@ fn finish(
         .collect();
     Report {
         scenario,
-        target: format!("ws://{}{}", common.target.host, common.target.path),
+        target: common.target.url(),
         window_s,
         connections,
         sent: total.sent,
@@ -347,6 +362,7 @@ fn finish(
         usage,
         cpu_us_per_unit,
         rss_kib_per_conn: Vec::new(),
+        tls: total.tls,
     }
 }
 
@@ -387,7 +403,7 @@ impl Credits {
 
 #[allow(clippy::too_many_arguments)]
 async fn echo_conn(
-    stream: TcpStream,
+    stream: Conn,
     early: Vec<u8>,
     frame: Bytes,
     burst: Bytes,
@@ -518,8 +534,8 @@ async fn echo_conn(
 /// cancelled and awaited, so data that raced the cancel is still returned
 /// (a dropped io_uring read can swallow it: see runtime-notes.md). `None`:
 /// the deadline passed and nothing was read.
-async fn read_until<R: CancelableAsyncReadRent>(
-    rd: &mut R,
+async fn read_until(
+    rd: &mut ConnRead,
     buf: Vec<u8>,
     deadline: Instant,
 ) -> (Option<std::io::Result<usize>>, Vec<u8>) {
@@ -573,8 +589,9 @@ pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
                             i += concurrency;
                             tally.borrow_mut().sent += 1;
                             match one_exchange(&c.target, &request, src, &ping, &close).await {
-                                Ok(took) => {
+                                Ok((took, tls)) => {
                                     let mut tl = tally.borrow_mut();
+                                    tl.tls(tls);
                                     tl.echoed += 1;
                                     if w.contains(Instant::now()) {
                                         tl.received += 1;
@@ -608,14 +625,15 @@ pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
     ))
 }
 
-/// One connect scenario cycle; returns the handshake time.
+/// One connect scenario cycle; returns the handshake time, and what TLS
+/// negotiated for wss://.
 async fn one_exchange(
     target: &Target,
     request: &Bytes,
     src: Option<IpAddr>,
     ping: &Bytes,
     close: &Bytes,
-) -> Result<Duration> {
+) -> Result<(Duration, Option<TlsInfo>)> {
     let (mut stream, early, took) = client::connect(target, request, src).await?;
     let mut counter = FrameCounter::default();
     let mut seen = Vec::new();
@@ -640,7 +658,7 @@ async fn one_exchange(
     if seen.first() != Some(&ws::OP_TEXT) {
         bail!("expected the echo before the close, got opcodes {seen:?}");
     }
-    Ok(took)
+    Ok((took, stream.tls_info()))
 }
 
 /// Idle: hold `connections` open for the window, then ping every one.
@@ -657,6 +675,9 @@ pub fn idle(common: &Common, connections: usize) -> Result<Report> {
         move |_, streams, w| async move {
             let mut tally = Tally::new();
             tally.sent = streams.len() as u64;
+            for (s, _) in &streams {
+                tally.tls(s.tls_info());
+            }
             // Hold: nothing pending on any connection.
             monoio::time::sleep_until(w.end.into()).await;
             let ping = client::frame_with(ws::OP_PING, b"alive?");

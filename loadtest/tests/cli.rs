@@ -1,7 +1,14 @@
 //! The `ringway-load` binary as `ringway-compare` runs it: flags in, a JSON
 //! report out, with the scenario named and CPU divided by the right unit.
+//! And wss:// end to end: `ringway-echo` serving TLS, `ringway-load` with
+//! the TLS flags.
 
-use std::process::Command;
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use common::{Pki, TempDir};
 
 fn run(args: &[&str]) -> serde_json::Value {
     let backend = ringway_load::echo::spawn("127.0.0.1:0".parse().unwrap(), 1, &[]).unwrap();
@@ -61,4 +68,98 @@ fn echo_and_bulk_are_named_and_measured_per_message_and_per_mb() {
     );
     // A 64 B echo through loopback costs microseconds, not milliseconds.
     assert!(per_msg < 1000.0, "per message {per_msg} µs");
+}
+
+#[test]
+fn wss_flags_end_to_end() {
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-wss");
+    let (cert, key) = (
+        dir.file("cert.pem", &pki.cert_pem),
+        dir.file("key.pem", &pki.key_pem),
+    );
+    let ca = dir.file("ca.pem", &pki.ca_pem);
+    let mut echo = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ringway-echo"))
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(echo.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "ringway-echo listening on 127.0.0.1:PORT (wss)"
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(line.trim_end().ends_with("(wss)"), "{line:?}");
+    let url = format!("wss://{addr}/");
+    let load = |extra: &[&str]| {
+        let json = dir.path().join("report.json");
+        let out = Command::new(env!("CARGO_BIN_EXE_ringway-load"))
+            .args(extra)
+            .args(["--url", &url, "--duration", "300ms", "--warmup", "100ms"])
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let report = std::fs::read(&json)
+            .ok()
+            .map(|j| serde_json::from_slice::<serde_json::Value>(&j).unwrap());
+        let _ = std::fs::remove_file(&json);
+        (out, report)
+    };
+
+    let (out, report) = load(&["idle", "--connections", "20", "--ca", ca.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = report.unwrap();
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["received"], 20);
+    assert_eq!(report["tls"]["full_handshakes"], 20);
+
+    let (out, report) = load(&[
+        "connect",
+        "--concurrency",
+        "2",
+        "--insecure",
+        "--resume",
+        "--tls-version",
+        "1.2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = report.unwrap();
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["tls"]["version"], "TLSv1_2");
+    assert!(report["tls"]["resumed_handshakes"].as_u64().unwrap() > 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed handshakes"));
+
+    // wss:// without a way to check the server is refused, saying what to add.
+    let (out, _) = load(&["idle"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca") && err.contains("--insecure"), "{err}");
+}
+
+/// A child process stopped when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

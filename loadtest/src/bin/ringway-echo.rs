@@ -1,8 +1,9 @@
 //! `ringway-echo`: the WebSocket echo backend of the load runs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -21,12 +22,24 @@ struct Cli {
     /// CPUs to pin the threads to (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pin: Vec<usize>,
+    /// Serve wss://: PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bound = ringway_load::echo::spawn(cli.listen, cli.threads, &cli.pin)?;
-    println!("ringway-echo listening on {bound}");
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(ringway_load::tls::server_config_from_files(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let what = if tls.is_some() { " (wss)" } else { "" };
+    let bound = ringway_load::echo::spawn_with(cli.listen, cli.threads, &cli.pin, tls)?;
+    println!("ringway-echo listening on {bound}{what}");
     loop {
         std::thread::park();
     }

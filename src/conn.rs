@@ -86,7 +86,10 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) 
             started.elapsed().as_secs_f64(),
             s.up,
             s.down,
-            s.closed,
+            match &s.error {
+                Some(e) => format!("{}: {e}", s.closed),
+                None => s.closed.to_string(),
+            },
         ),
     }
 }
@@ -112,6 +115,8 @@ struct Summary {
     up: u64,
     down: u64,
     closed: Closer,
+    /// The error behind a `ClientError`/`BackendError` end.
+    error: Option<String>,
 }
 
 /// Who or what ended an exchange.
@@ -177,8 +182,11 @@ struct Conn<'a> {
 
 impl<'a> Conn<'a> {
     async fn run(&self) -> Outcome {
-        if let Err(outcome) = self.tls_handshake().await {
-            return outcome;
+        if self.client.tls.is_some() {
+            // Boxed, so that plain connections do not carry its room.
+            if let Err(outcome) = Box::pin(self.tls_handshake()).await {
+                return outcome;
+            }
         }
         let req = match self.read_head().await {
             Ok(req) => req,
@@ -329,7 +337,7 @@ impl<'a> Conn<'a> {
         let session = Session::client(config.clone(), name.clone()).map_err(ConnectError::Tls)?;
         let mut backend = backend;
         backend.session = Some(Box::new(RefCell::new(session)));
-        let done = handshake(backend.peer(), &self.core.scratch, self.track).await;
+        let done = Box::pin(handshake(backend.peer(), &self.core.scratch, self.track)).await;
         if self.track.expired() == Some(Expiry::Connect) {
             return Err(ConnectError::Timeout);
         }
@@ -419,7 +427,9 @@ impl<'a> Conn<'a> {
         let answered = Answered::default();
         let scratch = &self.core.scratch;
         let (client, track) = (self.client, self.track);
-        let up = async {
+        // Closures, so that the futures are built inside join!: futures moved
+        // into it from locals would take their room in the state twice.
+        let up = || async {
             let mut body = body;
             match pump(client, backend, scratch, track, &mut body, &flow.up).await {
                 Ok(End::Complete) => {}
@@ -432,9 +442,13 @@ impl<'a> Conn<'a> {
                 Err(e) => return flow.fail(e, Side::Client, client, backend),
             }
             // Records a TLS client sent with its head are taken already, so
-            // the socket itself tells whether more came, or an end.
-            let ready = client.sock.readable(false).await;
-            let gone = ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)));
+            // the socket itself tells whether more came, or an end (unless
+            // its close_notify came with them).
+            let closed = client.tls.is_some_and(|t| t.borrow().peer_closed());
+            let gone = closed || {
+                let ready = client.sock.readable(false).await;
+                ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)))
+            };
             if gone && answered.get().is_none() {
                 flow.closed(Closer::Client);
                 flow.client_gone.set(true);
@@ -446,7 +460,7 @@ impl<'a> Conn<'a> {
             }
             relay(Side::Client, client, backend, scratch, track, &flow).await;
         };
-        let down = async {
+        let down = || async {
             let fin = match self.read_answer(backend, kind, head_method, &flow).await {
                 Ok(fin) => fin,
                 Err(e) => {
@@ -499,10 +513,15 @@ impl<'a> Conn<'a> {
                 Ok(End::Eof) => flow.closed(Closer::Backend),
                 Err(e) => flow.fail(e, Side::Backend, client, backend),
             }
+            // A TLS client learns from close_notify that the response is
+            // whole (and not cut off), which matters when it ends at close.
+            if flow.closer.get() != Some(Closer::Backend) {
+                close_write(client, track).await;
+            }
             // A plain exchange ends with its response; this also ends `up`.
             shutdown_both(client, backend);
         };
-        monoio::join!(up, down);
+        monoio::join!(up(), down());
 
         if let Some(status) = flow.refused.get() {
             return Outcome::Refused {
@@ -528,6 +547,7 @@ impl<'a> Conn<'a> {
                 Some(e) => Closer::Expired(e),
                 None => flow.closer.get().unwrap_or(Closer::Complete),
             },
+            error: flow.why.take(),
         })
     }
 
@@ -670,6 +690,9 @@ impl Flow {
             PumpError::Read(e) => (from, e),
             PumpError::Write(e) => (from.other(), e),
         };
+        if self.closer.get().is_none() {
+            self.why.set(Some(e.to_string()));
+        }
         self.closed(match side {
             Side::Client => Closer::ClientError(e.kind()),
             Side::Backend => Closer::BackendError(e.kind()),

@@ -156,12 +156,17 @@ fn recv<'s>(
     }
 }
 
-/// Wait until reading `peer` may give something.
-async fn readable(peer: Peer<'_>) -> io::Result<()> {
-    if peer.tls.is_some_and(|t| t.borrow().has_pending()) {
-        return Ok(());
+/// Wait until reading `peer` may give something. (A plain function around
+/// the socket's wait, so that no state of its own is added to the future.)
+fn readable<'a>(peer: Peer<'a>) -> impl std::future::Future<Output = io::Result<()>> + 'a {
+    let pending = peer.tls.is_some_and(|t| t.borrow().has_pending());
+    let wait = peer.sock.readable(false);
+    async move {
+        if pending {
+            return Ok(());
+        }
+        wait.await
     }
-    peer.sock.readable(false).await
 }
 
 /// What a send left for later.
@@ -265,7 +270,7 @@ pub async fn close_write(peer: Peer<'_>, track: &Tracked) {
     if let Some(tls) = peer.tls {
         let queued = tls.borrow_mut().close_notify();
         if queued.is_ok() {
-            let _ = flush(peer, track).await;
+            let _ = Box::pin(flush(peer, track)).await;
         }
     }
     sys::shutdown_raw(std::os::fd::AsRawFd::as_raw_fd(peer.sock), sys::Half::Write);
@@ -387,10 +392,13 @@ pub async fn pump(
                 (raw, cap, backlog)
             };
             // Backpressure: this connection alone holds a buffer, until the
-            // destination has taken it.
-            finish(dst, backlog, track)
-                .await
-                .map_err(PumpError::Write)?;
+            // destination has taken it. (Boxed: the rare wait must not make
+            // every idle tunnel's future larger.)
+            if !matches!(backlog, Backlog::Clear) {
+                Box::pin(finish(dst, backlog, track))
+                    .await
+                    .map_err(PumpError::Write)?;
+            }
             if raw < cap || framing.is_done() {
                 // A short read almost always means the socket is drained:
                 // wait for readiness rather than pay for an EAGAIN.
@@ -406,7 +414,8 @@ pub async fn pump(
         match busy_since {
             None => busy_since = Some(now),
             Some(t) if now - t >= MAX_BUSY => {
-                monoio::time::sleep(BURST_PAUSE).await;
+                // Boxed: only a busy pump on epoll ever needs its room.
+                Box::pin(monoio::time::sleep(BURST_PAUSE)).await;
                 busy_since = None;
             }
             Some(_) => {}

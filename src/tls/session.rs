@@ -42,6 +42,9 @@ const RECORD_OVERHEAD: usize = 64;
 /// rustls's largest record payload: plaintext is sealed in pieces this big.
 const MAX_FRAGMENT: usize = 16 * 1024;
 
+/// The largest record on the wire (TLS 1.2 allows 2 KiB of expansion).
+const MAX_RECORD: usize = 5 + MAX_FRAGMENT + 2048;
+
 /// Most bytes sealing `len` bytes of plaintext can produce.
 pub fn sealed_len(len: usize) -> usize {
     len + (len / MAX_FRAGMENT + 1) * RECORD_OVERHEAD
@@ -65,6 +68,8 @@ pub struct Session {
     peer_closed: bool,
     /// No byte has come from the peer yet (to recognise plain HTTP).
     fresh: bool,
+    /// rustls failed (or kept bytes were lost): never call into it again.
+    broken: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -128,6 +133,7 @@ impl Session {
             pending: false,
             peer_closed: false,
             fresh: true,
+            broken: false,
         }
     }
 
@@ -138,9 +144,15 @@ impl Session {
         }
     }
 
-    /// Whether a read may find data without the socket becoming readable.
+    /// The peer has sent close_notify: nothing more will come.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Whether a read may find data (or the end) without the socket
+    /// becoming readable.
     pub fn has_pending(&self) -> bool {
-        self.pending
+        self.pending || self.peer_closed
     }
 
     /// The negotiated protocol version, for log lines.
@@ -197,14 +209,32 @@ impl Session {
         cap: usize,
         plain_out: &mut [u8],
     ) -> io::Result<Received> {
-        self.pending = false;
-        let (filled, got) = self.fill(sock, buf, cap)?;
+        let leftover = std::mem::take(&mut self.pending);
+        let (filled, got) = if leftover {
+            let kept = self.incoming.len();
+            buf[..kept].copy_from_slice(&self.incoming);
+            self.incoming = Vec::new();
+            (kept, Xfer::WouldBlock)
+        } else {
+            self.fill(sock, buf, cap)?
+        };
         let raw = match got {
             Xfer::Done(n) => n,
             _ => 0,
         };
         let done = self.process(&mut buf[..filled], plain_out, false)?;
-        self.keep(&buf[done.consumed..filled]);
+        let rest = &buf[done.consumed..filled];
+        // After its handshake a client sends records, and at most a key
+        // update: more than a record kept would be a half-sent handshake
+        // message held open to make an idle connection cost memory.
+        if matches!(self.tls, Tls::Server(_)) && rest.len() > MAX_RECORD {
+            self.broken = true;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS: an unfinished message larger than a record",
+            ));
+        }
+        self.keep(rest);
         if done.closed {
             self.peer_closed = true;
         }
@@ -232,7 +262,13 @@ impl Session {
         if self.peer_closed {
             return Ok((kept, Xfer::Eof));
         }
-        let got = sys::recv(sock, &mut buf[kept..cap])?;
+        let got = match sys::recv(sock, &mut buf[kept..cap]) {
+            Ok(g) => g,
+            Err(e) => {
+                self.incoming = buf[..kept].to_vec();
+                return Err(e);
+            }
+        };
         let filled = match got {
             Xfer::Done(n) => kept + n,
             _ => kept,
@@ -253,16 +289,25 @@ impl Session {
         plain_out: &mut [u8],
         stop_at_data: bool,
     ) -> io::Result<Processed> {
+        if self.broken {
+            return Err(io::Error::other("TLS session failed"));
+        }
         let r = match &mut self.tls {
             Tls::Server(c) => process(&mut **c, buf, plain_out, &mut self.outgoing, stop_at_data),
             Tls::Client(c) => process(&mut **c, buf, plain_out, &mut self.outgoing, stop_at_data),
         };
+        if r.is_err() {
+            self.broken = true;
+        }
         r.map_err(tls_error)
     }
 
     /// Seal `data` into `out` (at least [`sealed_len`] of it long) and
     /// return the sealed length. Send it with [`Session::send`].
     pub fn seal(&mut self, data: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        if self.broken {
+            return Err(io::Error::other("TLS session failed"));
+        }
         let (incoming, outgoing) = (&mut self.incoming, &mut self.outgoing);
         match &mut self.tls {
             Tls::Server(c) => seal(&mut **c, incoming, outgoing, |w| w.encrypt(data, out)),
@@ -272,6 +317,9 @@ impl Session {
 
     /// Queue a close_notify alert (then [`Session::try_flush`] it).
     pub fn close_notify(&mut self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("TLS session failed"));
+        }
         let mut alert = [0u8; RECORD_OVERHEAD];
         let (incoming, outgoing) = (&mut self.incoming, &mut self.outgoing);
         let n = match &mut self.tls {

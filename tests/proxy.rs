@@ -9,19 +9,9 @@ use std::net::TcpStream;
 use std::thread;
 
 use common::*;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
-use tungstenite::Message;
 
 fn proxy_for(backend: &Backend) -> Proxy {
     Proxy::start(&["--upstream", &backend.addr.to_string()])
-}
-
-/// Deterministic, non-repeating-looking payload.
-fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[0] ^ seed)
-        .collect()
 }
 
 #[test]
@@ -29,22 +19,8 @@ fn text_and_binary_messages_from_0_bytes_to_16_mib() {
     let backend = Backend::echo();
     let proxy = proxy_for(&backend);
     let mut ws = ws_client(&proxy, "/ws");
-    for (i, len) in [0usize, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20]
-        .into_iter()
-        .enumerate()
-    {
-        let bin = payload(len, i as u8);
-        ws.send(Message::Binary(bin.clone())).unwrap();
-        assert_eq!(ws.read().unwrap(), Message::Binary(bin), "binary {len}");
-        let text: String = payload(len, i as u8)
-            .iter()
-            .map(|b| (b'a' + b % 26) as char)
-            .collect();
-        ws.send(Message::Text(text.clone())).unwrap();
-        assert_eq!(ws.read().unwrap(), Message::Text(text), "text {len}");
-    }
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
+    echo_all_sizes(&mut ws);
+    close_and_drain(&mut ws);
     drop(ws);
     proxy
         .wait_log("tunnel client=", PATIENCE)
@@ -57,54 +33,10 @@ fn fragments_ping_pong_and_close_codes() {
     let backend = Backend::echo();
     let proxy = proxy_for(&backend);
     let mut ws = ws_client(&proxy, "/ws");
-
-    // A text message in three fragments is reassembled by the backend.
-    ws.write(Message::Frame(Frame::message(
-        b"frag".to_vec(),
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .unwrap();
-    ws.write(Message::Frame(Frame::message(
-        b"men".to_vec(),
-        OpCode::Data(Data::Continue),
-        false,
-    )))
-    .unwrap();
-    ws.write(Message::Frame(Frame::message(
-        b"ted".to_vec(),
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .unwrap();
-    ws.flush().unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("fragmented".into()));
-
-    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
-
-    // The backend closes with its own code; the client sees it.
-    ws.send(Message::Text("close-me".into())).unwrap();
-    match ws.read().unwrap() {
-        Message::Close(Some(f)) => {
-            assert_eq!(u16::from(f.code), 4001);
-            assert_eq!(f.reason, "as asked");
-        }
-        other => panic!("expected the backend's close, got {other:?}"),
-    }
+    fragments_ping_and_backend_close(&mut ws);
     drop(ws);
-
-    // The client closes with its code; the backend's echo of it comes back.
     let mut ws = ws_client(&proxy, "/ws");
-    ws.close(Some(tungstenite::protocol::CloseFrame {
-        code: 4242.into(),
-        reason: "client done".into(),
-    }))
-    .unwrap();
-    match ws.read() {
-        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4242),
-        other => panic!("expected the close echo, got {other:?}"),
-    }
+    client_close_is_echoed(&mut ws);
     drop(ws);
     proxy.assert_fds_at_baseline();
 }
@@ -113,27 +45,12 @@ fn fragments_ping_pong_and_close_codes() {
 fn a_hundred_concurrent_clients() {
     let backend = Backend::echo();
     let proxy = proxy_for(&backend);
-    let threads: Vec<_> = (0..100)
-        .map(|c| {
-            let url = proxy.url("/ws");
-            let addr = proxy.addr;
-            thread::spawn(move || {
-                let stream = TcpStream::connect(addr).unwrap();
-                stream.set_read_timeout(Some(PATIENCE)).unwrap();
-                let (mut ws, _) = tungstenite::client(url, stream).unwrap();
-                for m in 0..20 {
-                    let msg = format!("client {c} message {m}");
-                    ws.send(Message::Text(msg.clone())).unwrap();
-                    assert_eq!(ws.read().unwrap(), Message::Text(msg));
-                }
-                ws.close(None).unwrap();
-                while ws.read().is_ok() {}
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let (url, addr) = (proxy.url("/ws"), proxy.addr);
+    concurrent_clients(100, 20, move || {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        tungstenite::client(url.clone(), stream).unwrap().0
+    });
     assert_eq!(*backend.accepted.lock().unwrap(), 100);
     proxy.assert_fds_at_baseline();
 }

@@ -29,17 +29,15 @@ use monoio::io::{
     OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
 use rustls::crypto::{self, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, Connection, DigitallySignedStruct, HandshakeKind,
-    NamedGroup, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
-    SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ClientConnection, Connection, HandshakeKind, NamedGroup,
+    ProtocolVersion, RootCertStore, ServerConfig, ServerConnection, SupportedProtocolVersion,
 };
 
 /// The smallest ciphertext read: a TLS record header and a little more.
@@ -118,7 +116,7 @@ impl ClientTls {
             ),
             (None, true) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(ringway::tls::NoVerification(provider)))
                 .with_no_client_auth(),
             (Some(path), false) => builder
                 .with_root_certificates(roots(path)?)
@@ -217,57 +215,6 @@ impl ClientSessionStore for SessionStore {
 
     fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         self.0.lock().unwrap().tls13.pop_back()
-    }
-}
-
-/// `--insecure`: any certificate chain, any name; handshake signatures are
-/// still verified, so the client does the same work as with a real check
-/// minus the chain.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

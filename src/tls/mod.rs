@@ -352,9 +352,10 @@ pub fn client_config(trust: &UpstreamTrust) -> Result<Arc<ClientConfig>, String>
 }
 
 /// `--upstream-insecure`: any certificate is accepted (the handshake's
-/// signatures are still checked, so the session keys are sound).
+/// signatures are still checked, so the session keys are sound). Also the
+/// load generator's `--insecure`.
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+pub struct NoVerification(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(

@@ -23,22 +23,6 @@ fn tls_proxy(backend: &Backend, extra: &[&str]) -> (Pki, Leaf, Proxy) {
     (pki, leaf, proxy)
 }
 
-fn start_tls_proxy(backend: &Backend, leaf: &Leaf, extra: &[&str]) -> Proxy {
-    let upstream = backend.addr.to_string();
-    let mut args = vec![
-        "--upstream",
-        &upstream,
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &leaf.cert,
-        "--key",
-        &leaf.key,
-    ];
-    args.extend_from_slice(extra);
-    Proxy::start(&args)
-}
-
 /// The certificate the proxy presents to a client sending `sni`.
 fn cert_for(proxy: &Proxy, client: &TlsClient, sni: Option<&str>) -> Vec<u8> {
     let tls = client

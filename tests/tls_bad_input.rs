@@ -18,20 +18,8 @@ use rustls::{
 fn proxy_with(backend: &Backend, extra: &[&str]) -> (Pki, Proxy) {
     let pki = Pki::new();
     let leaf = pki.leaf("default", &["localhost", "127.0.0.1"]);
-    let upstream = backend.addr.to_string();
-    let mut args = vec![
-        "--upstream",
-        &upstream,
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &leaf.cert,
-        "--key",
-        &leaf.key,
-    ];
-    args.extend_from_slice(extra);
-    let p = Proxy::start(&args);
-    (pki, p)
+    let proxy = start_tls_proxy(backend, &leaf, extra);
+    (pki, proxy)
 }
 
 /// TLS 1.3 AES-128-GCM client with secret extraction: opens a wss tunnel, then

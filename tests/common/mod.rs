@@ -1095,6 +1095,24 @@ impl ServerCertVerifier for AnyNameVerifier {
     }
 }
 
+/// ringway in front of `backend` with a TLS listener serving `leaf` (and a
+/// plain one), plus `extra` flags.
+pub fn start_tls_proxy(backend: &Backend, leaf: &Leaf, extra: &[&str]) -> Proxy {
+    let upstream = backend.addr.to_string();
+    let mut args = vec![
+        "--upstream",
+        &upstream,
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        &leaf.cert,
+        "--key",
+        &leaf.key,
+    ];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
 /// How a test client speaks TLS.
 #[derive(Clone)]
 pub struct TlsClient {

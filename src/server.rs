@@ -73,7 +73,8 @@ const FEW_TUNNELS: u64 = 10_000;
 fn check_fd_limit(config: &Config) {
     match crate::sys::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let fixed = FD_RESERVE + (config.listen.len() * config.workers) as u64;
+            let listeners = config.listen.len() + config.tls_listen.len();
+            let fixed = FD_RESERVE + (listeners * config.workers) as u64;
             let tunnels = soft.saturating_sub(fixed) / 2;
             if tunnels < FEW_TUNNELS {
                 log::warn!(

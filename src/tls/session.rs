@@ -55,6 +55,17 @@ enum Tls {
     Client(UnbufferedClientConnection),
 }
 
+/// Run `$body` with `$c` bound to the connection, whichever side it is (the
+/// two types share their methods but not a trait).
+macro_rules! either {
+    ($tls:expr, $c:ident => $body:expr) => {
+        match $tls {
+            Tls::Server($c) => $body,
+            Tls::Client($c) => $body,
+        }
+    };
+}
+
 /// A TLS session, server side (a wss:// client) or client side (a wss://
 /// backend).
 pub struct Session {
@@ -138,10 +149,7 @@ impl Session {
     }
 
     pub fn is_handshaking(&self) -> bool {
-        match &self.tls {
-            Tls::Server(c) => c.is_handshaking(),
-            Tls::Client(c) => c.is_handshaking(),
-        }
+        either!(&self.tls, c => c.is_handshaking())
     }
 
     /// The peer has sent close_notify: nothing more will come.
@@ -157,11 +165,7 @@ impl Session {
 
     /// The negotiated protocol version, for log lines.
     pub fn version(&self) -> &'static str {
-        let v = match &self.tls {
-            Tls::Server(c) => c.protocol_version(),
-            Tls::Client(c) => c.protocol_version(),
-        };
-        match v {
+        match either!(&self.tls, c => c.protocol_version()) {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "TLS",
@@ -178,7 +182,7 @@ impl Session {
         buf: &mut [u8],
         cap: usize,
     ) -> io::Result<Step> {
-        let (filled, got) = self.fill(sock, buf, cap)?;
+        let (filled, got) = self.fill(sock, buf, cap, true)?;
         if got == Xfer::Eof {
             return Ok(Step::Eof);
         }
@@ -209,15 +213,11 @@ impl Session {
         cap: usize,
         plain_out: &mut [u8],
     ) -> io::Result<Received> {
-        let leftover = std::mem::take(&mut self.pending);
-        let (filled, got) = if leftover {
-            let kept = self.incoming.len();
-            buf[..kept].copy_from_slice(&self.incoming);
-            self.incoming = Vec::new();
-            (kept, Xfer::WouldBlock)
-        } else {
-            self.fill(sock, buf, cap)?
-        };
+        // Right after the handshake, only what is kept: rustls may hold a
+        // record's plaintext already, and more on top could overflow
+        // `plain_out`.
+        let read_socket = !std::mem::take(&mut self.pending);
+        let (filled, got) = self.fill(sock, buf, cap, read_socket)?;
         let raw = match got {
             Xfer::Done(n) => n,
             _ => 0,
@@ -248,8 +248,15 @@ impl Session {
         })
     }
 
-    /// Put the kept bytes at the start of `buf`, then read after them.
-    fn fill(&mut self, sock: &TcpStream, buf: &mut [u8], cap: usize) -> io::Result<(usize, Xfer)> {
+    /// Put the kept bytes at the start of `buf`, then (if `read_socket`)
+    /// read after them.
+    fn fill(
+        &mut self,
+        sock: &TcpStream,
+        buf: &mut [u8],
+        cap: usize,
+        read_socket: bool,
+    ) -> io::Result<(usize, Xfer)> {
         let kept = self.incoming.len();
         if kept >= cap {
             return Err(io::Error::new(
@@ -261,6 +268,9 @@ impl Session {
         self.incoming = Vec::new();
         if self.peer_closed {
             return Ok((kept, Xfer::Eof));
+        }
+        if !read_socket {
+            return Ok((kept, Xfer::WouldBlock));
         }
         let got = match sys::recv(sock, &mut buf[kept..cap]) {
             Ok(g) => g,
@@ -289,47 +299,41 @@ impl Session {
         plain_out: &mut [u8],
         stop_at_data: bool,
     ) -> io::Result<Processed> {
-        if self.broken {
-            return Err(io::Error::other("TLS session failed"));
-        }
-        let r = match &mut self.tls {
-            Tls::Server(c) => process(&mut **c, buf, plain_out, &mut self.outgoing, stop_at_data),
-            Tls::Client(c) => process(&mut **c, buf, plain_out, &mut self.outgoing, stop_at_data),
-        };
+        self.usable()?;
+        let outgoing = &mut self.outgoing;
+        let r =
+            either!(&mut self.tls, c => process(&mut **c, buf, plain_out, outgoing, stop_at_data));
         if r.is_err() {
             self.broken = true;
         }
         r.map_err(tls_error)
     }
 
-    /// Seal `data` into `out` (at least [`sealed_len`] of it long) and
-    /// return the sealed length. Send it with [`Session::send`].
-    pub fn seal(&mut self, data: &[u8], out: &mut [u8]) -> io::Result<usize> {
+    /// A session rustls failed on must never be called into again: rustls
+    /// may hold positions into bytes that are gone.
+    fn usable(&self) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other("TLS session failed"));
         }
+        Ok(())
+    }
+
+    /// Seal `data` into `out` (at least [`sealed_len`] of it long) and
+    /// return the sealed length. Send it with [`Session::send`].
+    pub fn seal(&mut self, data: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        self.usable()?;
         let (incoming, outgoing) = (&mut self.incoming, &mut self.outgoing);
-        match &mut self.tls {
-            Tls::Server(c) => seal(&mut **c, incoming, outgoing, |w| w.encrypt(data, out)),
-            Tls::Client(c) => seal(&mut **c, incoming, outgoing, |w| w.encrypt(data, out)),
-        }
+        either!(&mut self.tls, c => seal(&mut **c, incoming, outgoing, |w| w.encrypt(data, out)))
     }
 
     /// Queue a close_notify alert (then [`Session::try_flush`] it).
     pub fn close_notify(&mut self) -> io::Result<()> {
-        if self.broken {
-            return Err(io::Error::other("TLS session failed"));
-        }
+        self.usable()?;
         let mut alert = [0u8; RECORD_OVERHEAD];
         let (incoming, outgoing) = (&mut self.incoming, &mut self.outgoing);
-        let n = match &mut self.tls {
-            Tls::Server(c) => seal(&mut **c, incoming, outgoing, |w| {
-                w.queue_close_notify(&mut alert)
-            }),
-            Tls::Client(c) => seal(&mut **c, incoming, outgoing, |w| {
-                w.queue_close_notify(&mut alert)
-            }),
-        }?;
+        let n = either!(&mut self.tls, c => seal(&mut **c, incoming, outgoing, |w| {
+            w.queue_close_notify(&mut alert)
+        }))?;
         self.outgoing.extend_from_slice(&alert[..n]);
         Ok(())
     }

@@ -12,25 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use tungstenite::Message;
 
-/// A backend that answers 101 by hand, then reads until the client's EOF,
-/// and only then writes `after-eof:<bytes read>` and closes.
-fn half_close_backend() -> Backend {
-    Backend::spawn(|mut s, _| {
-        let (_, mut got) = read_head(&mut s);
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => return,
-            }
-        }
-        let _ = write!(s, "after-eof:{}", got.len());
-    })
-}
-
 #[test]
 fn half_close_is_propagated_both_ways() {
     let backend = half_close_backend();

@@ -968,38 +968,9 @@ fn a_trickled_handshake_and_one_byte_records_work() {
 #[test]
 fn close_notify_is_a_half_close_both_ways() {
     // The backend reads until EOF, then answers and closes.
-    let backend = Backend::spawn(|mut s, _| {
-        let (_, mut got) = read_head(&mut s);
-        s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        )
-        .unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => return,
-            }
-        }
-        let _ = write!(s, "after-eof:{}", got.len());
-    });
+    let backend = half_close_backend();
     let (pki, _, proxy) = tls_proxy(&backend, &[]);
-    let mut tls = TlsClient::new(pki.ca_der())
-        .connect(proxy.tls(), Some("localhost"))
-        .unwrap();
-    tls.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
-    tls.flush().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let rest = loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break got.split_off(end + 4);
-        }
-        let n = tls.read(&mut buf).unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    };
+    let (mut tls, got, rest) = tls_upgrade(&pki, &proxy);
     assert!(got.starts_with(b"HTTP/1.1 101 "), "{got:?}");
     assert!(rest.is_empty());
     tls.write_all(b"twelve bytes").unwrap();

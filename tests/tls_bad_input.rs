@@ -184,17 +184,7 @@ fn data_and_close_notify_in_one_segment() {
         tx.lock().unwrap().send(got.len()).unwrap();
     });
     let (pki, proxy) = proxy_with(&backend, &[]);
-    let mut tls = TlsClient::new(pki.ca_der())
-        .connect(proxy.tls(), Some("localhost"))
-        .unwrap();
-    tls.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
-    tls.flush().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tls.read(&mut buf).unwrap();
-        got.extend_from_slice(&buf[..n]);
-    }
+    let (mut tls, _, _) = tls_upgrade(&pki, &proxy);
     std::thread::sleep(Duration::from_millis(100));
     tls.conn.writer().write_all(b"twelve bytes").unwrap();
     tls.conn.send_close_notify();

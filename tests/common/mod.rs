@@ -1113,6 +1113,47 @@ pub fn start_tls_proxy(backend: &Backend, leaf: &Leaf, extra: &[&str]) -> Proxy 
     Proxy::start(&args)
 }
 
+/// A backend that answers 101 by hand, then reads until the client's EOF,
+/// and only then writes `after-eof:<bytes read>` and closes.
+pub fn half_close_backend() -> Backend {
+    Backend::spawn(|mut s, _| {
+        let (_, mut got) = read_head(&mut s);
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+        let _ = write!(s, "after-eof:{}", got.len());
+    })
+}
+
+/// Over TLS to `proxy` (SNI `localhost`, trusting `pki`'s CA): send an
+/// upgrade request and read the answer head. Returns the stream, the head
+/// and the bytes read past it.
+pub fn tls_upgrade(pki: &Pki, proxy: &Proxy) -> (TlsStream, Vec<u8>, Vec<u8>) {
+    let mut tls = TlsClient::new(pki.ca_der())
+        .connect(proxy.tls(), Some("localhost"))
+        .unwrap();
+    tls.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = got.split_off(end + 4);
+            return (tls, got, rest);
+        }
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// How a test client speaks TLS.
 #[derive(Clone)]
 pub struct TlsClient {

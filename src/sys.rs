@@ -69,6 +69,24 @@ pub fn peek(fd: &impl AsRawFd) -> io::Result<Xfer> {
     xfer(ret)
 }
 
+/// `recv(fd, buf, MSG_DONTWAIT | MSG_PEEK)`: copy what is waiting without
+/// taking it (a PROXY protocol header is looked at first, then exactly its
+/// bytes are taken, so nothing behind it is ever read by mistake).
+pub fn peek_into(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Xfer> {
+    // SAFETY: `buf` is a live, exclusively borrowed slice for the whole call and
+    // the kernel writes at most `buf.len()` bytes into it; `fd` is borrowed
+    // from its owner for the call.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    xfer(ret)
+}
+
 /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: never blocks, never raises
 /// SIGPIPE; a peer that is gone shows up as `EPIPE`/`ECONNRESET`.
 pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<Xfer> {

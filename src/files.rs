@@ -1,0 +1,1 @@
+//! Static files for `--static` routes (to be written).

@@ -1,0 +1,1 @@
+//! Limits shared by all cores (to be written).

@@ -1,0 +1,1 @@
+//! PROXY protocol v1/v2: parsing headers from balancers, writing them to backends (to be written).

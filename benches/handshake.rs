@@ -54,6 +54,7 @@ fn handshake(c: &mut Criterion) {
     let client = request::ClientInfo {
         ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         proto: "http",
+        trusted: &[],
     };
     let browser = browser_request();
     let mut g = c.benchmark_group("request");

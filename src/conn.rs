@@ -7,18 +7,24 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::balance::GroupBalancer;
+use crate::config::{Group, Listen, Target};
+use crate::files::{self, FileRequest, Root, Served};
 use crate::http::body::Framing;
+use crate::http::path;
 use crate::http::request::{self, ClientInfo, Kind, Prepared};
 use crate::http::response::{self, Answer};
 use crate::http::status::Status;
+use crate::limits;
+use crate::proxy_protocol;
 use crate::sweep::{Expiry, Phase, Tracked};
 use crate::sys::{self, Half, Xfer};
 use crate::tls::session::Session;
@@ -31,14 +37,27 @@ use crate::worker::Core;
 /// Most bytes discarded from a refused client before its socket closes.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
-/// Serve one accepted client until both of its sockets are closed; `tls`:
-/// it came to a TLS listener.
-pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) {
+/// Serve one accepted client until both of its sockets are closed, as the
+/// listener it came to says (TLS, a PROXY protocol header first).
+pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Listen) {
     let started = Instant::now();
+    // Counted from accept to close, however the connection ends.
+    let total = core.shared.total.enter(core.config.max_conns);
     // Declared after `client`, so dropped (unregistered) before it closes.
     let track = core.sweeper.register(client.as_raw_fd());
+    let (peer, local) = if listen.proxy_protocol {
+        match read_proxy_header(core, &client, peer, &track).await {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                log::warn!("client={peer} PROXY protocol: {why}; connection closed");
+                return;
+            }
+        }
+    } else {
+        (peer, None)
+    };
     // Boxed: a plain connection pays one pointer for it.
-    let session = match (tls, &core.tls) {
+    let session = match (listen.tls, &core.tls) {
         (false, _) => None,
         (true, Some(tls)) => match Session::server(tls.config()) {
             Ok(s) => Some(Box::new(RefCell::new(s))),
@@ -56,12 +75,20 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) 
         core,
         client: Peer::new(&client, session.as_deref()),
         peer,
+        local,
+        real_ip: Cell::new(peer.ip().to_canonical()),
+        over_max_conns: total.over,
         track: &track,
     };
     let outcome = conn.run().await;
     let tls = match &session {
         Some(s) => format!(" tls={}", s.borrow().version()),
         None => String::new(),
+    };
+    // The address X-Forwarded-For from a trusted proxy named, when it did.
+    let real = match conn.real_ip.get() {
+        ip if ip == peer.ip().to_canonical() => String::new(),
+        ip => format!(" real_ip={ip}"),
     };
     match outcome {
         Outcome::Gone(why) => log::debug!("client={peer} left before a request: {why}"),
@@ -72,16 +99,25 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) 
             backend,
             why,
         } => log::warn!(
-            "client={peer} route={} backend={} status={} reason=\"{why}\"",
+            "client={peer}{real} route={} backend={} status={} reason=\"{why}\"",
             target.as_deref().unwrap_or("-"),
-            backend.map_or("-", |i| core.config.backends[i].name.as_str()),
+            backend.map_or("-", |b| b.name.as_str()),
             status.code(),
         ),
+        Outcome::File { target, served } => log::info!(
+            "file client={peer}{real} route={target} status={} duration={:.3}s bytes={}{}",
+            served.status,
+            started.elapsed().as_secs_f64(),
+            served.bytes,
+            served
+                .why
+                .map_or(String::new(), |w| format!(" reason=\"{w}\"")),
+        ),
         Outcome::Done(s) => log::info!(
-            "{} client={peer} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"{tls}",
+            "{} client={peer}{real} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"{tls}",
             if s.upgraded { "tunnel" } else { "request" },
             s.target,
-            core.config.backends[s.backend].name,
+            s.backend.name,
             s.status,
             started.elapsed().as_secs_f64(),
             s.up,
@@ -94,22 +130,95 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, tls: bool) 
     }
 }
 
+/// How long to wait before looking again at a PROXY header that came in
+/// pieces (a readiness wait would return at once: the first piece is still
+/// unread). Real balancers send it in one segment.
+const PROXY_HEADER_RETRY: Duration = Duration::from_millis(10);
+
+/// Take the PROXY protocol header from a listener that requires one: the
+/// client's address and the one it connected to (`None` for a LOCAL or
+/// UNKNOWN header: the connection's own). The header is looked at with
+/// MSG_PEEK and then exactly its bytes are taken, so what follows it (a TLS
+/// hello, a request head) stays in the socket. Bounded by
+/// [`proxy_protocol::MAX_HEADER`] bytes and the handshake timeout.
+async fn read_proxy_header(
+    core: &Core,
+    sock: &TcpStream,
+    peer: SocketAddr,
+    track: &Tracked,
+) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    if !limits::trusted(&core.config.trusted_proxies, peer.ip()) {
+        return Err(format!(
+            "{} is not a --trusted-proxy, so its PROXY header is not believed",
+            peer.ip()
+        ));
+    }
+    let mut buf = [0u8; proxy_protocol::MAX_HEADER];
+    let mut seen = 0;
+    loop {
+        let ready = if seen == 0 {
+            sock.readable(false).await
+        } else {
+            monoio::time::sleep(PROXY_HEADER_RETRY).await;
+            Ok(())
+        };
+        if track.expired().is_some() {
+            return Err("no complete header within --handshake-timeout".into());
+        }
+        ready.map_err(|e| e.to_string())?;
+        let n = match sys::peek_into(sock, &mut buf) {
+            Ok(Xfer::Done(n)) => n,
+            Ok(Xfer::WouldBlock) => continue,
+            Ok(Xfer::Eof) if seen == 0 => return Err("closed before sending a header".into()),
+            Ok(Xfer::Eof) => return Err("closed in the middle of its header".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if n == seen {
+            // Nothing new (or the end after a partial header): look again.
+            if let Ok(Xfer::Eof) = sys::peek(sock) {
+                return Err("closed in the middle of its header".into());
+            }
+        }
+        seen = n;
+        let (header, len) = match proxy_protocol::parse(&buf[..n]) {
+            Ok(Some(found)) => found,
+            Ok(None) if n < buf.len() => continue,
+            Ok(None) => return Err(proxy_protocol::Error::TooLong.to_string()),
+            Err(e) => return Err(e.to_string()),
+        };
+        match sys::recv(sock, &mut buf[..len]) {
+            Ok(Xfer::Done(got)) if got == len => {}
+            Ok(_) => return Err("the header's bytes could not be taken".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        return Ok(match header.addrs {
+            Some((src, dst)) => (src, Some(dst)),
+            None => (peer, None),
+        });
+    }
+}
+
 /// How a connection ended.
-enum Outcome {
+enum Outcome<'a> {
     Gone(&'static str),
     TlsFailed(String),
     Refused {
         status: Status,
         target: Option<Box<str>>,
-        backend: Option<usize>,
+        backend: Option<&'a crate::config::Backend>,
         why: String,
     },
-    Done(Summary),
+    /// A static file route answered.
+    File {
+        target: Box<str>,
+        served: Served,
+    },
+    Done(Summary<'a>),
 }
 
-struct Summary {
+struct Summary<'a> {
     target: Box<str>,
-    backend: usize,
+    backend: &'a crate::config::Backend,
     status: u16,
     upgraded: bool,
     up: u64,
@@ -166,6 +275,19 @@ impl Drop for Backend<'_> {
     }
 }
 
+/// A connection counted on one server of a group (least-conn's count)
+/// until it ends.
+struct ServerSlot<'a> {
+    balancer: &'a GroupBalancer,
+    server: usize,
+}
+
+impl Drop for ServerSlot<'_> {
+    fn drop(&mut self) {
+        self.balancer.release(self.server);
+    }
+}
+
 enum ConnectError {
     Timeout,
     Failed(io::Error),
@@ -173,15 +295,27 @@ enum ConnectError {
     Tls(io::Error),
 }
 
+/// Why no server of a group could be connected to: the answer, the last
+/// server tried, the reason.
+type NoServer<'a> = (Status, Option<&'a crate::config::Backend>, String);
+
 struct Conn<'a> {
     core: &'a Core,
     client: Peer<'a>,
+    /// The client's address: the TCP peer, or what its PROXY header said.
     peer: SocketAddr,
+    /// The address the client connected to, from its PROXY header.
+    local: Option<SocketAddr>,
+    /// The client's address after the trusted-proxy rules (X-Forwarded-For
+    /// from a trusted peer): the key of limits and ip-hash.
+    real_ip: Cell<IpAddr>,
+    /// Accepted beyond --max-conns: answered 503 once its request is read.
+    over_max_conns: bool,
     track: &'a Tracked,
 }
 
 impl<'a> Conn<'a> {
-    async fn run(&self) -> Outcome {
+    async fn run(&self) -> Outcome<'a> {
         if self.client.tls.is_some() {
             // Boxed, so that plain connections do not carry its room.
             if let Err(outcome) = Box::pin(self.tls_handshake()).await {
@@ -192,8 +326,59 @@ impl<'a> Conn<'a> {
             Ok(req) => req,
             Err(outcome) => return outcome,
         };
+        self.real_ip.set(req.client_ip);
+        let config = &self.core.config;
         let target = Some(req.target.clone());
-        let (backend, name) = match self.connect_any().await {
+        if self.over_max_conns {
+            let why = format!(
+                "over --max-conns ({} connections open)",
+                config.max_conns.unwrap_or_default()
+            );
+            return self
+                .refuse(Status::ServiceUnavailable, target, None, why)
+                .await;
+        }
+        let path = match path::normalize(&req.path) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("refused path: {e}");
+                return self.refuse(Status::BadRequest, target, None, why).await;
+            }
+        };
+        let Some(route) = config.routes.find(req.host.as_deref(), &path) else {
+            let why = "no route for this host and path".to_string();
+            return self.refuse(Status::NotFound, target, None, why).await;
+        };
+        if req.kind == Kind::Upgrade
+            && !limits::origin_allowed(&config.allow_origin, req.origin.as_deref())
+        {
+            let why = format!(
+                "Origin {:?} is not in --allow-origin",
+                req.origin.as_deref().unwrap_or_default()
+            );
+            return self.refuse(Status::Forbidden, target, None, why).await;
+        }
+        // Held until the connection ends.
+        let _ip_slot = match &self.core.shared.per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.acquire(req.client_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    let why = format!(
+                        "{} already has {} connections (--limit-conn-per-ip)",
+                        req.client_ip,
+                        per_ip.count(req.client_ip)
+                    );
+                    let status = Status::Other(config.limit_conn_status);
+                    return self.refuse(status, target, None, why).await;
+                }
+            },
+        };
+        let group = match &route.target {
+            Target::Group(g) => *g,
+            Target::Static(root) => return self.serve_file(root, &req, &path).await,
+        };
+        let (backend, server, _slot) = match self.connect_any(group).await {
             Ok(b) => b,
             Err((status, backend, why)) => return self.refuse(status, target, backend, why).await,
         };
@@ -202,15 +387,31 @@ impl<'a> Conn<'a> {
         if let Err(e) = write_all(backend.peer(), &req.upstream, scratch, self.track).await {
             let why = format!("sending the request failed: {e}");
             return self
-                .refuse(Status::BadGateway, target, Some(name), why)
+                .refuse(Status::BadGateway, target, Some(server), why)
                 .await;
         }
-        self.exchange(backend.peer(), req, name).await
+        self.exchange(backend.peer(), req, server).await
+    }
+
+    /// A static route: the file (or its error answer), then close gently.
+    async fn serve_file(&self, root: &Root, req: &Prepared, path: &str) -> Outcome<'a> {
+        let file = FileRequest {
+            method: &req.method,
+            path,
+            if_modified_since: req.if_modified_since.as_deref(),
+        };
+        self.track.set_phase(Phase::Active);
+        let served = files::serve(self.client, &self.core.scratch, self.track, root, &file).await;
+        linger(self.client, self.track, &self.core.scratch).await;
+        Outcome::File {
+            target: req.target.clone(),
+            served,
+        }
     }
 
     /// A TLS client's handshake, under the handshake deadline. Plain HTTP
     /// sent to the TLS port is answered 400, as nginx does.
-    async fn tls_handshake(&self) -> Result<(), Outcome> {
+    async fn tls_handshake(&self) -> Result<(), Outcome<'a>> {
         let Err(e) = handshake(self.client, &self.core.scratch, self.track).await else {
             return Ok(());
         };
@@ -220,18 +421,24 @@ impl<'a> Conn<'a> {
             HandshakeError::Closed => Outcome::Gone("closed during the TLS handshake"),
             HandshakeError::Failed(e) => Outcome::TlsFailed(e.to_string()),
             HandshakeError::PlainHttp => {
-                let plain = Conn {
-                    client: Peer::plain(self.client.sock),
-                    ..*self
-                };
                 let why = "plain HTTP request sent to a TLS port".to_string();
-                plain.refuse(Status::BadRequest, None, None, why).await
+                Box::pin(self.refuse_plain(Status::BadRequest, why)).await
             }
         })
     }
 
+    /// Answer over the raw socket (a TLS port spoken to in plain HTTP).
+    async fn refuse_plain(&self, status: Status, why: String) -> Outcome<'a> {
+        let plain = Conn {
+            client: Peer::plain(self.client.sock),
+            real_ip: Cell::new(self.real_ip.get()),
+            ..*self
+        };
+        plain.refuse(status, None, None, why).await
+    }
+
     /// Read until a whole request head is here, and validate it.
-    async fn read_head(&self) -> Result<Prepared, Outcome> {
+    async fn read_head(&self) -> Result<Prepared, Outcome<'a>> {
         let info = ClientInfo {
             ip: self.peer.ip().to_canonical(),
             proto: if self.client.tls.is_some() {
@@ -239,6 +446,7 @@ impl<'a> Conn<'a> {
             } else {
                 "http"
             },
+            trusted: &self.core.config.trusted_proxies,
         };
         let max = self.core.config.max_header_bytes;
         // Filled only when a head spans several reads.
@@ -283,59 +491,120 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Try the backends in the balancer's order; the first that accepts wins.
-    async fn connect_any(&self) -> Result<(Backend<'a>, usize), (Status, Option<usize>, String)> {
+    /// Try servers of group `g` in its balancer's order until one accepts,
+    /// at most --upstream-tries of them. Failed connects count against their
+    /// server (nginx's max_fails/fail_timeout, on this core).
+    async fn connect_any(
+        &self,
+        g: usize,
+    ) -> Result<(Backend<'a>, &'a crate::config::Backend, ServerSlot<'a>), NoServer<'a>> {
         let core: &'a Core = self.core;
-        let mut last: Option<(Status, usize, String)> = None;
-        for i in core.balancer.plan(Instant::now()) {
-            let b = &core.config.backends[i];
+        let group = &core.config.groups[g];
+        let balancer = &core.balancers[g];
+        let tries = match core.config.upstream_tries {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut attempt = balancer.attempt(self.real_ip.get());
+        let mut last: Option<(Status, &'a crate::config::Backend, String)> = None;
+        for _ in 0..tries {
+            let Some(i) = balancer.next(&mut attempt, Instant::now()) else {
+                break;
+            };
+            let slot = ServerSlot {
+                balancer,
+                server: i,
+            };
+            let b = &group.servers[i];
             if let Some((_, failed, why)) = &last {
-                let failed = &core.config.backends[*failed].name;
-                log::info!("client={} {failed}: {why}; trying {}", self.peer, b.name);
+                log::info!(
+                    "client={} {}: {why}; trying {}",
+                    self.peer,
+                    failed.name,
+                    b.name
+                );
             }
-            let failure = match self.connect(b).await {
-                Ok(stream) => return Ok((stream, i)),
+            let failure = match self.connect(group, b).await {
+                Ok(stream) => {
+                    balancer.succeeded(i, Instant::now());
+                    return Ok((stream, b, slot));
+                }
                 Err(_) if self.track.expired() == Some(Expiry::Drain) => {
-                    return Err((Status::ServiceUnavailable, Some(i), "shutting down".into()));
+                    return Err((Status::ServiceUnavailable, Some(b), "shutting down".into()));
                 }
                 Err(ConnectError::Timeout) => (
                     Status::GatewayTimeout,
-                    i,
+                    b,
                     format!("connect to {} timed out", b.addr),
                 ),
                 Err(ConnectError::Failed(e)) => (
                     Status::BadGateway,
-                    i,
+                    b,
                     format!("connect to {} failed: {e}", b.addr),
                 ),
                 Err(ConnectError::Tls(e)) => (
                     Status::BadGateway,
-                    i,
+                    b,
                     format!("TLS handshake with {} failed: {e}", b.addr),
                 ),
             };
-            core.balancer.mark_failed(i, Instant::now());
+            // `failed` gives the server's count back itself.
+            std::mem::forget(slot);
+            balancer.failed(i, Instant::now());
+            if balancer.unavailable(i, Instant::now()) {
+                log::warn!(
+                    "group {} server {} ({}) marked unavailable for {:?}: {}",
+                    group.name,
+                    b.name,
+                    b.addr,
+                    b.params.fail_timeout,
+                    failure.2
+                );
+            }
             last = Some(failure);
         }
         Err(match last {
-            Some((status, i, why)) => (status, Some(i), why),
+            Some((status, b, why)) => (status, Some(b), why),
             None => (
                 Status::ServiceUnavailable,
                 None,
-                "no backend available: every one failed within --fail-timeout".into(),
+                format!(
+                    "no server of group {} is available: each is down or failed within its fail_timeout",
+                    group.name
+                ),
             ),
         })
     }
 
-    /// A non-blocking connect (and TLS handshake, for wss://) that the sweep
-    /// can shut down when --connect-timeout strikes.
-    async fn connect(&self, b: &crate::config::Backend) -> Result<Backend<'a>, ConnectError> {
-        let backend = self.connect_tcp(b.addr).await?;
+    /// A non-blocking connect (then the group's PROXY header, then the TLS
+    /// handshake for wss://) that the sweep can shut down when
+    /// --connect-timeout strikes.
+    async fn connect(
+        &self,
+        group: &Group,
+        b: &crate::config::Backend,
+    ) -> Result<Backend<'a>, ConnectError> {
+        let mut backend = self.connect_tcp(b.addr).await?;
+        if let Some(version) = group.send_proxy {
+            let dst = match self.local {
+                Some(dst) => dst,
+                None => self
+                    .client
+                    .sock
+                    .local_addr()
+                    .map_err(ConnectError::Failed)?,
+            };
+            let mut header = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+            proxy_protocol::encode(version, self.peer, dst, &mut header);
+            let sock = Peer::plain(&backend.stream);
+            write_all(sock, &header, &self.core.scratch, self.track)
+                .await
+                .map_err(ConnectError::Failed)?;
+        }
         let (Some(name), Some(config)) = (&b.tls, &self.core.config.upstream_tls) else {
             return Ok(backend);
         };
         let session = Session::client(config.clone(), name.clone()).map_err(ConnectError::Tls)?;
-        let mut backend = backend;
         backend.session = Some(Box::new(RefCell::new(session)));
         let done = Box::pin(handshake(backend.peer(), &self.core.scratch, self.track)).await;
         if self.track.expired() == Some(Expiry::Connect) {
@@ -389,9 +658,9 @@ impl<'a> Conn<'a> {
         &self,
         status: Status,
         target: Option<Box<str>>,
-        backend: Option<usize>,
+        backend: Option<&'a crate::config::Backend>,
         why: String,
-    ) -> Outcome {
+    ) -> Outcome<'a> {
         let scratch = &self.core.scratch;
         let _ = write_all(self.client, &status.response(&why), scratch, self.track).await;
         linger(self.client, self.track, scratch).await;
@@ -412,7 +681,12 @@ impl<'a> Conn<'a> {
     /// - down: the backend's answer (interim heads passed on); a 101 to an
     ///   upgrade opens the tunnel, anything else is streamed to its end and
     ///   both sides closed.
-    async fn exchange(&self, backend: Peer<'_>, req: Prepared, name: usize) -> Outcome {
+    async fn exchange(
+        &self,
+        backend: Peer<'_>,
+        req: Prepared,
+        name: &'a crate::config::Backend,
+    ) -> Outcome<'a> {
         let Prepared {
             kind,
             upstream,
@@ -420,6 +694,7 @@ impl<'a> Conn<'a> {
             body,
             target,
             head_method,
+            ..
         } = req;
         let flow = Flow::default();
         flow.up.set(upstream.len() as u64);

@@ -67,8 +67,8 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
     let certs = DemoCerts::generate()?;
     let mut proxy = <Cli as clap::Parser>::try_parse_from(["ringway", "--upstream", "x:1"])?.proxy;
     proxy.upstream = vec![backend.to_string()];
-    proxy.listen = vec![args.listen];
-    proxy.tls_listen = vec![args.tls_listen];
+    proxy.listen = vec![args.listen.into()];
+    proxy.tls_listen = vec![args.tls_listen.into()];
     proxy.cert = Some(certs.cert.clone());
     proxy.key = Some(certs.key.clone());
     proxy.workers = args.workers.or(Some(cores.min(2)));

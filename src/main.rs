@@ -1,19 +1,37 @@
-//! `ringway`: flags -> Config -> run -> exit code.
+//! `ringway`: flags (and --config file) -> Config -> run -> exit code.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use ringway::config::{Cli, Command, Config};
+use ringway::config::{self, CliError, Command, Config};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config::parse_cli(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(CliError::Usage(e)) => e.exit(),
+        Err(CliError::Config(e)) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.log_level);
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let result = match cli.command {
         Some(Command::Demo(args)) => ringway::demo::run(&args, cores),
+        Some(Command::Check(args)) => {
+            return match Config::from_args(&args.proxy, cores) {
+                Ok(config) => {
+                    print!("configuration OK\n{}", config.describe());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringway: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => match Config::from_args(&cli.proxy, cores) {
             Ok(config) => ringway::server::run(config).map_err(Into::into),
             Err(e) => {

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
+use crate::limits::Shared;
 use crate::listener::{self, ListenError, Steering};
 use crate::shutdown::Shutdown;
 use crate::tls::ServerTls;
@@ -73,7 +74,7 @@ const FEW_TUNNELS: u64 = 10_000;
 fn check_fd_limit(config: &Config) {
     match crate::sys::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let listeners = config.listen.len() + config.tls_listen.len();
+            let listeners = config.listen.len();
             let fixed = FD_RESERVE + (listeners * config.workers) as u64;
             let tunnels = soft.saturating_sub(fixed) / 2;
             if tunnels < FEW_TUNNELS {
@@ -103,13 +104,12 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     let cpu_of = |i: usize| (!cores.is_empty()).then(|| cores[i % cores.len()]);
 
     // per_worker[w] = that worker's listener for each listen address.
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> =
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, Listen)>> =
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let plain = config.listen.iter().map(|a| (*a, false));
-    let secure = config.tls_listen.iter().map(|a| (*a, true));
-    for (addr, tls) in plain.chain(secure) {
-        let (group, bound) = listener::bind_group(addr, n, config.backlog)?;
+    let shared = Arc::new(Shared::new(config.limit_conn_per_ip));
+    for listen in config.listen.clone() {
+        let (group, bound) = listener::bind_group(listen.addr, n, config.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
         // the extra workers would never get a connection, so leave it to
         // the kernel's hash then.
@@ -119,11 +119,16 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
             let cpus: Vec<usize> = (0..n).map(|i| cores[i % cores.len()].id).collect();
             listener::steer(&group, &cpus)
         };
-        let scheme = if tls { "wss" } else { "ws" };
-        log::info!("listening on {bound} ({scheme}, {n} workers, steering: {steering:?})");
+        let scheme = if listen.tls { "wss" } else { "ws" };
+        let proxy = if listen.proxy_protocol {
+            ", PROXY protocol"
+        } else {
+            ""
+        };
+        log::info!("listening on {bound} ({scheme}{proxy}, {n} workers, steering: {steering:?})");
         addrs.push(bound);
         for (w, l) in group.into_iter().enumerate() {
-            per_worker[w].push((l, tls));
+            per_worker[w].push((l, listen));
         }
     }
 
@@ -135,6 +140,7 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
             cpu: cpu_of(id),
             listeners,
             config: config.clone(),
+            shared: shared.clone(),
             shutdown: shutdown.clone(),
         };
         let tx = ready_tx.clone();

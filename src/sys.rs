@@ -254,6 +254,245 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// The `open_how` of `openat2(2)` (linux/openat2.h); libc's is
+/// `#[non_exhaustive]`, so it cannot be built with a literal.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Flags of every file `open_beneath` opens. `O_NONBLOCK` only so that
+/// opening a FIFO does not wait for a writer (it is cleared again before the
+/// file is returned); `O_NOCTTY` so that a terminal can never become ours.
+const BENEATH_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// Open `path` (relative, no leading '/') for reading beneath the directory
+/// `dir`, such that nothing — a `..`, an absolute path, a symlink — can make
+/// it resolve to anything outside `dir`. `dir` may be an `O_PATH` descriptor;
+/// `dir_real` is its real (canonical, absolute) path, used only by the
+/// fallback below.
+///
+/// With `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` (Linux 5.6+) the
+/// kernel enforces it: an escape fails with `EXDEV` (or `ELOOP` for a
+/// `/proc` magic link). A relative symlink that stays inside `dir` works; an
+/// absolute symlink is refused even if it points inside (`EXDEV`), because
+/// the kernel cannot resolve it beneath `dir`.
+///
+/// Where `openat2` is missing (`ENOSYS`, or `EPERM` from a seccomp filter
+/// that does not know it) the file is opened with plain `openat` and kept only
+/// if its real path (read back from `/proc/self/fd`) lies under `dir_real`,
+/// else it is closed and the answer is `EXDEV`. In that mode the open itself
+/// may have touched something outside (a device's open has effects), which
+/// `openat2` never does.
+///
+/// The file may be anything that opens read-only, directories included; the
+/// caller looks at its type. Blocking (one or two syscalls on the calling
+/// thread).
+pub fn open_beneath(
+    dir: &impl AsRawFd,
+    dir_real: &std::path::Path,
+    path: &str,
+) -> io::Result<std::fs::File> {
+    let c_path =
+        std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: BENEATH_FLAGS as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `c_path` is a NUL-terminated string and `how` a live, fully
+    // initialised `open_how` of the size passed; the kernel only reads both
+    // during the call. `dir` is borrowed from its owner, so its descriptor
+    // stays open for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret >= 0 {
+        return blocking_file(ret as RawFd);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM) => open_beneath_by_openat(dir, dir_real, &c_path),
+        _ => Err(err),
+    }
+}
+
+/// The fallback of [`open_beneath`]: `openat`, then check the real path.
+fn open_beneath_by_openat(
+    dir: &impl AsRawFd,
+    dir_real: &std::path::Path,
+    path: &std::ffi::CStr,
+) -> io::Result<std::fs::File> {
+    let escape = || io::Error::from_raw_os_error(libc::EXDEV);
+    let bytes = path.to_bytes();
+    if bytes.starts_with(b"/") || bytes.split(|&b| b == b'/').any(|s| s == b"..") {
+        return Err(escape());
+    }
+    // SAFETY: `path` is a NUL-terminated string the kernel only reads during
+    // the call; `dir` is borrowed from its owner for the call.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), BENEATH_FLAGS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let file = blocking_file(fd)?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    // Component-wise: `/srv/www2/x` is not under `/srv/www`.
+    if real.starts_with(dir_real) {
+        Ok(file)
+    } else {
+        Err(escape())
+    }
+}
+
+/// Take ownership of a descriptor `open_beneath` just opened, and clear its
+/// `O_NONBLOCK` (a regular file read must not answer `EAGAIN`).
+fn blocking_file(fd: RawFd) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by a successful open in this thread and
+    // nothing else owns it; the `File` takes it over and closes it on drop.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: fcntl takes no pointers; `file` owns the descriptor for the call.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod beneath_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::{Path, PathBuf};
+
+    /// A scratch tree: ROOT/{file, sub/inner, inside -> file,
+    /// sub/up -> ../file, passwd -> /etc/passwd, out -> ../outside,
+    /// abs -> ROOT/file}, and ROOT/../outside. Removed on drop.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Tree {
+            let base = std::env::temp_dir().join(format!(
+                "ringway-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&base);
+            let root = base.join("root");
+            std::fs::create_dir_all(root.join("sub")).unwrap();
+            std::fs::write(base.join("outside"), b"secret").unwrap();
+            std::fs::write(root.join("file"), b"hello").unwrap();
+            std::fs::write(root.join("sub/inner"), b"inner").unwrap();
+            symlink("file", root.join("inside")).unwrap();
+            symlink("../file", root.join("sub/up")).unwrap();
+            symlink("/etc/passwd", root.join("passwd")).unwrap();
+            symlink("../outside", root.join("out")).unwrap();
+            symlink(root.join("file"), root.join("abs")).unwrap();
+            Tree(base)
+        }
+
+        fn root(&self) -> PathBuf {
+            std::fs::canonicalize(self.0.join("root")).unwrap()
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn read(
+        open: impl Fn(&std::fs::File, &Path, &str) -> io::Result<std::fs::File>,
+        dir: &std::fs::File,
+        real: &Path,
+        path: &str,
+    ) -> Result<String, i32> {
+        use std::io::Read;
+        let mut file = open(dir, real, path).map_err(|e| e.raw_os_error().unwrap())?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        Ok(text)
+    }
+
+    fn check(open: impl Fn(&std::fs::File, &Path, &str) -> io::Result<std::fs::File>, name: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tree = Tree::new(name);
+        let real = tree.root();
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&real)
+            .unwrap();
+        let read = |path| read(&open, &dir, &real, path);
+        assert_eq!(read("file").as_deref(), Ok("hello"));
+        assert_eq!(read("sub/inner").as_deref(), Ok("inner"));
+        assert_eq!(read("inside").as_deref(), Ok("hello"), "a symlink inside");
+        assert_eq!(
+            read("sub/up").as_deref(),
+            Ok("hello"),
+            "'..' inside a symlink"
+        );
+        assert_eq!(read("missing"), Err(libc::ENOENT));
+        assert_eq!(read("file/x"), Err(libc::ENOTDIR));
+        assert_eq!(read("passwd"), Err(libc::EXDEV), "a symlink to /etc/passwd");
+        assert_eq!(read("out"), Err(libc::EXDEV), "a symlink to ../outside");
+        assert_eq!(read("../outside"), Err(libc::EXDEV));
+        assert_eq!(read("/etc/passwd"), Err(libc::EXDEV));
+        let sub = open(&dir, &real, "sub").unwrap();
+        assert!(sub.metadata().unwrap().is_dir(), "directories open too");
+    }
+
+    #[test]
+    fn openat2_keeps_every_open_beneath_the_root() {
+        check(open_beneath, "openat2");
+        let tree = Tree::new("openat2-abs");
+        let real = tree.root();
+        let dir = std::fs::File::open(&real).unwrap();
+        let err = open_beneath(&dir, &real, "abs").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EXDEV),
+            "absolute symlinks are refused"
+        );
+    }
+
+    #[test]
+    fn the_openat_fallback_keeps_every_open_beneath_the_root() {
+        let open = |d: &std::fs::File, r: &Path, p: &str| {
+            let c = std::ffi::CString::new(p).unwrap();
+            open_beneath_by_openat(d, r, &c)
+        };
+        check(open, "openat");
+    }
+
+    #[test]
+    fn a_fifo_opens_without_waiting_for_a_writer() {
+        let tree = Tree::new("fifo");
+        let real = tree.root();
+        let fifo = std::ffi::CString::new(real.join("fifo").into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path the kernel only reads.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let dir = std::fs::File::open(&real).unwrap();
+        let file = open_beneath(&dir, &real, "fifo").unwrap();
+        assert!(!file.metadata().unwrap().is_file());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
-use crate::balance::Balancer;
-use crate::config::{Config, Driver};
+use crate::balance::GroupBalancer;
+use crate::config::{Config, Driver, Listen};
+use crate::limits::Shared;
 use crate::shutdown::Shutdown;
 use crate::sweep::{Expiry, Sweeper};
 use crate::sys::{self, Half};
@@ -33,8 +34,10 @@ pub struct Core {
     pub scratch: Scratch,
     /// Live connections and their deadlines.
     pub sweeper: Rc<Sweeper>,
-    /// Round-robin cursor and failure marks of this core.
-    pub balancer: Balancer,
+    /// Per group (as in `config.groups`): this core's balancing state.
+    pub balancers: Vec<GroupBalancer>,
+    /// The limits all cores share.
+    pub shared: Arc<Shared>,
     /// This core's TLS server configuration (with TLS listeners).
     pub tls: Option<CoreTls>,
 }
@@ -43,9 +46,10 @@ pub struct Core {
 pub struct WorkerSpec {
     pub id: usize,
     pub cpu: Option<core_affinity::CoreId>,
-    /// Each with whether it is a TLS listener.
-    pub listeners: Vec<(std::net::TcpListener, bool)>,
+    /// Each with what it was configured as.
+    pub listeners: Vec<(std::net::TcpListener, Listen)>,
     pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
 }
 
@@ -165,6 +169,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         cpu,
         listeners,
         config,
+        shared,
         shutdown,
     } = spec;
     let sweeper = Rc::new(Sweeper::new(
@@ -184,19 +189,32 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         scratch: Scratch::new(config.buffer_size, uses_tls, driver == "epoll"),
         tls,
         sweeper: sweeper.clone(),
-        balancer: Balancer::new(config.backends.len(), config.fail_timeout),
+        balancers: config
+            .groups
+            .iter()
+            .map(|g| {
+                let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
+                GroupBalancer::new(&params, g.method)
+            })
+            .collect(),
+        shared,
         config,
     });
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
     let mut held: Vec<Rc<TcpListener>> = Vec::new();
-    for (std_listener, tls) in listeners {
+    for (std_listener, listen) in listeners {
         let listener = Rc::new(
             TcpListener::from_std(std_listener)
                 .map_err(|source| WorkerError::Listener { id, source })?,
         );
         held.push(listener.clone());
-        monoio::spawn(accept_loop(core.clone(), listener, tls, shutdown.clone()));
+        monoio::spawn(accept_loop(
+            core.clone(),
+            listener,
+            listen,
+            shutdown.clone(),
+        ));
     }
     log::info!(
         "worker {id} started: core {}, {driver} driver",
@@ -244,7 +262,12 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     Ok(())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, tls: bool, shutdown: Shutdown) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: Rc<TcpListener>,
+    listen: Listen,
+    shutdown: Shutdown,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -257,7 +280,7 @@ async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>, tls: bool, shutd
                     log::debug!("client={peer}: TCP_NODELAY: {e}");
                 }
                 let core = core.clone();
-                monoio::spawn(async move { crate::conn::serve(&core, stream, peer, tls).await });
+                monoio::spawn(async move { crate::conn::serve(&core, stream, peer, listen).await });
             }
             Err(_) if shutdown.is_triggered() => break,
             Err(e) => match e.raw_os_error() {

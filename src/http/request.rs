@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use super::body::{Chunked, Framing};
 use super::status::Status;
 use super::{has_token, put_header, tokens, trim, MAX_HEADERS};
+use crate::limits::{self, Cidr};
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +23,15 @@ pub enum Kind {
 
 /// Facts about the connection that the rewrite needs.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    /// The client's address, for `X-Real-IP` and `X-Forwarded-For`.
+pub struct ClientInfo<'a> {
+    /// The connection's client address (the TCP peer, or what a trusted
+    /// PROXY header said): appended to `X-Forwarded-For`.
     pub ip: IpAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// `--trusted-proxy`: when `ip` is one of these, its `X-Forwarded-For`
+    /// names the real client.
+    pub trusted: &'a [Cidr],
 }
 
 /// A complete, valid request head and the upstream request built from it.
@@ -47,6 +52,19 @@ pub struct Prepared {
     pub target: Box<str>,
     /// A `HEAD` request: its response has no body whatever it says.
     pub head_method: bool,
+    pub method: Box<str>,
+    /// The target's path (before any `?`), as sent: for routing once
+    /// normalized.
+    pub path: Box<str>,
+    /// The `Host` header's value, for routing by host.
+    pub host: Option<Box<[u8]>>,
+    /// The `Origin` header, for `--allow-origin`.
+    pub origin: Option<Box<str>>,
+    /// For static files.
+    pub if_modified_since: Option<Box<[u8]>>,
+    /// The client after the trusted-proxy rules: `ip`, or the address its
+    /// trusted proxies named in `X-Forwarded-For` (X-Real-IP, limits, ip-hash).
+    pub client_ip: IpAddr,
 }
 
 /// Longest request target kept for log lines.
@@ -138,6 +156,8 @@ pub fn prepare(
     let mut key_count = 0;
     let mut key_ok = false;
     let mut ws_version = None;
+    let mut origin = None;
+    let mut if_modified_since = None;
     let mut conn_tokens: [&[u8]; MAX_CONNECTION_TOKENS] = [b""; MAX_CONNECTION_TOKENS];
     let mut n_tokens = 0;
     for h in headers {
@@ -181,6 +201,13 @@ pub fn prepare(
             key_ok = is_websocket_key(trim(h.value));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             ws_version = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("origin") {
+            if origin.is_some() {
+                return Err(HandshakeError::Malformed("more than one Origin header"));
+            }
+            origin = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            if_modified_since = Some(trim(h.value));
         }
     }
     if version == 1 && host.is_none() {
@@ -270,6 +297,7 @@ pub fn prepare(
         }
     }
     let _ = write!(out, "{}\r\n", client.ip);
+    let client_ip = real_client(client, headers);
     if host.is_none() {
         // HTTP/1.0 without Host: the backend still needs one.
         out.extend_from_slice(b"Host: localhost\r\n");
@@ -283,7 +311,7 @@ pub fn prepare(
     }
     out.extend_from_slice(b"X-Real-IP: ");
     // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", client.ip);
+    let _ = write!(out, "{client_ip}");
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(client.proto.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
@@ -300,7 +328,51 @@ pub fn prepare(
         body,
         target: target[..cut].into(),
         head_method: method == "HEAD",
+        method: method.into(),
+        path: target.split(['?', '#']).next().unwrap_or_default().into(),
+        host: host.map(Into::into),
+        origin: origin.map(|o| String::from_utf8_lossy(o).into()),
+        if_modified_since: if_modified_since.map(Into::into),
+        client_ip,
     }))
+}
+
+/// nginx's realip with `real_ip_recursive on`: when the connection comes
+/// from a trusted proxy, walk `X-Forwarded-For` from the right (the last
+/// header's last address first), skipping trusted addresses; the first
+/// untrusted one is the client. An unparsable entry ends the walk at the
+/// last good address; all trusted gives the leftmost.
+fn real_client(client: &ClientInfo<'_>, headers: &[httparse::Header<'_>]) -> IpAddr {
+    let mut found = client.ip;
+    if !limits::trusted(client.trusted, found) {
+        return found;
+    }
+    let values = headers
+        .iter()
+        .rev()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"));
+    for h in values {
+        for item in h.value.rsplit(|&b| b == b',').map(trim) {
+            if item.is_empty() {
+                continue;
+            }
+            let Some(ip) = std::str::from_utf8(item).ok().and_then(parse_forwarded_ip) else {
+                return found;
+            };
+            found = ip.to_canonical();
+            if !limits::trusted(client.trusted, found) {
+                return found;
+            }
+        }
+    }
+    found
+}
+
+/// An `X-Forwarded-For` element: an address, or one with a port.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// The request target of a (possibly invalid or partial) head, for log lines:
@@ -341,6 +413,7 @@ mod tests {
     const CLIENT: ClientInfo = ClientInfo {
         ip: IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
         proto: "http",
+        trusted: &[],
     };
 
     const WS: &[u8] = b"GET /chat?room=1 HTTP/1.1\r\n\
@@ -497,10 +570,92 @@ X-Forwarded-Proto: http\r\n\r\n"
     }
 
     #[test]
+    fn x_forwarded_for_names_the_client_only_from_a_trusted_peer() {
+        let trusted: Vec<Cidr> = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let from = |ip: &str, xff: &[&str]| {
+            let c = ClientInfo {
+                ip: ip.parse().unwrap(),
+                proto: "http",
+                trusted: &trusted,
+            };
+            let mut head = String::from("GET /x HTTP/1.1\r\nHost: h\r\n");
+            for v in xff {
+                head.push_str(&format!("X-Forwarded-For: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let p = prepare(head.as_bytes(), 16384, &c).unwrap().unwrap();
+            let out = String::from_utf8(p.upstream).unwrap();
+            assert!(
+                out.contains(&format!("X-Real-IP: {}\r\n", p.client_ip)),
+                "{out}"
+            );
+            (p.client_ip.to_string(), out)
+        };
+        // A trusted peer: the rightmost untrusted address.
+        assert_eq!(from("192.0.2.7", &["203.0.113.9"]).0, "203.0.113.9");
+        assert_eq!(
+            from("192.0.2.7", &["198.51.100.1, 203.0.113.9, 10.1.1.1"]).0,
+            "203.0.113.9"
+        );
+        assert_eq!(
+            from("192.0.2.7", &["198.51.100.1", "203.0.113.9, 10.1.1.1"]).0,
+            "203.0.113.9"
+        );
+        assert_eq!(
+            from("192.0.2.7", &["10.0.0.1, 10.0.0.2"]).0,
+            "10.0.0.1",
+            "all trusted: leftmost"
+        );
+        assert_eq!(from("192.0.2.7", &["junk, 203.0.113.9"]).0, "203.0.113.9");
+        assert_eq!(
+            from("192.0.2.7", &["203.0.113.9, junk"]).0,
+            "192.0.2.7",
+            "stops at junk"
+        );
+        assert_eq!(from("192.0.2.7", &["[2001:db8::5]:443"]).0, "2001:db8::5");
+        assert_eq!(from("192.0.2.7", &[]).0, "192.0.2.7");
+        // An untrusted peer's header is only passed along.
+        let (ip, out) = from("198.51.100.77", &["203.0.113.9"]);
+        assert_eq!(ip, "198.51.100.77");
+        assert!(
+            out.contains("X-Forwarded-For: 203.0.113.9, 198.51.100.77\r\n"),
+            "{out}"
+        );
+        // The chain still names the hop that connected.
+        let (_, out) = from("192.0.2.7", &["203.0.113.9"]);
+        assert!(
+            out.contains("X-Forwarded-For: 203.0.113.9, 192.0.2.7\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn routing_facts_are_kept() {
+        let p = ok(WS);
+        assert_eq!(&*p.path, "/chat");
+        assert_eq!(p.host.as_deref(), Some(&b"example.com:8080"[..]));
+        assert_eq!(p.origin.as_deref(), Some("http://example.com"));
+        assert_eq!(&*p.method, "GET");
+        assert_eq!(
+            err(&with(
+                "Origin: http://example.com\r\n",
+                "Origin: a\r\nOrigin: b\r\n"
+            ))
+            .status()
+            .code(),
+            400
+        );
+    }
+
+    #[test]
     fn proto_and_ipv6_client() {
         let c = ClientInfo {
             ip: "2001:db8::1".parse().unwrap(),
             proto: "https",
+            trusted: &[],
         };
         let out = String::from_utf8(prepare(WS, 16384, &c).unwrap().unwrap().upstream).unwrap();
         assert!(out.contains("X-Real-IP: 2001:db8::1\r\n"));

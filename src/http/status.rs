@@ -10,6 +10,10 @@ pub enum Status {
     BadRequest,
     /// The client did not send a whole request head in time.
     RequestTimeout,
+    /// The `Origin` is not in `--allow-origin`.
+    Forbidden,
+    /// No route matches the request.
+    NotFound,
     /// A WebSocket version other than 13.
     UpgradeRequired,
     /// The request head is over `--max-header-bytes` (or has too many lines).
@@ -20,30 +24,38 @@ pub enum Status {
     ServiceUnavailable,
     /// Connecting to the backend (or waiting for its answer) timed out.
     GatewayTimeout,
+    /// A status chosen by a flag (`--limit-conn-status`): 400 to 599.
+    Other(u16),
 }
 
 impl Status {
     pub fn code(self) -> u16 {
         match self {
             Status::BadRequest => 400,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
             Status::RequestTimeout => 408,
             Status::UpgradeRequired => 426,
             Status::HeaderFieldsTooLarge => 431,
             Status::BadGateway => 502,
             Status::ServiceUnavailable => 503,
             Status::GatewayTimeout => 504,
+            Status::Other(code) => code,
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
             Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
+            Status::NotFound => "Not Found",
             Status::RequestTimeout => "Request Timeout",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Status::BadGateway => "Bad Gateway",
             Status::ServiceUnavailable => "Service Unavailable",
             Status::GatewayTimeout => "Gateway Timeout",
+            Status::Other(code) => reason_of(code),
         }
     }
 
@@ -64,6 +76,33 @@ impl Status {
             body
         )
         .into_bytes()
+    }
+}
+
+/// The reason phrase of a status a flag may choose.
+pub fn reason_of(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        421 => "Misdirected Request",
+        423 => "Locked",
+        429 => "Too Many Requests",
+        444 => "No Response",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        507 => "Insufficient Storage",
+        c if c < 500 => "Client Error",
+        _ => "Server Error",
     }
 }
 

@@ -1365,6 +1365,360 @@ mod tests {
     }
 
     #[test]
+    fn groups_servers_and_methods() {
+        let c = config(&[
+            "--upstream",
+            "chat=127.0.0.1:9000,weight=3,max_fails=2,fail_timeout=30s",
+            "--upstream",
+            "chat=127.0.0.1:9001,backup",
+            "--upstream",
+            "chat=127.0.0.1:9002,down",
+            "--upstream",
+            "api=[::1]:9003",
+            "--balance",
+            "chat=least-conn",
+            "--balance",
+            "api=ip-hash-full",
+            "--send-proxy-protocol",
+            "api=v2",
+            "--route",
+            "/ws/=chat",
+            "--route",
+            "/api/=api",
+            "--upstream-tries",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.groups.len(), 2);
+        let chat = &c.groups[0];
+        assert_eq!(
+            (chat.name.as_str(), chat.method),
+            ("chat", Method::LeastConn)
+        );
+        let p = chat.servers[0].params;
+        assert_eq!(
+            (p.weight, p.max_fails, p.fail_timeout),
+            (3, 2, Duration::from_secs(30))
+        );
+        assert!(chat.servers[1].params.backup && chat.servers[2].params.down);
+        assert_eq!(chat.servers[1].params.fail_timeout, Duration::from_secs(10));
+        let api = &c.groups[1];
+        assert_eq!(api.method, Method::IpHash { full_address: true });
+        assert_eq!(api.send_proxy, Some(proxy_protocol::Version::V2));
+        assert_eq!(chat.send_proxy, None);
+        assert_eq!(c.upstream_tries, 2);
+    }
+
+    fn target_of(c: &Config, host: Option<&str>, path: &str) -> String {
+        match c
+            .routes
+            .find(host.map(str::as_bytes), path)
+            .map(|r| &r.target)
+        {
+            Some(Target::Group(g)) => c.groups[*g].name.clone(),
+            Some(Target::Static(_)) => "static".into(),
+            None => "404".into(),
+        }
+    }
+
+    #[test]
+    fn routes_longest_prefix_then_host() {
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap();
+        let stat = format!("/={dir}");
+        let c = config(&[
+            "--upstream",
+            "chat=127.0.0.1:9000",
+            "--upstream",
+            "api=127.0.0.1:9001",
+            "--upstream",
+            "a=127.0.0.1:9002",
+            "--upstream",
+            "w=127.0.0.1:9003",
+            "--route",
+            "/ws/=chat",
+            "--route",
+            "/ws/api/=api",
+            "--route",
+            "A.test/=a",
+            "--route",
+            "*.w.test/=w",
+            "--static",
+            &stat,
+        ])
+        .unwrap();
+        assert_eq!(target_of(&c, Some("x"), "/ws/room"), "chat");
+        assert_eq!(target_of(&c, Some("x"), "/ws/api/v1"), "api");
+        assert_eq!(target_of(&c, Some("x"), "/wsx"), "static");
+        assert_eq!(
+            target_of(&c, Some("x"), "/ws"),
+            "static",
+            "no trailing slash"
+        );
+        assert_eq!(target_of(&c, None, "/ws/"), "chat");
+        // A host with routes of its own uses only those (nginx server blocks).
+        assert_eq!(target_of(&c, Some("a.test"), "/ws/room"), "a");
+        assert_eq!(target_of(&c, Some("A.TEST:8080"), "/"), "a");
+        assert_eq!(target_of(&c, Some("x.w.test"), "/z"), "w");
+        assert_eq!(target_of(&c, Some("y.x.w.test:1"), "/z"), "w");
+        assert_eq!(
+            target_of(&c, Some("w.test"), "/ws/"),
+            "chat",
+            "*.w.test is subdomains only"
+        );
+        assert_eq!(target_of(&c, Some("[::1]:80"), "/ws/"), "chat");
+        let only = config(&["--upstream", "127.0.0.1:1", "--route", "/ws/=default"]).unwrap();
+        assert_eq!(target_of(&only, None, "/other"), "404");
+        let implicit = config(&["--upstream", "127.0.0.1:1"]).unwrap();
+        assert_eq!(target_of(&implicit, None, "/anything"), "default");
+    }
+
+    #[test]
+    fn listen_options_and_limits() {
+        let c = config(&[
+            "--upstream",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0,proxy-protocol",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--limit-conn-per-ip",
+            "3",
+            "--limit-conn-status",
+            "429",
+            "--max-conns",
+            "100",
+            "--allow-origin",
+            "https://a.example.com",
+            "--allow-origin",
+            "*.example.org",
+        ])
+        .unwrap();
+        assert!(c.listen[0].proxy_protocol && !c.listen[0].tls);
+        assert_eq!(c.trusted_proxies.len(), 1);
+        assert_eq!(
+            (c.limit_conn_per_ip, c.limit_conn_status, c.max_conns),
+            (Some(3), 429, Some(100))
+        );
+        assert_eq!(c.allow_origin.len(), 2);
+        let text = c.describe();
+        assert!(text.contains("PROXY protocol required"), "{text}");
+        assert!(
+            text.contains("per client address 3 (answered 429)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn routing_mistakes_are_clear_errors() {
+        for (flags, needle) in [
+            (
+                &["--upstream", "a=127.0.0.1:1", "--route", "/=b"][..],
+                "no group b",
+            ),
+            (&["--upstream", "127.0.0.1:1,weight=0"][..], "weight"),
+            (&["--upstream", "127.0.0.1:1,weight"][..], "weight=N"),
+            (
+                &["--upstream", "127.0.0.1:1,heavy"][..],
+                "unknown server parameter",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1,fail_timeout=0"][..],
+                "fail_timeout",
+            ),
+            (&["--upstream", "bad name=127.0.0.1:1"][..], "group name"),
+            (
+                &[
+                    "--upstream",
+                    "127.0.0.1:1",
+                    "--upstream",
+                    "127.0.0.1:2,backup",
+                    "--balance",
+                    "ip-hash",
+                ][..],
+                "ip-hash",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1,backup"][..],
+                "every server is a backup",
+            ),
+            (
+                &["--upstream", "a=127.0.0.1:1", "--upstream", "b=127.0.0.1:2"][..],
+                "no --route",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "a=127.0.0.1:1",
+                    "--upstream",
+                    "b=127.0.0.1:2",
+                    "--route",
+                    "/=a",
+                ][..],
+                "group b is reached by no route",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1", "--balance", "x=least-conn"][..],
+                "no --upstream in group x",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "127.0.0.1:1",
+                    "--balance",
+                    "least-conn",
+                    "--balance",
+                    "ip-hash",
+                ][..],
+                "twice",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1", "--send-proxy-protocol", "x=v1"][..],
+                "group x",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "127.0.0.1:1",
+                    "--route",
+                    "/=default",
+                    "--route",
+                    "/=default",
+                ][..],
+                "twice",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "127.0.0.1:1",
+                    "--static",
+                    "/=/nonexistent-ringway-dir",
+                ][..],
+                "--static",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "127.0.0.1:1",
+                    "--listen",
+                    "127.0.0.1:0,proxy-protocol",
+                ][..],
+                "--trusted-proxy",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1", "--limit-conn-status", "200"][..],
+                "limit-conn-status",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1", "--limit-conn-per-ip", "0"][..],
+                "limit-conn-per-ip",
+            ),
+            (
+                &["--upstream", "127.0.0.1:1", "--max-conns", "0"][..],
+                "max-conns",
+            ),
+        ] {
+            let msg = match config(flags) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{flags:?} accepted"),
+            };
+            assert!(msg.contains(needle), "{flags:?}: {msg}");
+        }
+        for bad in [
+            &["--balance", "random"][..],
+            &["--route", "ws=chat"][..],
+            &["--route", "/ws/"][..],
+            &["--route", "/a%2f/=x"][..],
+            &["--listen", "127.0.0.1:1,ssl"][..],
+            &["--trusted-proxy", "10.0.0.0/99"][..],
+            &["--allow-origin", "example.com"][..],
+            &["--send-proxy-protocol", "v3"][..],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    /// A TOML file in a fresh temp directory.
+    fn toml_file(name: &str, text: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ringway-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ringway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn config_file_under_flags() {
+        let file = toml_file(
+            "ok",
+            "upstream = [\"chat=127.0.0.1:9000\", \"chat=127.0.0.1:9001\"]\n\
+             route = [\"/ws/=chat\"]\n\
+             idle_timeout = \"2h\"\n\
+             no-pin = true\n\
+             workers = 3\n",
+        );
+        let f = file.to_str().unwrap();
+        let cli = parse_cli(["ringway", "--config", f]).unwrap();
+        let c = Config::from_args(&cli.proxy, 4).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(7200));
+        assert_eq!((c.workers, c.pin), (3, false));
+        assert_eq!(c.groups[0].servers.len(), 2);
+        // A flag replaces the file's setting of the same name, lists whole.
+        let cli = parse_cli([
+            "ringway",
+            "--idle-timeout",
+            "5m",
+            "--config",
+            f,
+            "--upstream",
+            "chat=127.0.0.1:9100",
+        ])
+        .unwrap();
+        let c = Config::from_args(&cli.proxy, 4).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.groups[0].servers.len(), 1);
+        assert_eq!(c.groups[0].servers[0].addr.port(), 9100);
+        // `check` reads it too.
+        let cli = parse_cli(["ringway", "check", "--config", f]).unwrap();
+        let Some(Command::Check(check)) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(check.proxy.workers, Some(3));
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
+
+    #[test]
+    fn config_file_mistakes_name_the_file() {
+        for (name, text, needle) in [
+            ("unknown", "colour = \"blue\"\n", "unknown setting"),
+            ("list", "idle-timeout = [\"1h\", \"2h\"]\n", "not a list"),
+            ("syntax", "upstream = [\n", ""),
+            ("value", "idle-timeout = \"soon\"\n", "soon"),
+            ("flag", "no-pin = \"yes\"\n", "true or false"),
+            ("nested", "config = \"other.toml\"\n", "unknown setting"),
+            ("table", "[groups]\nx = 1\n", "unknown setting"),
+            ("nested-value", "upstream = [[\"a\"]]\n", "expected a string"),
+        ] {
+            let file = toml_file(name, text);
+            let f = file.to_str().unwrap();
+            match parse_cli(["ringway", "--config", f]) {
+                Err(CliError::Config(e)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(f) && msg.contains(needle), "{name}: {msg}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            let _ = std::fs::remove_dir_all(file.parent().unwrap());
+        }
+        let missing = parse_cli(["ringway", "--config", "/nonexistent/ringway.toml"]);
+        assert!(matches!(
+            missing,
+            Err(CliError::Config(ConfigError::File(..)))
+        ));
+    }
+
+    #[test]
     fn demo_subcommand() {
         let cli = Cli::try_parse_from(["ringway", "demo", "--listen", "127.0.0.1:0"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Demo(ref d)) if d.listen.port() == 0));

@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -130,16 +130,12 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     }
 }
 
-/// How long to wait before looking again at a PROXY header that came in
-/// pieces (a readiness wait would return at once: the first piece is still
-/// unread). Real balancers send it in one segment.
-const PROXY_HEADER_RETRY: Duration = Duration::from_millis(10);
-
 /// Take the PROXY protocol header from a listener that requires one: the
 /// client's address and the one it connected to (`None` for a LOCAL or
-/// UNKNOWN header: the connection's own). The header is looked at with
-/// MSG_PEEK and then exactly its bytes are taken, so what follows it (a TLS
-/// hello, a request head) stays in the socket. Bounded by
+/// UNKNOWN header: the connection's own). What is waiting is looked at with
+/// MSG_PEEK; only bytes known to belong to the header are taken (a prefix
+/// that can still become one, then the rest of it), so what follows it (a
+/// TLS hello, a request head) stays in the socket. Bounded by
 /// [`proxy_protocol::MAX_HEADER`] bytes and the handshake timeout.
 async fn read_proxy_header(
     core: &Core,
@@ -154,43 +150,38 @@ async fn read_proxy_header(
         ));
     }
     let mut buf = [0u8; proxy_protocol::MAX_HEADER];
-    let mut seen = 0;
+    // Bytes of the header taken from the socket so far.
+    let mut taken = 0;
     loop {
-        let ready = if seen == 0 {
-            sock.readable(false).await
-        } else {
-            monoio::time::sleep(PROXY_HEADER_RETRY).await;
-            Ok(())
-        };
+        let ready = sock.readable(false).await;
         if track.expired().is_some() {
             return Err("no complete header within --handshake-timeout".into());
         }
         ready.map_err(|e| e.to_string())?;
-        let n = match sys::peek_into(sock, &mut buf) {
+        let n = match sys::peek_into(sock, &mut buf[taken..]) {
             Ok(Xfer::Done(n)) => n,
             Ok(Xfer::WouldBlock) => continue,
-            Ok(Xfer::Eof) if seen == 0 => return Err("closed before sending a header".into()),
+            Ok(Xfer::Eof) if taken == 0 => return Err("closed before sending a header".into()),
             Ok(Xfer::Eof) => return Err("closed in the middle of its header".into()),
             Err(e) => return Err(e.to_string()),
         };
-        if n == seen {
-            // Nothing new (or the end after a partial header): look again.
-            if let Ok(Xfer::Eof) = sys::peek(sock) {
-                return Err("closed in the middle of its header".into());
-            }
-        }
-        seen = n;
-        let (header, len) = match proxy_protocol::parse(&buf[..n]) {
-            Ok(Some(found)) => found,
-            Ok(None) if n < buf.len() => continue,
+        let have = taken + n;
+        let complete = match proxy_protocol::parse(&buf[..have]) {
+            Ok(Some(found)) => Some(found),
+            // All of it is header so far: take it, and wait for the rest.
+            Ok(None) if have < buf.len() => None,
             Ok(None) => return Err(proxy_protocol::Error::TooLong.to_string()),
             Err(e) => return Err(e.to_string()),
         };
-        match sys::recv(sock, &mut buf[..len]) {
-            Ok(Xfer::Done(got)) if got == len => {}
+        let upto = complete.map_or(have, |(_, len)| len);
+        match sys::recv(sock, &mut buf[taken..upto]) {
+            Ok(Xfer::Done(got)) if got == upto - taken => taken = upto,
             Ok(_) => return Err("the header's bytes could not be taken".into()),
             Err(e) => return Err(e.to_string()),
         }
+        let Some((header, _)) = complete else {
+            continue;
+        };
         return Ok(match header.addrs {
             Some((src, dst)) => (src, Some(dst)),
             None => (peer, None),

@@ -1698,7 +1698,11 @@ mod tests {
             ("flag", "no-pin = \"yes\"\n", "true or false"),
             ("nested", "config = \"other.toml\"\n", "unknown setting"),
             ("table", "[groups]\nx = 1\n", "unknown setting"),
-            ("nested-value", "upstream = [[\"a\"]]\n", "expected a string"),
+            (
+                "nested-value",
+                "upstream = [[\"a\"]]\n",
+                "expected a string",
+            ),
         ] {
             let file = toml_file(name, text);
             let f = file.to_str().unwrap();

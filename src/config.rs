@@ -1139,7 +1139,15 @@ fn file_arguments(
     let err = |why: String| ConfigError::File(file.to_path_buf(), why);
     let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        err(e.to_string().lines().next().unwrap_or_default().to_string())
+        // toml's message is "at line L, column C", the line with a caret
+        // under it, then the reason: keep the first and the last.
+        let text = e.to_string();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let first = lines.next().unwrap_or_default();
+        match lines.last() {
+            Some(reason) => err(format!("{first}: {reason}")),
+            None => err(first.to_string()),
+        }
     })?;
     let mut cmd = Cli::command();
     cmd.build();

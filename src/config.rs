@@ -151,10 +151,11 @@ pub struct ProxyArgs {
     /// the servers of GROUP, before anything else (repeatable).
     #[arg(long, value_name = "[GROUP=]v1|v2", value_parser = parse_send_proxy)]
     pub send_proxy_protocol: Vec<(String, proxy_protocol::Version)>,
-    /// Send requests whose path starts with PREFIX (and, when given, whose
-    /// Host is HOST or matches *.DOMAIN) to GROUP: [HOST]PREFIX=GROUP, e.g.
-    /// /ws/=chat or chat.example.com/=chat. The longest matching prefix wins;
-    /// with no --route, everything goes to the one group. Repeatable.
+    /// Send requests whose path starts with PREFIX to GROUP: [HOST]PREFIX=GROUP,
+    /// e.g. /ws/=chat, or chat.example.com/=chat for one Host (or *.DOMAIN).
+    /// Like nginx's server_name then location: a Host with routes of its own
+    /// uses only those, and among them the longest matching prefix wins.
+    /// With no --route, everything goes to the one group. Repeatable.
     #[arg(long, value_name = "[HOST]PREFIX=GROUP", value_parser = parse_route)]
     pub route: Vec<RouteArg>,
     /// Serve the files of DIR for requests under PREFIX: [HOST]PREFIX=DIR,
@@ -305,9 +306,11 @@ fn parse_route(s: &str) -> Result<RouteArg, String> {
     if target.is_empty() {
         return Err(format!("{s:?}: nothing after '='"));
     }
-    if prefix.contains(['?', '#', '%']) || prefix.contains("/../") || prefix.ends_with("/..") {
+    if prefix.contains(['?', '#', '%'])
+        || crate::http::path::route_path(prefix).as_deref() != Ok(prefix)
+    {
         return Err(format!(
-            "{s:?}: a prefix is a plain path (no '?', '#', '%' or '..')"
+            "{s:?}: a prefix is a plain, normalized path (no '?', '#', '%', '//', '.' or '..' segments)"
         ));
     }
     let host = match host {
@@ -469,10 +472,12 @@ fn host_name(v: &[u8]) -> &[u8] {
             None => v,
         };
     }
-    match v.iter().rposition(|&b| b == b':') {
+    let name = match v.iter().rposition(|&b| b == b':') {
         Some(i) => &v[..i],
         None => v,
-    }
+    };
+    // `example.com.` is `example.com` (nginx drops the dot too).
+    name.strip_suffix(b".").unwrap_or(name)
 }
 
 /// One listening address.
@@ -1144,7 +1149,7 @@ fn file_arguments(
         let text = e.to_string();
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let first = lines.next().unwrap_or_default();
-        match lines.last() {
+        match lines.next_back() {
             Some(reason) => err(format!("{first}: {reason}")),
             None => err(first.to_string()),
         }
@@ -1467,6 +1472,7 @@ mod tests {
         // A host with routes of its own uses only those (nginx server blocks).
         assert_eq!(target_of(&c, Some("a.test"), "/ws/room"), "a");
         assert_eq!(target_of(&c, Some("A.TEST:8080"), "/"), "a");
+        assert_eq!(target_of(&c, Some("a.test."), "/"), "a", "trailing dot");
         assert_eq!(target_of(&c, Some("x.w.test"), "/z"), "w");
         assert_eq!(target_of(&c, Some("y.x.w.test:1"), "/z"), "w");
         assert_eq!(

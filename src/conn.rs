@@ -45,8 +45,16 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     let total = core.shared.total.enter(core.config.max_conns);
     // Declared after `client`, so dropped (unregistered) before it closes.
     let track = core.sweeper.register(client.as_raw_fd());
+    // A PROXY header without addresses (LOCAL, UNKNOWN) leaves the
+    // balancer as the peer: what the client wrote in X-Forwarded-For must
+    // not be believed on the balancer's trust.
+    let mut forwarded_trusted = true;
     let (peer, local) = if listen.proxy_protocol {
         match read_proxy_header(core, &client, peer, &track).await {
+            Ok((src, None)) => {
+                forwarded_trusted = false;
+                (src, None)
+            }
             Ok(addrs) => addrs,
             Err(why) => {
                 log::warn!("client={peer} PROXY protocol: {why}; connection closed");
@@ -78,6 +86,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
         local,
         real_ip: Cell::new(peer.ip().to_canonical()),
         over_max_conns: total.over,
+        forwarded_trusted,
         track: &track,
     };
     let outcome = conn.run().await;
@@ -99,10 +108,11 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
             backend,
             why,
         } => log::warn!(
-            "client={peer}{real} route={} backend={} status={} reason=\"{why}\"",
+            "client={peer}{real} route={} backend={} status={} reason=\"{}\"",
             target.as_deref().unwrap_or("-"),
             backend.map_or("-", |b| b.name.as_str()),
             status.code(),
+            why.escape_debug(),
         ),
         Outcome::File { target, served } => log::info!(
             "file client={peer}{real} route={target} status={} duration={:.3}s bytes={}{}",
@@ -111,7 +121,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
             served.bytes,
             served
                 .why
-                .map_or(String::new(), |w| format!(" reason=\"{w}\"")),
+                .map_or(String::new(), |w| format!(" reason=\"{}\"", w.escape_debug())),
         ),
         Outcome::Done(s) => log::info!(
             "{} client={peer}{real} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"{tls}",
@@ -123,7 +133,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
             s.up,
             s.down,
             match &s.error {
-                Some(e) => format!("{}: {e}", s.closed),
+                Some(e) => format!("{}: {}", s.closed, e.escape_debug()),
                 None => s.closed.to_string(),
             },
         ),
@@ -302,6 +312,8 @@ struct Conn<'a> {
     real_ip: Cell<IpAddr>,
     /// Accepted beyond --max-conns: answered 503 once its request is read.
     over_max_conns: bool,
+    /// X-Forwarded-For may be believed when the peer is a trusted proxy.
+    forwarded_trusted: bool,
     track: &'a Tracked,
 }
 
@@ -329,14 +341,14 @@ impl<'a> Conn<'a> {
                 .refuse(Status::ServiceUnavailable, target, None, why)
                 .await;
         }
-        let path = match path::normalize(&req.path) {
+        let route_path = match path::route_path(&req.path) {
             Ok(p) => p,
             Err(e) => {
                 let why = format!("refused path: {e}");
                 return self.refuse(Status::BadRequest, target, None, why).await;
             }
         };
-        let Some(route) = config.routes.find(req.host.as_deref(), &path) else {
+        let Some(route) = config.routes.find(req.host.as_deref(), &route_path) else {
             let why = "no route for this host and path".to_string();
             return self.refuse(Status::NotFound, target, None, why).await;
         };
@@ -344,19 +356,33 @@ impl<'a> Conn<'a> {
             && !limits::origin_allowed(&config.allow_origin, req.origin.as_deref())
         {
             let why = format!(
-                "Origin {:?} is not in --allow-origin",
+                "Origin {} is not in --allow-origin",
                 req.origin.as_deref().unwrap_or_default()
             );
             return self.refuse(Status::Forbidden, target, None, why).await;
         }
-        // Held until the connection ends.
+        let group = match &route.target {
+            Target::Group(g) => *g,
+            Target::Static(root) => {
+                // Files get the strict form: nothing that could name
+                // something else on disk than what the route matched.
+                return match path::normalize(&req.path) {
+                    Ok(file) => self.serve_file(root, &req, &file).await,
+                    Err(e) => {
+                        let why = format!("refused path for a file: {e}");
+                        self.refuse(Status::BadRequest, target, None, why).await
+                    }
+                };
+            }
+        };
+        // A tunnel holds its client's slot until it ends (plain requests,
+        // which end with their response, are not counted).
         let _ip_slot = match &self.core.shared.per_ip {
-            None => None,
-            Some(per_ip) => match per_ip.acquire(req.client_ip) {
+            Some(per_ip) if req.kind == Kind::Upgrade => match per_ip.acquire(req.client_ip) {
                 Some(slot) => Some(slot),
                 None => {
                     let why = format!(
-                        "{} already has {} connections (--limit-conn-per-ip)",
+                        "{} already has {} tunnels (--limit-conn-per-ip)",
                         req.client_ip,
                         per_ip.count(req.client_ip)
                     );
@@ -364,10 +390,7 @@ impl<'a> Conn<'a> {
                     return self.refuse(status, target, None, why).await;
                 }
             },
-        };
-        let group = match &route.target {
-            Target::Group(g) => *g,
-            Target::Static(root) => return self.serve_file(root, &req, &path).await,
+            _ => None,
         };
         let (backend, server, _slot) = match self.connect_any(group).await {
             Ok(b) => b,
@@ -437,7 +460,11 @@ impl<'a> Conn<'a> {
             } else {
                 "http"
             },
-            trusted: &self.core.config.trusted_proxies,
+            trusted: if self.forwarded_trusted {
+                &self.core.config.trusted_proxies
+            } else {
+                &[]
+            },
         };
         let max = self.core.config.max_header_bytes;
         // Filled only when a head spans several reads.
@@ -653,7 +680,10 @@ impl<'a> Conn<'a> {
         why: String,
     ) -> Outcome<'a> {
         let scratch = &self.core.scratch;
-        let _ = write_all(self.client, &status.response(&why), scratch, self.track).await;
+        // nginx's 444: close without an answer.
+        if status.code() != 444 {
+            let _ = write_all(self.client, &status.response(&why), scratch, self.track).await;
+        }
         linger(self.client, self.track, scratch).await;
         Outcome::Refused {
             status,

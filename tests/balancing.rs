@@ -720,9 +720,27 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     proxy
         .wait_log("route=/ws/a%20b?x=1 backend=", PATIENCE)
         .unwrap_or_else(|| panic!("{:#?}", proxy.logs()));
-    // `..` leaving its segment (raw or escaped) is refused, reaching nobody.
+    // Dot segments are resolved for routing, as nginx matches locations
+    // (`/ws/../api/x` is `/api/x`), and the backend still gets the target as
+    // sent; `%2F` is a slash for routing.
+    for (path, expected) in [
+        ("/ws/../api/x", "api"),
+        ("/ws/%2e%2e/api/x", "api"),
+        ("/api%2Fv1", "api"),
+        ("/api/../ws/x", "chat"),
+    ] {
+        assert_eq!(get_name(&proxy, path), expected, "{path}");
+    }
+    assert_eq!(last_request_line(&chat_http), "GET /api/../ws/x HTTP/1.1");
+    // Above the root, a broken escape or a NUL is refused, reaching nobody.
     let seen = accepted(&chat_http) + accepted(&api) + accepted(&web);
-    for path in ["/ws/../api/x", "/ws/%2e%2e/api/x", "/ws/%2E%2e/x", "/.."] {
+    for path in [
+        "/..",
+        "/ws/../../x",
+        "/ws/%2E%2e/%2e%2e/x",
+        "/ws/%zz",
+        "/ws/a%00b",
+    ] {
         let (status, body) = get(&proxy, path, "test.local");
         assert_eq!(status, 400, "{path}: {body}");
         proxy

@@ -178,7 +178,7 @@ fn per_ip_limit_is_exact_across_cores() {
         check_refusal(
             &String::from_utf8(resp).unwrap(),
             503,
-            "127.0.0.1 already has 3 connections (--limit-conn-per-ip)",
+            "127.0.0.1 already has 3 tunnels (--limit-conn-per-ip)",
         );
     }
     proxy.wait_count("status=503 ", 20, PATIENCE);
@@ -326,7 +326,7 @@ fn origin_allow_list_checks_upgrades_only() {
         let resp = refused_from(&proxy, "127.0.0.1", &format!("Origin: {bad}\r\n"));
         check_refusal(&resp, 403, "is not in --allow-origin");
         let line = proxy
-            .wait_log(&format!("Origin \"{bad}\" is not in"), PATIENCE)
+            .wait_log(&format!("Origin {bad} is not in"), PATIENCE)
             .unwrap_or_else(|| panic!("no line for {bad}: {:#?}", proxy.logs()));
         assert!(
             line.contains(" WARN ")
@@ -421,7 +421,7 @@ fn per_ip_limit_counts_the_real_client() {
     // The balancer's own connection is one more address.
     let mut c = tunnel_from(&proxy, "127.0.0.1", "");
     let resp = refused_from(&proxy, "127.0.0.1", "X-Forwarded-For: 198.51.100.1\r\n");
-    check_refusal(&resp, 503, "198.51.100.1 already has 1 connections");
+    check_refusal(&resp, 503, "198.51.100.1 already has 1 tunnels");
     let line = proxy.wait_log("status=503 ", PATIENCE).unwrap();
     assert!(
         line.contains("real_ip=198.51.100.1 ") && line.contains("--limit-conn-per-ip"),
@@ -429,13 +429,13 @@ fn per_ip_limit_counts_the_real_client() {
     );
     // An untrusted peer's X-Forwarded-For does not get it a new key.
     let resp = refused_from(&proxy, "127.0.0.1", "");
-    check_refusal(&resp, 503, "127.0.0.1 already has 1 connections");
+    check_refusal(&resp, 503, "127.0.0.1 already has 1 tunnels");
     for ws in [&mut a, &mut b, &mut c] {
         echo(ws, "still open");
     }
     let mut d = tunnel_from(&proxy, "127.0.0.2", "X-Forwarded-For: 198.51.100.3\r\n");
     let resp = refused_from(&proxy, "127.0.0.2", "X-Forwarded-For: 198.51.100.4\r\n");
-    check_refusal(&resp, 503, "127.0.0.2 already has 1 connections");
+    check_refusal(&resp, 503, "127.0.0.2 already has 1 tunnels");
     echo(&mut d, "still open");
     drop((a, b, c, d));
     proxy.assert_fds_at_baseline();
@@ -850,5 +850,72 @@ fn send_proxy_protocol_passes_on_the_incoming_header() {
         "PROXY TCP6 2001:db8::7 2001:db8::1 7000 443\r\n"
     );
     check_client(&proxy, &backend, 1, ws, "[2001:db8::7]:7000");
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn plain_requests_do_not_take_tunnel_slots_and_444_closes_silently() {
+    let backend = upgrade_or_plain_backend();
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &backend.addr.to_string(),
+        "--limit-conn-per-ip",
+        "1",
+        "--limit-conn-status",
+        "444",
+    ]);
+    let mut ws = tunnel_from(&proxy, "127.0.0.1", "");
+    // A plain request (a page, an asset) is not a tunnel: not counted.
+    for _ in 0..3 {
+        let resp = raw_exchange(proxy.addr, b"GET /page HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+    }
+    // nginx's 444: the second tunnel is closed without an answer.
+    let resp = raw_exchange(proxy.addr, upgrade_head("/ws", "").as_bytes());
+    assert!(resp.is_empty(), "{}", String::from_utf8_lossy(&resp));
+    proxy.wait_log("status=444 ", PATIENCE).unwrap();
+    echo(&mut ws, "unaffected");
+    drop(ws);
+    proxy.assert_fds_at_baseline();
+}
+
+#[test]
+fn an_addressless_proxy_header_does_not_lend_its_trust_to_x_forwarded_for() {
+    let backend = Backend::echo();
+    let proxy = Proxy::start(&[
+        "--listen",
+        "127.0.0.1:0,proxy-protocol",
+        "--trusted-proxy",
+        "127.0.0.0/8",
+        "--upstream",
+        &backend.addr.to_string(),
+    ]);
+    // UNKNOWN (and v2 LOCAL) leave the balancer as the peer; the client's
+    // own X-Forwarded-For must not become its address.
+    let mut first = b"PROXY UNKNOWN\r\n".to_vec();
+    first.extend_from_slice(upgrade_head("/ws", "X-Forwarded-For: 9.9.9.9\r\n").as_bytes());
+    let ws = through_header(&proxy, "127.0.0.5", &first, b"");
+    let seen = backend.wait_requests(1);
+    assert_eq!(
+        header(&seen[0], "x-real-ip"),
+        Some("127.0.0.5"),
+        "{:?}",
+        seen[0]
+    );
+    drop(ws);
+    let line = proxy.wait_log("tunnel client=", PATIENCE).unwrap();
+    assert!(!line.contains("real_ip=9.9.9.9"), "{line}");
+    // With addresses, the announced client (not trusted itself) is the key.
+    let mut first = b"PROXY TCP4 198.51.100.7 127.0.0.1 5555 80\r\n".to_vec();
+    first.extend_from_slice(upgrade_head("/ws", "X-Forwarded-For: 9.9.9.9\r\n").as_bytes());
+    let ws = through_header(&proxy, "127.0.0.5", &first, b"");
+    let seen = backend.wait_requests(2);
+    assert_eq!(
+        header(&seen[1], "x-real-ip"),
+        Some("198.51.100.7"),
+        "{:?}",
+        seen[1]
+    );
+    drop(ws);
     proxy.assert_fds_at_baseline();
 }

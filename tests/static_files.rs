@@ -633,3 +633,23 @@ fn prefixes_hosts_and_encoded_names() {
     proxy.assert_fds_at_baseline();
     proxy2.assert_fds_at_baseline();
 }
+
+#[test]
+fn a_path_cannot_forge_log_lines() {
+    let site = Site::new();
+    let proxy = Proxy::start(&["--static", &site.arg()]);
+    // Decoded, this name holds CR LF and a quote: the log line must keep
+    // them escaped, inside its own line.
+    let r = get(&proxy, "/x%0d%0aINJECTED%20WARN%20forged%22%20status=200");
+    assert_eq!(r.status, 404);
+    let line = file_line(&proxy, r.port);
+    assert!(line.contains("INJECTED"), "{line}");
+    for l in proxy.logs() {
+        assert!(
+            !l.contains("INJECTED") || l.contains("file client="),
+            "a forged line: {l:?}"
+        );
+    }
+    assert!(!line.contains("forged\" status=200"), "{line}");
+    proxy.assert_fds_at_baseline();
+}

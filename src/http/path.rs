@@ -71,6 +71,78 @@ pub fn normalize(target: &str) -> Result<String, BadPath> {
     Ok(out)
 }
 
+/// The path a request is routed by, as nginx matches `location` prefixes:
+/// the target's path (an absolute-form target's authority dropped),
+/// percent-decoded (`%2F` too), `//` merged, `.` removed and `..` resolved;
+/// a `..` above the root, a broken escape or a NUL is refused. Bytes that
+/// are not UTF-8 become U+FFFD (routes are plain text). Lenient where
+/// [`normalize`] is strict: a proxied request is passed on as sent, and the
+/// backend resolves its own path; static files use [`normalize`].
+pub fn route_path(target: &str) -> Result<String, BadPath> {
+    let mut target = target;
+    for scheme in ["http://", "https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            target = rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let raw = &target[..end];
+    if !raw.starts_with('/') {
+        return Err(BadPath::NotOriginForm);
+    }
+    let mut decoded = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match bytes[i] {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) else {
+                    return Err(BadPath::BadEscape);
+                };
+                i += 3;
+                (hi << 4) | lo
+            }
+            b => {
+                i += 1;
+                b
+            }
+        };
+        if byte == 0 {
+            return Err(BadPath::Nul);
+        }
+        decoded.push(byte);
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing = true;
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "" | "." => trailing = true,
+            ".." => {
+                segments.pop().ok_or(BadPath::DotDot)?;
+                trailing = true;
+            }
+            s => {
+                segments.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
 /// Percent-decode one segment into `out` (cleared first).
 fn decode_segment(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadPath> {
     out.clear();
@@ -155,6 +227,30 @@ pub fn encode(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_paths_are_resolved_like_nginx_locations() {
+        for (target, want) in [
+            ("/", "/"),
+            ("/ws/room?x=1", "/ws/room"),
+            ("/a%2Fb", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/./b//c/", "/a/b/c/"),
+            ("/%77s/x", "/ws/x"),
+            ("/ws/%2e%2e/api", "/api"),
+            ("/a%FF", "/a\u{fffd}"),
+            ("http://example.com/ws/x?q", "/ws/x"),
+            ("HTTPS://example.com", "/"),
+            ("/a/..", "/"),
+        ] {
+            assert_eq!(route_path(target).as_deref(), Ok(want), "{target}");
+        }
+        assert_eq!(route_path("/.."), Err(BadPath::DotDot));
+        assert_eq!(route_path("/a/../../b"), Err(BadPath::DotDot));
+        assert_eq!(route_path("/a%2"), Err(BadPath::BadEscape));
+        assert_eq!(route_path("/a%00"), Err(BadPath::Nul));
+        assert_eq!(route_path("*"), Err(BadPath::NotOriginForm));
+    }
 
     fn ok(target: &str) -> String {
         normalize(target).unwrap_or_else(|e| panic!("{target:?}: {e}"))

@@ -104,7 +104,7 @@ impl Chunked {
         while i < data.len() {
             let b = data[i];
             match self.state {
-                State::SizeStart | State::Size => match hex(b) {
+                State::SizeStart | State::Size => match super::hex_digit(b) {
                     Some(d) => {
                         if self.n >> 60 != 0 {
                             return Err(BadChunk);
@@ -195,15 +195,6 @@ impl Chunked {
             return Err(BadChunk);
         }
         Ok(())
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

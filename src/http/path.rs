@@ -92,30 +92,7 @@ pub fn route_path(target: &str) -> Result<String, BadPath> {
         return Err(BadPath::NotOriginForm);
     }
     let mut decoded = Vec::with_capacity(raw.len());
-    let bytes = raw.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let byte = match bytes[i] {
-            b'%' => {
-                let (Some(hi), Some(lo)) = (
-                    bytes.get(i + 1).and_then(|&b| hex(b)),
-                    bytes.get(i + 2).and_then(|&b| hex(b)),
-                ) else {
-                    return Err(BadPath::BadEscape);
-                };
-                i += 3;
-                (hi << 4) | lo
-            }
-            b => {
-                i += 1;
-                b
-            }
-        };
-        if byte == 0 {
-            return Err(BadPath::Nul);
-        }
-        decoded.push(byte);
-    }
+    percent_decode(raw.as_bytes(), &mut decoded, true)?;
     let decoded = String::from_utf8_lossy(&decoded);
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing = true;
@@ -143,22 +120,29 @@ pub fn route_path(target: &str) -> Result<String, BadPath> {
     Ok(out)
 }
 
-/// Percent-decode one segment into `out` (cleared first).
+/// Percent-decode one segment into `out` (cleared first); an encoded slash
+/// is refused.
 fn decode_segment(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadPath> {
     out.clear();
+    percent_decode(raw, out, false)
+}
+
+/// Percent-decode `raw` onto `out`: a broken escape or a NUL (raw or
+/// `%00`) is refused, and so is `%2F` unless `slash`.
+fn percent_decode(raw: &[u8], out: &mut Vec<u8>, slash: bool) -> Result<(), BadPath> {
     let mut i = 0;
     while i < raw.len() {
         let byte = match raw[i] {
             b'%' => {
                 let (Some(hi), Some(lo)) = (
-                    raw.get(i + 1).and_then(|&b| hex(b)),
-                    raw.get(i + 2).and_then(|&b| hex(b)),
+                    raw.get(i + 1).and_then(|&b| super::hex_digit(b)),
+                    raw.get(i + 2).and_then(|&b| super::hex_digit(b)),
                 ) else {
                     return Err(BadPath::BadEscape);
                 };
                 i += 3;
                 match (hi << 4) | lo {
-                    b'/' => return Err(BadPath::EncodedSlash),
+                    b'/' if !slash => return Err(BadPath::EncodedSlash),
                     b => b,
                 }
             }
@@ -173,15 +157,6 @@ fn decode_segment(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadPath> {
         out.push(byte);
     }
     Ok(())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// A decoded path percent-encoded again for a header such as `Location`:

@@ -544,18 +544,28 @@ fn listening_addr(line: &str) -> SocketAddr {
 /// `within`); returns its exit code (`None` if it had to be killed) and
 /// its stderr.
 pub fn run_to_exit(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_with_output(args, within);
+    (code, stderr)
+}
+
+/// [`run_to_exit`], with its stdout too: exit code, stdout, stderr.
+pub fn run_with_output(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
         .args(args)
-        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringway");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + within;
     let code = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -568,7 +578,7 @@ pub fn run_to_exit(args: &[&str], within: Duration) -> (Option<i32>, String) {
         }
         thread::sleep(Duration::from_millis(10));
     };
-    (code, reader.join().unwrap())
+    (code, out.join().unwrap(), err.join().unwrap())
 }
 
 // ---------------------------------------------------------------------------

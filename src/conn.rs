@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::GroupBalancer;
-use crate::config::{Group, Listen, Target};
+use crate::config::{Config, Group, Listen, Route, Target};
 use crate::files::{self, FileRequest, Root, Served};
 use crate::http::body::Framing;
 use crate::http::path;
@@ -41,6 +41,8 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// listener it came to says (TLS, a PROXY protocol header first).
 pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Listen) {
     let started = Instant::now();
+    // Only these are kept: the connection's state stays small.
+    let (tls, proxy_protocol) = (listen.tls, listen.proxy_protocol);
     // Counted from accept to close, however the connection ends.
     let total = core.shared.total.enter(core.config.max_conns);
     // Declared after `client`, so dropped (unregistered) before it closes.
@@ -49,13 +51,15 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     // balancer as the peer: what the client wrote in X-Forwarded-For must
     // not be believed on the balancer's trust.
     let mut forwarded_trusted = true;
-    let (peer, local) = if listen.proxy_protocol {
-        match read_proxy_header(core, &client, peer, &track).await {
+    let (peer, local) = if proxy_protocol {
+        // Boxed: its header buffer would otherwise take room in every
+        // connection's state for the whole tunnel.
+        match Box::pin(read_proxy_header(core, &client, peer, &track)).await {
             Ok((src, None)) => {
                 forwarded_trusted = false;
                 (src, None)
             }
-            Ok(addrs) => addrs,
+            Ok((src, dst)) => (src, dst.map(Box::new)),
             Err(why) => {
                 log::warn!("client={peer} PROXY protocol: {why}; connection closed");
                 return;
@@ -65,7 +69,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
         (peer, None)
     };
     // Boxed: a plain connection pays one pointer for it.
-    let session = match (listen.tls, &core.tls) {
+    let session = match (tls, &core.tls) {
         (false, _) => None,
         (true, Some(tls)) => match Session::server(tls.config()) {
             Ok(s) => Some(Box::new(RefCell::new(s))),
@@ -305,8 +309,9 @@ struct Conn<'a> {
     client: Peer<'a>,
     /// The client's address: the TCP peer, or what its PROXY header said.
     peer: SocketAddr,
-    /// The address the client connected to, from its PROXY header.
-    local: Option<SocketAddr>,
+    /// The address the client connected to, from its PROXY header (boxed:
+    /// most connections have none, and all carry the field).
+    local: Option<Box<SocketAddr>>,
     /// The client's address after the trusted-proxy rules (X-Forwarded-For
     /// from a trusted peer): the key of limits and ip-hash.
     real_ip: Cell<IpAddr>,
@@ -331,46 +336,33 @@ impl<'a> Conn<'a> {
         };
         self.real_ip.set(req.client_ip);
         let config = &self.core.config;
-        let target = Some(req.target.clone());
+        let mut req = req;
+        // One copy of the target, for the log line.
+        let target = std::mem::take(&mut req.target);
         if self.over_max_conns {
             let why = format!(
                 "over --max-conns ({} connections open)",
                 config.max_conns.unwrap_or_default()
             );
             return self
-                .refuse(Status::ServiceUnavailable, target, None, why)
+                .refuse(Status::ServiceUnavailable, Some(target), None, why)
                 .await;
         }
-        let route_path = match path::route_path(&req.path) {
-            Ok(p) => p,
-            Err(e) => {
-                let why = format!("refused path: {e}");
-                return self.refuse(Status::BadRequest, target, None, why).await;
-            }
+        let route = match self.route(&req) {
+            Ok(route) => route,
+            Err((status, why)) => return self.refuse(status, Some(target), None, why).await,
         };
-        let Some(route) = config.routes.find(req.host.as_deref(), &route_path) else {
-            let why = "no route for this host and path".to_string();
-            return self.refuse(Status::NotFound, target, None, why).await;
-        };
-        if req.kind == Kind::Upgrade
-            && !limits::origin_allowed(&config.allow_origin, req.origin.as_deref())
-        {
-            let why = format!(
-                "Origin {} is not in --allow-origin",
-                req.origin.as_deref().unwrap_or_default()
-            );
-            return self.refuse(Status::Forbidden, target, None, why).await;
-        }
         let group = match &route.target {
             Target::Group(g) => *g,
             Target::Static(root) => {
                 // Files get the strict form: nothing that could name
                 // something else on disk than what the route matched.
-                return match path::normalize(&req.path) {
-                    Ok(file) => self.serve_file(root, &req, &file).await,
+                return match path::normalize(&req.facts.path) {
+                    Ok(file) => self.serve_file(root, &req, &file, target).await,
                     Err(e) => {
                         let why = format!("refused path for a file: {e}");
-                        self.refuse(Status::BadRequest, target, None, why).await
+                        self.refuse(Status::BadRequest, Some(target), None, why)
+                            .await
                     }
                 };
             }
@@ -387,40 +379,68 @@ impl<'a> Conn<'a> {
                         per_ip.count(req.client_ip)
                     );
                     let status = Status::Other(config.limit_conn_status);
-                    return self.refuse(status, target, None, why).await;
+                    return self.refuse(status, Some(target), None, why).await;
                 }
             },
             _ => None,
         };
+        *req.facts = Default::default();
         let (backend, server, _slot) = match self.connect_any(group).await {
             Ok(b) => b,
-            Err((status, backend, why)) => return self.refuse(status, target, backend, why).await,
+            Err((status, backend, why)) => {
+                return self.refuse(status, Some(target), backend, why).await
+            }
         };
         self.track.set_phase(Phase::Answer);
         let scratch = &self.core.scratch;
         if let Err(e) = write_all(backend.peer(), &req.upstream, scratch, self.track).await {
             let why = format!("sending the request failed: {e}");
             return self
-                .refuse(Status::BadGateway, target, Some(server), why)
+                .refuse(Status::BadGateway, Some(target), Some(server), why)
                 .await;
         }
-        self.exchange(backend.peer(), req, server).await
+        self.exchange(backend.peer(), req, server, target).await
+    }
+
+    /// The route of a request, if it has one and may take it: 400 for a path
+    /// that cannot be resolved, 404 for no route, 403 for an upgrade from an
+    /// Origin not allowed.
+    fn route(&self, req: &Prepared) -> Result<&'a Route, (Status, String)> {
+        let config: &'a Config = &self.core.config;
+        let resolved = path::route_path(&req.facts.path)
+            .map_err(|e| (Status::BadRequest, format!("refused path: {e}")))?;
+        let route = config
+            .routes
+            .find(req.facts.host.as_deref(), &resolved)
+            .ok_or_else(|| (Status::NotFound, "no route for this host and path".into()))?;
+        let origin = req.facts.origin.as_deref();
+        if req.kind == Kind::Upgrade && !limits::origin_allowed(&config.allow_origin, origin) {
+            let why = format!(
+                "Origin {} is not in --allow-origin",
+                origin.unwrap_or_default()
+            );
+            return Err((Status::Forbidden, why));
+        }
+        Ok(route)
     }
 
     /// A static route: the file (or its error answer), then close gently.
-    async fn serve_file(&self, root: &Root, req: &Prepared, path: &str) -> Outcome<'a> {
+    async fn serve_file(
+        &self,
+        root: &Root,
+        req: &Prepared,
+        path: &str,
+        target: Box<str>,
+    ) -> Outcome<'a> {
         let file = FileRequest {
-            method: &req.method,
+            method: &req.facts.method,
             path,
-            if_modified_since: req.if_modified_since.as_deref(),
+            if_modified_since: req.facts.if_modified_since.as_deref(),
         };
         self.track.set_phase(Phase::Active);
         let served = files::serve(self.client, &self.core.scratch, self.track, root, &file).await;
         linger(self.client, self.track, &self.core.scratch).await;
-        Outcome::File {
-            target: req.target.clone(),
-            served,
-        }
+        Outcome::File { target, served }
     }
 
     /// A TLS client's handshake, under the handshake deadline. Plain HTTP
@@ -446,6 +466,7 @@ impl<'a> Conn<'a> {
         let plain = Conn {
             client: Peer::plain(self.client.sock),
             real_ip: Cell::new(self.real_ip.get()),
+            local: None,
             ..*self
         };
         plain.refuse(status, None, None, why).await
@@ -604,8 +625,8 @@ impl<'a> Conn<'a> {
     ) -> Result<Backend<'a>, ConnectError> {
         let mut backend = self.connect_tcp(b.addr).await?;
         if let Some(version) = group.send_proxy {
-            let dst = match self.local {
-                Some(dst) => dst,
+            let dst = match self.local.as_deref() {
+                Some(&dst) => dst,
                 None => self
                     .client
                     .sock
@@ -702,24 +723,44 @@ impl<'a> Conn<'a> {
     /// - down: the backend's answer (interim heads passed on); a 101 to an
     ///   upgrade opens the tunnel, anything else is streamed to its end and
     ///   both sides closed.
-    async fn exchange(
-        &self,
-        backend: Peer<'_>,
+    ///
+    /// Not an `async fn`: an async fn keeps its arguments for its whole
+    /// life, so the request is taken apart here and only what the exchange
+    /// needs goes into its state.
+    fn exchange<'b>(
+        &'b self,
+        backend: Peer<'b>,
         req: Prepared,
         name: &'a crate::config::Backend,
-    ) -> Outcome<'a> {
+        target: Box<str>,
+    ) -> impl std::future::Future<Output = Outcome<'a>> + 'b {
         let Prepared {
             kind,
             upstream,
             early,
             body,
-            target,
             head_method,
             ..
         } = req;
-        let flow = Flow::default();
-        flow.up.set(upstream.len() as u64);
+        let sent = upstream.len() as u64;
         drop(upstream);
+        self.exchange_parts(backend, kind, early, body, head_method, sent, name, target)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange_parts(
+        &self,
+        backend: Peer<'_>,
+        kind: Kind,
+        early: Vec<u8>,
+        body: Framing,
+        head_method: bool,
+        sent: u64,
+        name: &'a crate::config::Backend,
+        target: Box<str>,
+    ) -> Outcome<'a> {
+        let flow = Flow::default();
+        flow.up.set(sent);
         let answered = Answered::default();
         let scratch = &self.core.scratch;
         let (client, track) = (self.client, self.track);

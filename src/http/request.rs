@@ -52,9 +52,20 @@ pub struct Prepared {
     pub target: Box<str>,
     /// A `HEAD` request: its response has no body whatever it says.
     pub head_method: bool,
+    /// What routing and static files need; boxed, so that a connection's
+    /// state keeps one pointer for it, and dropped (see [`Facts::release`])
+    /// before a tunnel opens, so that an idle tunnel keeps none of it.
+    pub facts: Box<Facts>,
+    /// The client after the trusted-proxy rules: `ip`, or the address its
+    /// trusted proxies named in `X-Forwarded-For` (X-Real-IP, limits, ip-hash).
+    pub client_ip: IpAddr,
+}
+
+/// Facts of the request head that choose where it goes.
+#[derive(Debug, Default)]
+pub struct Facts {
     pub method: Box<str>,
-    /// The target's path (before any `?`), as sent: for routing once
-    /// normalized.
+    /// The target's path (before any `?`), as sent.
     pub path: Box<str>,
     /// The `Host` header's value, for routing by host.
     pub host: Option<Box<[u8]>>,
@@ -62,9 +73,6 @@ pub struct Prepared {
     pub origin: Option<Box<str>>,
     /// For static files.
     pub if_modified_since: Option<Box<[u8]>>,
-    /// The client after the trusted-proxy rules: `ip`, or the address its
-    /// trusted proxies named in `X-Forwarded-For` (X-Real-IP, limits, ip-hash).
-    pub client_ip: IpAddr,
 }
 
 /// Longest request target kept for log lines.
@@ -328,11 +336,13 @@ pub fn prepare(
         body,
         target: target[..cut].into(),
         head_method: method == "HEAD",
-        method: method.into(),
-        path: target.split(['?', '#']).next().unwrap_or_default().into(),
-        host: host.map(Into::into),
-        origin: origin.map(|o| String::from_utf8_lossy(o).into()),
-        if_modified_since: if_modified_since.map(Into::into),
+        facts: Box::new(Facts {
+            method: method.into(),
+            path: target.split(['?', '#']).next().unwrap_or_default().into(),
+            host: host.map(Into::into),
+            origin: origin.map(|o| String::from_utf8_lossy(o).into()),
+            if_modified_since: if_modified_since.map(Into::into),
+        }),
         client_ip,
     }))
 }
@@ -635,10 +645,11 @@ X-Forwarded-Proto: http\r\n\r\n"
     #[test]
     fn routing_facts_are_kept() {
         let p = ok(WS);
-        assert_eq!(&*p.path, "/chat");
-        assert_eq!(p.host.as_deref(), Some(&b"example.com:8080"[..]));
-        assert_eq!(p.origin.as_deref(), Some("http://example.com"));
-        assert_eq!(&*p.method, "GET");
+        let f = &p.facts;
+        assert_eq!(&*f.path, "/chat");
+        assert_eq!(f.host.as_deref(), Some(&b"example.com:8080"[..]));
+        assert_eq!(f.origin.as_deref(), Some("http://example.com"));
+        assert_eq!(&*f.method, "GET");
         assert_eq!(
             err(&with(
                 "Origin: http://example.com\r\n",

@@ -121,8 +121,13 @@ fn upstream(group: &str, b: &Backend, params: &str) -> String {
     format!("{group}={}{params}", b.addr)
 }
 
-fn strings(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// ringway with `flags` and an `--upstream` for each of `servers`.
+fn start_with(flags: &[&str], servers: &[String]) -> Proxy {
+    let mut args = flags.to_vec();
+    for server in servers {
+        args.extend(["--upstream", server]);
+    }
+    Proxy::start(&args)
 }
 
 // ---------------------------------------------------------------------------
@@ -131,17 +136,14 @@ fn strings(v: &[String]) -> Vec<&str> {
 #[test]
 fn weighted_round_robin_gives_exact_shares_and_nginx_smooth_order() {
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        upstream("g", &a, ",weight=3"),
-        "--upstream".into(),
-        upstream("g", &b, ",weight=2"),
-        "--upstream".into(),
-        upstream("g", &c, ",weight=1"),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[
+            upstream("g", &a, ",weight=3"),
+            upstream("g", &b, ",weight=2"),
+            upstream("g", &c, ",weight=1"),
+        ],
+    );
     let mut by_body = [0usize; 3];
     for _ in 0..600 {
         match get_name(&proxy, "/").as_str() {
@@ -163,17 +165,14 @@ fn weighted_round_robin_gives_exact_shares_and_nginx_smooth_order() {
     drop(proxy);
 
     // nginx's smooth order for 5,1,1: a a b a c a a, and again.
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        upstream("g", &a, ",weight=5"),
-        "--upstream".into(),
-        upstream("g", &b, ""),
-        "--upstream".into(),
-        upstream("g", &c, ",weight=1"),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[
+            upstream("g", &a, ",weight=5"),
+            upstream("g", &b, ""),
+            upstream("g", &c, ",weight=1"),
+        ],
+    );
     let order: String = (0..14).map(|_| get_name(&proxy, "/x")).collect();
     assert_eq!(order, "aabacaaaabacaa");
     proxy.assert_fds_at_baseline();
@@ -213,17 +212,10 @@ fn close_tunnels(proxy: &Proxy, tunnels: Vec<tungstenite::WebSocket<TcpStream>>,
 #[test]
 fn least_conn_sends_each_tunnel_to_the_server_with_fewer_live_tunnels() {
     let (a, b) = (Backend::echo(), Backend::echo());
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--balance".into(),
-        "least-conn".into(),
-        "--upstream".into(),
-        a.addr.to_string(),
-        "--upstream".into(),
-        b.addr.to_string(),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1", "--balance", "least-conn"],
+        &[a.addr.to_string(), b.addr.to_string()],
+    );
     let servers = [&a, &b];
     let mut live: [Vec<tungstenite::WebSocket<TcpStream>>; 2] = [Vec::new(), Vec::new()];
     // Six tunnels: never more than one apart, so three each.
@@ -263,17 +255,13 @@ fn least_conn_sends_each_tunnel_to_the_server_with_fewer_live_tunnels() {
 #[test]
 fn least_conn_with_weights_follows_conns_per_weight() {
     let (a, b) = (Backend::echo(), Backend::echo());
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--balance".into(),
-        "g=least-conn".into(),
-        "--upstream".into(),
-        upstream("g", &a, ",weight=2"),
-        "--upstream".into(),
-        upstream("g", &b, ",weight=1"),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1", "--balance", "g=least-conn"],
+        &[
+            upstream("g", &a, ",weight=2"),
+            upstream("g", &b, ",weight=1"),
+        ],
+    );
     let servers = [&a, &b];
     let weight = [2usize, 1];
     let mut live: [Vec<tungstenite::WebSocket<TcpStream>>; 2] = [Vec::new(), Vec::new()];
@@ -359,17 +347,14 @@ fn ip_hash_follows_nginx_formula_with_a_down_server() {
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
     let weights = [2, 1, 1];
     let down = [false, true, false];
-    let args = [
-        "--balance".to_string(),
-        "g=ip-hash".into(),
-        "--upstream".into(),
-        upstream("g", &a, ",weight=2"),
-        "--upstream".into(),
-        upstream("g", &b, ",down"),
-        "--upstream".into(),
-        upstream("g", &c, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--balance", "g=ip-hash"],
+        &[
+            upstream("g", &a, ",weight=2"),
+            upstream("g", &b, ",down"),
+            upstream("g", &c, ""),
+        ],
+    );
     let servers = [&a, &b, &c];
     let mut seen = [0usize; 3];
     let mut rehashed = 0;
@@ -406,17 +391,14 @@ fn ip_hash_full_spreads_one_slash_24_by_the_whole_address() {
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
     let weights = [1, 1, 1];
     let down = [false; 3];
-    let args = [
-        "--balance".to_string(),
-        "g=ip-hash-full".into(),
-        "--upstream".into(),
-        upstream("g", &a, ""),
-        "--upstream".into(),
-        upstream("g", &b, ""),
-        "--upstream".into(),
-        upstream("g", &c, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--balance", "g=ip-hash-full"],
+        &[
+            upstream("g", &a, ""),
+            upstream("g", &b, ""),
+            upstream("g", &c, ""),
+        ],
+    );
     let servers = [&a, &b, &c];
     let mut seen = [0usize; 3];
     for y in 1..=40u8 {
@@ -439,17 +421,14 @@ fn ip_hash_full_spreads_one_slash_24_by_the_whole_address() {
 #[test]
 fn backup_only_when_every_primary_is_dead() {
     let (a, b, spare) = (http_backend("a"), http_backend("b"), http_backend("c"));
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        upstream("g", &a, ""),
-        "--upstream".into(),
-        upstream("g", &b, ""),
-        "--upstream".into(),
-        upstream("g", &spare, ",backup"),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[
+            upstream("g", &a, ""),
+            upstream("g", &b, ""),
+            upstream("g", &spare, ",backup"),
+        ],
+    );
     for _ in 0..20 {
         assert_ne!(get_name(&proxy, "/"), "c");
     }
@@ -458,17 +437,14 @@ fn backup_only_when_every_primary_is_dead() {
     drop(proxy);
 
     let (dead1, dead2) = (dead_port(), dead_port());
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        format!("g={dead1}"),
-        "--upstream".into(),
-        format!("g={dead2}"),
-        "--upstream".into(),
-        upstream("g", &spare, ",backup"),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[
+            format!("g={dead1}"),
+            format!("g={dead2}"),
+            upstream("g", &spare, ",backup"),
+        ],
+    );
     for _ in 0..5 {
         assert_eq!(get_name(&proxy, "/"), "c");
     }
@@ -498,15 +474,10 @@ fn backup_only_when_every_primary_is_dead() {
 fn a_failed_server_is_skipped_for_its_fail_timeout_then_tried_again() {
     let dead = dead_port();
     let b = http_backend("b");
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        format!("{dead},fail_timeout=1s"),
-        "--upstream".into(),
-        b.addr.to_string(),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[format!("{dead},fail_timeout=1s"), b.addr.to_string()],
+    );
     let retry = format!("{dead}: connect to {dead} failed");
     let trying = format!("; trying {}", name(&b));
 
@@ -556,17 +527,10 @@ fn upstream_tries_1_answers_502_and_all_marked_answers_503() {
     // One try: a connection that picks the dead server gets 502.
     let dead = dead_port();
     let b = http_backend("b");
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream-tries".into(),
-        "1".into(),
-        "--upstream".into(),
-        dead.to_string(),
-        "--upstream".into(),
-        b.addr.to_string(),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1", "--upstream-tries", "1"],
+        &[dead.to_string(), b.addr.to_string()],
+    );
     let (status, body) = get(&proxy, "/", "test.local");
     assert_eq!(status, 502, "{body}");
     let line = proxy
@@ -586,15 +550,7 @@ fn upstream_tries_1_answers_502_and_all_marked_answers_503() {
     // Every server dead: 502 after trying both, then 503 while both are
     // marked.
     let (d1, d2) = (dead_port(), dead_port());
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        d1.to_string(),
-        "--upstream".into(),
-        d2.to_string(),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(&["--workers", "1"], &[d1.to_string(), d2.to_string()]);
     assert_eq!(get(&proxy, "/", "test.local").0, 502);
     proxy.wait_log("status=502", PATIENCE).unwrap();
     assert_eq!(proxy.count_logs("marked unavailable"), 2);
@@ -637,15 +593,10 @@ fn upstream_tries_1_answers_502_and_all_marked_answers_503() {
 #[test]
 fn a_backend_that_answers_badly_is_not_marked() {
     let (mute, good) = (mute_backend(), http_backend("good"));
-    let args = [
-        "--workers".to_string(),
-        "1".into(),
-        "--upstream".into(),
-        mute.addr.to_string(),
-        "--upstream".into(),
-        good.addr.to_string(),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--workers", "1"],
+        &[mute.addr.to_string(), good.addr.to_string()],
+    );
     let mut statuses = Vec::new();
     for n in 1..=10 {
         let (status, _) = get(&proxy, "/", "test.local");
@@ -680,21 +631,21 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     let (chat, api, web) = (Backend::echo(), http_backend("api"), http_backend("web"));
     // The chat group also answers plain requests: a second server for them.
     let chat_http = http_backend("chat");
-    let args = [
-        "--route".to_string(),
-        "/ws/=chat".into(),
-        "--route".into(),
-        "/api/=api".into(),
-        "--route".into(),
-        "/=web".into(),
-        "--upstream".into(),
-        upstream("chat", &chat_http, ""),
-        "--upstream".into(),
-        upstream("api", &api, ""),
-        "--upstream".into(),
-        upstream("web", &web, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &[
+            "--route",
+            "/ws/=chat",
+            "--route",
+            "/api/=api",
+            "--route",
+            "/=web",
+        ],
+        &[
+            upstream("chat", &chat_http, ""),
+            upstream("api", &api, ""),
+            upstream("web", &web, ""),
+        ],
+    );
     for (path, expected) in [
         ("/ws/x", "chat"),
         ("/ws/", "chat"),
@@ -752,17 +703,10 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     drop(proxy);
 
     // WebSocket upgrades are routed the same way.
-    let args = [
-        "--route".to_string(),
-        "/ws/=chat".into(),
-        "--route".into(),
-        "/=web".into(),
-        "--upstream".into(),
-        upstream("chat", &chat, ""),
-        "--upstream".into(),
-        upstream("web", &web, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--route", "/ws/=chat", "--route", "/=web"],
+        &[upstream("chat", &chat, ""), upstream("web", &web, "")],
+    );
     let mut ws = ws_client(&proxy, "/ws/room%201?token=a");
     echo_once(&mut ws, "routed");
     close_and_drain(&mut ws);
@@ -780,17 +724,10 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     drop(proxy);
 
     // Without a `/` route, a path outside every route is 404.
-    let args = [
-        "--route".to_string(),
-        "/ws/=chat".into(),
-        "--route".into(),
-        "/api/=api".into(),
-        "--upstream".into(),
-        upstream("chat", &chat_http, ""),
-        "--upstream".into(),
-        upstream("api", &api, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &["--route", "/ws/=chat", "--route", "/api/=api"],
+        &[upstream("chat", &chat_http, ""), upstream("api", &api, "")],
+    );
     let seen = accepted(&chat_http) + accepted(&api);
     for path in ["/other", "/ws", "/apix/"] {
         let (status, body) = get(&proxy, path, "test.local");
@@ -808,21 +745,21 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
 #[test]
 fn host_routes_exact_wildcard_and_default() {
     let (ga, gb, gc) = (http_backend("a"), http_backend("b"), http_backend("c"));
-    let args = [
-        "--route".to_string(),
-        "a.test/=ga".into(),
-        "--route".into(),
-        "*.b.test/=gb".into(),
-        "--route".into(),
-        "/=gc".into(),
-        "--upstream".into(),
-        upstream("ga", &ga, ""),
-        "--upstream".into(),
-        upstream("gb", &gb, ""),
-        "--upstream".into(),
-        upstream("gc", &gc, ""),
-    ];
-    let proxy = Proxy::start(&strings(&args));
+    let proxy = start_with(
+        &[
+            "--route",
+            "a.test/=ga",
+            "--route",
+            "*.b.test/=gb",
+            "--route",
+            "/=gc",
+        ],
+        &[
+            upstream("ga", &ga, ""),
+            upstream("gb", &gb, ""),
+            upstream("gc", &gc, ""),
+        ],
+    );
     for (host, expected) in [
         ("a.test", "a"),
         ("A.Test:8080", "a"),

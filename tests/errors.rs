@@ -36,12 +36,7 @@ fn expect(proxy: &Proxy, request: &[u8], status: u16) -> String {
 #[test]
 fn handshake_errors_400_426_431() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--max-header-bytes",
-        "2048",
-    ]);
+    let proxy = start_proxy(&backend, &["--max-header-bytes", "2048"]);
     expect(&proxy, b"this is not http\r\n\r\n", 400);
     expect(
         &proxy,
@@ -78,12 +73,7 @@ fn handshake_errors_400_426_431() {
 #[test]
 fn handshake_timeout_is_408_and_a_vanishing_client_costs_nothing() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--handshake-timeout",
-        "300ms",
-    ]);
+    let proxy = start_proxy(&backend, &["--handshake-timeout", "300ms"]);
     let started = Instant::now();
     let resp = raw_exchange(proxy.addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n");
     assert_eq!(status_of(&resp), 408);

@@ -15,7 +15,7 @@ use tungstenite::Message;
 #[test]
 fn half_close_is_propagated_both_ways() {
     let backend = half_close_backend();
-    let proxy = Proxy::start(&["--upstream", &backend.addr.to_string()]);
+    let proxy = start_proxy(&backend, &[]);
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
@@ -46,12 +46,7 @@ fn half_close_is_propagated_both_ways() {
 #[test]
 fn idle_tunnels_close_and_busy_ones_do_not() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--idle-timeout",
-        "700ms",
-    ]);
+    let proxy = start_proxy(&backend, &["--idle-timeout", "700ms"]);
     let mut ws = ws_client(&proxy, "/ws");
     // Traffic for three times the timeout keeps it open.
     let busy_until = Instant::now() + Duration::from_millis(2100);
@@ -81,7 +76,7 @@ fn a_backend_that_dies_mid_tunnel_closes_the_client() {
             // Dropped without a close frame: a crash, as the client sees it.
         }
     });
-    let proxy = Proxy::start(&["--upstream", &backend.addr.to_string()]);
+    let proxy = start_proxy(&backend, &[]);
     let mut ws = ws_client(&proxy, "/ws");
     ws.send(Message::Text("bye".into())).unwrap();
     let started = Instant::now();
@@ -102,12 +97,7 @@ fn a_backend_that_dies_mid_tunnel_closes_the_client() {
 #[test]
 fn sigterm_stops_accepting_and_lets_tunnels_finish() {
     let backend = Backend::echo();
-    let mut proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--drain-timeout",
-        "20s",
-    ]);
+    let mut proxy = start_proxy(&backend, &["--drain-timeout", "20s"]);
     let mut ws = ws_client(&proxy, "/ws");
     proxy.signal("TERM");
     proxy.wait_log("no longer accepting", PATIENCE).unwrap();
@@ -150,12 +140,7 @@ fn sigterm_stops_accepting_and_lets_tunnels_finish() {
 #[test]
 fn the_drain_timeout_closes_what_is_left_and_exits_0() {
     let backend = Backend::echo();
-    let mut proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--drain-timeout",
-        "500ms",
-    ]);
+    let mut proxy = start_proxy(&backend, &["--drain-timeout", "500ms"]);
     let mut ws = ws_client(&proxy, "/ws");
     ws.send(Message::Text("x".into())).unwrap();
     ws.read().unwrap();
@@ -214,12 +199,7 @@ fn configuration_mistakes_exit_2() {
 #[test]
 fn the_epoll_driver_can_be_chosen() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--driver",
-        "legacy",
-    ]);
+    let proxy = start_proxy(&backend, &["--driver", "legacy"]);
     assert!(proxy.wait_log("epoll driver", PATIENCE).is_some());
     let mut ws = ws_client(&proxy, "/ws");
     ws.send(Message::Binary(vec![7; 300_000])).unwrap();

@@ -145,14 +145,7 @@ fn poll_for_tunnel(proxy: &Proxy, src: &str, status: u16) -> WebSocket<TcpStream
 #[test]
 fn per_ip_limit_is_exact_across_cores() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--workers",
-        "2",
-        "--limit-conn-per-ip",
-        "3",
-    ]);
+    let proxy = start_proxy(&backend, &["--workers", "2", "--limit-conn-per-ip", "3"]);
     let addr = proxy.addr;
     // Three tunnels, opened from alternating cores: all let in.
     let mut held: Vec<WebSocket<TcpStream>> = (0..3)
@@ -227,14 +220,10 @@ fn per_ip_limit_is_exact_across_cores() {
 #[test]
 fn limit_conn_status_changes_the_answer() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--limit-conn-per-ip",
-        "1",
-        "--limit-conn-status",
-        "429",
-    ]);
+    let proxy = start_proxy(
+        &backend,
+        &["--limit-conn-per-ip", "1", "--limit-conn-status", "429"],
+    );
     let mut ws = tunnel_from(&proxy, "127.0.0.1", "");
     let resp = refused_from(&proxy, "127.0.0.1", "");
     assert!(
@@ -255,7 +244,7 @@ fn limit_conn_status_changes_the_answer() {
 #[test]
 fn max_conns_caps_all_connections() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&["--upstream", &backend.addr.to_string(), "--max-conns", "2"]);
+    let proxy = start_proxy(&backend, &["--max-conns", "2"]);
     let mut a = tunnel_from(&proxy, "127.0.0.1", "");
     let b = tunnel_from(&proxy, "127.0.0.2", "");
     // The cap is global: a third address is refused too.
@@ -306,14 +295,15 @@ fn upgrade_or_plain_backend() -> Backend {
 #[test]
 fn origin_allow_list_checks_upgrades_only() {
     let backend = upgrade_or_plain_backend();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--allow-origin",
-        "https://app.example.com",
-        "--allow-origin",
-        "*.example.org",
-    ]);
+    let proxy = start_proxy(
+        &backend,
+        &[
+            "--allow-origin",
+            "https://app.example.com",
+            "--allow-origin",
+            "*.example.org",
+        ],
+    );
     let mut open = Vec::new();
     for origin in [
         "Origin: https://app.example.com\r\n",
@@ -367,12 +357,7 @@ fn origin_allow_list_checks_upgrades_only() {
 #[test]
 fn forwarded_for_is_believed_from_trusted_proxies_only() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--trusted-proxy",
-        "127.0.0.1",
-    ]);
+    let proxy = start_proxy(&backend, &["--trusted-proxy", "127.0.0.1"]);
     let xff = "X-Forwarded-For: 203.0.113.9\r\n";
     let trusted = tunnel_from(&proxy, "127.0.0.1", xff);
     let seen = backend.wait_requests(1);
@@ -407,14 +392,10 @@ fn forwarded_for_is_believed_from_trusted_proxies_only() {
 #[test]
 fn per_ip_limit_counts_the_real_client() {
     let backend = Backend::echo();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--trusted-proxy",
-        "127.0.0.1",
-        "--limit-conn-per-ip",
-        "1",
-    ]);
+    let proxy = start_proxy(
+        &backend,
+        &["--trusted-proxy", "127.0.0.1", "--limit-conn-per-ip", "1"],
+    );
     // Two clients behind the one trusted balancer address.
     let mut a = tunnel_from(&proxy, "127.0.0.1", "X-Forwarded-For: 198.51.100.1\r\n");
     let mut b = tunnel_from(&proxy, "127.0.0.1", "X-Forwarded-For: 198.51.100.2\r\n");
@@ -765,12 +746,7 @@ fn wait_headers(headers: &Mutex<Vec<Vec<u8>>>, n: usize) -> Vec<Vec<u8>> {
 #[test]
 fn send_proxy_protocol_v1() {
     let (backend, headers) = proxy_header_backend();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--send-proxy-protocol",
-        "v1",
-    ]);
+    let proxy = start_proxy(&backend, &["--send-proxy-protocol", "v1"]);
     let mut ws = tunnel_from(&proxy, "127.0.0.1", "");
     let me = local(&ws);
     let got = wait_headers(&headers, 1);
@@ -793,12 +769,7 @@ fn send_proxy_protocol_v1() {
 #[test]
 fn send_proxy_protocol_v2() {
     let (backend, headers) = proxy_header_backend();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--send-proxy-protocol",
-        "default=v2",
-    ]);
+    let proxy = start_proxy(&backend, &["--send-proxy-protocol", "default=v2"]);
     let mut ws = tunnel_from(&proxy, "127.0.0.2", "");
     let me = local(&ws);
     let got = wait_headers(&headers, 1);
@@ -856,14 +827,10 @@ fn send_proxy_protocol_passes_on_the_incoming_header() {
 #[test]
 fn plain_requests_do_not_take_tunnel_slots_and_444_closes_silently() {
     let backend = upgrade_or_plain_backend();
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--limit-conn-per-ip",
-        "1",
-        "--limit-conn-status",
-        "444",
-    ]);
+    let proxy = start_proxy(
+        &backend,
+        &["--limit-conn-per-ip", "1", "--limit-conn-status", "444"],
+    );
     let mut ws = tunnel_from(&proxy, "127.0.0.1", "");
     // A plain request (a page, an asset) is not a tunnel: not counted.
     for _ in 0..3 {

@@ -10,14 +10,10 @@ use std::thread;
 
 use common::*;
 
-fn proxy_for(backend: &Backend) -> Proxy {
-    Proxy::start(&["--upstream", &backend.addr.to_string()])
-}
-
 #[test]
 fn text_and_binary_messages_from_0_bytes_to_16_mib() {
     let backend = Backend::echo();
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let mut ws = ws_client(&proxy, "/ws");
     echo_all_sizes(&mut ws);
     close_and_drain(&mut ws);
@@ -31,7 +27,7 @@ fn text_and_binary_messages_from_0_bytes_to_16_mib() {
 #[test]
 fn fragments_ping_pong_and_close_codes() {
     let backend = Backend::echo();
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let mut ws = ws_client(&proxy, "/ws");
     fragments_ping_and_backend_close(&mut ws);
     drop(ws);
@@ -44,7 +40,7 @@ fn fragments_ping_pong_and_close_codes() {
 #[test]
 fn a_hundred_concurrent_clients() {
     let backend = Backend::echo();
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let (url, addr) = (proxy.url("/ws"), proxy.addr);
     concurrent_clients(100, 20, move || {
         let stream = TcpStream::connect(addr).unwrap();
@@ -101,7 +97,7 @@ fn subprotocol_and_extensions_reach_the_backend_and_come_back() {
             while ws.read().is_ok() {}
         }
     });
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let head = upgrade_head(
@@ -143,7 +139,7 @@ fn subprotocol_and_extensions_reach_the_backend_and_come_back() {
 #[test]
 fn what_the_backend_sees() {
     let backend = Backend::echo();
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let head = "GET /ws?x=1 HTTP/1.1\r\nHost: chat.example.com:8443\r\nUpgrade: websocket\r\n\
@@ -210,7 +206,7 @@ fn plain_requests_are_streamed_with_connection_close() {
         // at the end of the declared body.
         thread::sleep(std::time::Duration::from_secs(3));
     });
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let body = payload(8 << 20, 7);
     let sum: u64 = body.iter().map(|&b| b as u64).sum();
     let mut req = format!(
@@ -248,7 +244,7 @@ fn a_backend_refusing_the_upgrade_is_answered_as_is() {
         let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nnot for you!!\n");
         thread::sleep(std::time::Duration::from_millis(500));
     });
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let resp = raw_exchange(proxy.addr, upgrade_head("/ws", "").as_bytes());
     assert_eq!(status_of(&resp), 403);
     let text = String::from_utf8(resp).unwrap();
@@ -290,7 +286,7 @@ fn nothing_behind_a_refused_upgrade_reaches_the_backend() {
     let (backend, seen) = recording_backend(
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
     );
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let mut attack = upgrade_head("/ws", "").into_bytes();
     attack
         .extend_from_slice(b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Real-IP: 6.6.6.6\r\n\r\n");
@@ -310,7 +306,7 @@ fn nothing_behind_a_refused_upgrade_reaches_the_backend() {
 #[test]
 fn a_plain_request_forwards_its_body_and_nothing_after() {
     let (backend, seen) = recording_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let req = b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /admin HTTP/1.1\r\nHost: internal\r\n\r\n";
     let resp = raw_exchange(proxy.addr, req);
     assert_eq!(status_of(&resp), 200);
@@ -328,7 +324,7 @@ fn a_chunked_response_ends_at_its_last_chunk() {
     let (backend, _) = recording_backend(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     );
-    let proxy = proxy_for(&backend);
+    let proxy = start_proxy(&backend, &[]);
     let started = std::time::Instant::now();
     let resp = raw_exchange(proxy.addr, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n");
     assert!(

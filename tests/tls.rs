@@ -517,18 +517,19 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_on_failure() {
     let a_first = pki.leaf("a-first", &["a.test"]);
     a_first.write_to(&a_cert, &a_key);
     let a_arg = format!("a.test={a_cert},{a_key}");
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &backend.addr.to_string(),
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--sni-cert",
-        &a_arg,
-    ]);
+    let proxy = start_proxy(
+        &backend,
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--sni-cert",
+            &a_arg,
+        ],
+    );
     let client = TlsClient::new(pki.ca_der());
     let sees = |sni: &str| cert_for(&proxy, &client, Some(sni));
     let mut old = client.ws(proxy.tls(), Some("localhost"), "/ws");

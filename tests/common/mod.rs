@@ -1105,13 +1105,18 @@ impl ServerCertVerifier for AnyNameVerifier {
     }
 }
 
+/// ringway in front of `backend`, plus `extra` flags.
+pub fn start_proxy(backend: &Backend, extra: &[&str]) -> Proxy {
+    let upstream = backend.addr.to_string();
+    let mut args = vec!["--upstream", &upstream];
+    args.extend_from_slice(extra);
+    Proxy::start(&args)
+}
+
 /// ringway in front of `backend` with a TLS listener serving `leaf` (and a
 /// plain one), plus `extra` flags.
 pub fn start_tls_proxy(backend: &Backend, leaf: &Leaf, extra: &[&str]) -> Proxy {
-    let upstream = backend.addr.to_string();
     let mut args = vec![
-        "--upstream",
-        &upstream,
         "--tls-listen",
         "127.0.0.1:0",
         "--cert",
@@ -1120,7 +1125,7 @@ pub fn start_tls_proxy(backend: &Backend, leaf: &Leaf, extra: &[&str]) -> Proxy 
         &leaf.key,
     ];
     args.extend_from_slice(extra);
-    Proxy::start(&args)
+    start_proxy(backend, &args)
 }
 
 /// A backend that answers 101 by hand, then reads until the client's EOF,

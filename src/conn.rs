@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::GroupBalancer;
-use crate::config::{Config, Group, Listen, Route, Target};
+use crate::config::{Backend as Server, Config, Group, Listen, Route, Target};
 use crate::files::{self, FileRequest, Root, Served};
 use crate::http::body::Framing;
 use crate::http::path;
@@ -210,7 +210,7 @@ enum Outcome<'a> {
     Refused {
         status: Status,
         target: Option<Box<str>>,
-        backend: Option<&'a crate::config::Backend>,
+        backend: Option<&'a Server>,
         why: String,
     },
     /// A static file route answered.
@@ -223,7 +223,7 @@ enum Outcome<'a> {
 
 struct Summary<'a> {
     target: Box<str>,
-    backend: &'a crate::config::Backend,
+    backend: &'a Server,
     status: u16,
     upgraded: bool,
     up: u64,
@@ -287,6 +287,15 @@ struct ServerSlot<'a> {
     server: usize,
 }
 
+impl ServerSlot<'_> {
+    /// The connect failed: counted against the server (which gives its
+    /// count back too).
+    fn failed(self, now: Instant) {
+        self.balancer.failed(self.server, now);
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for ServerSlot<'_> {
     fn drop(&mut self) {
         self.balancer.release(self.server);
@@ -302,7 +311,7 @@ enum ConnectError {
 
 /// Why no server of a group could be connected to: the answer, the last
 /// server tried, the reason.
-type NoServer<'a> = (Status, Option<&'a crate::config::Backend>, String);
+type NoServer<'a> = (Status, Option<&'a Server>, String);
 
 struct Conn<'a> {
     core: &'a Core,
@@ -536,7 +545,7 @@ impl<'a> Conn<'a> {
     async fn connect_any(
         &self,
         g: usize,
-    ) -> Result<(Backend<'a>, &'a crate::config::Backend, ServerSlot<'a>), NoServer<'a>> {
+    ) -> Result<(Backend<'a>, &'a Server, ServerSlot<'a>), NoServer<'a>> {
         let core: &'a Core = self.core;
         let group = &core.config.groups[g];
         let balancer = &core.balancers[g];
@@ -545,7 +554,7 @@ impl<'a> Conn<'a> {
             n => n,
         };
         let mut attempt = balancer.attempt(self.real_ip.get());
-        let mut last: Option<(Status, &'a crate::config::Backend, String)> = None;
+        let mut last: Option<(Status, &'a Server, String)> = None;
         for _ in 0..tries {
             let Some(i) = balancer.next(&mut attempt, Instant::now()) else {
                 break;
@@ -587,9 +596,7 @@ impl<'a> Conn<'a> {
                     format!("TLS handshake with {} failed: {e}", b.addr),
                 ),
             };
-            // `failed` gives the server's count back itself.
-            std::mem::forget(slot);
-            balancer.failed(i, Instant::now());
+            slot.failed(Instant::now());
             if balancer.unavailable(i, Instant::now()) {
                 log::warn!(
                     "group {} server {} ({}) marked unavailable for {:?}: {}",
@@ -618,11 +625,7 @@ impl<'a> Conn<'a> {
     /// A non-blocking connect (then the group's PROXY header, then the TLS
     /// handshake for wss://) that the sweep can shut down when
     /// --connect-timeout strikes.
-    async fn connect(
-        &self,
-        group: &Group,
-        b: &crate::config::Backend,
-    ) -> Result<Backend<'a>, ConnectError> {
+    async fn connect(&self, group: &Group, b: &Server) -> Result<Backend<'a>, ConnectError> {
         let mut backend = self.connect_tcp(b.addr).await?;
         if let Some(version) = group.send_proxy {
             let dst = match self.local.as_deref() {
@@ -697,7 +700,7 @@ impl<'a> Conn<'a> {
         &self,
         status: Status,
         target: Option<Box<str>>,
-        backend: Option<&'a crate::config::Backend>,
+        backend: Option<&'a Server>,
         why: String,
     ) -> Outcome<'a> {
         let scratch = &self.core.scratch;
@@ -731,7 +734,7 @@ impl<'a> Conn<'a> {
         &'b self,
         backend: Peer<'b>,
         req: Prepared,
-        name: &'a crate::config::Backend,
+        name: &'a Server,
         target: Box<str>,
     ) -> impl std::future::Future<Output = Outcome<'a>> + 'b {
         let Prepared {
@@ -756,7 +759,7 @@ impl<'a> Conn<'a> {
         body: Framing,
         head_method: bool,
         sent: u64,
-        name: &'a crate::config::Backend,
+        name: &'a Server,
         target: Box<str>,
     ) -> Outcome<'a> {
         let flow = Flow::default();

@@ -21,9 +21,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::http::path;
+use crate::http::status::{plain_answer, reason_of};
 use crate::sweep::Tracked;
 use crate::sys;
-use crate::tunnel::{self, Peer, Scratch};
+use crate::tunnel::{write_all, Peer, Scratch};
 
 /// Most bytes of a file held in memory at once while it is sent.
 pub const CHUNK: usize = 64 * 1024;
@@ -89,7 +90,7 @@ pub struct Served {
 }
 
 /// Answer one request from `root`: writes the whole response (head and body)
-/// to `client` with [`tunnel::write_all`] (which handles TLS clients,
+/// to `client` with [`write_all`] (which handles TLS clients,
 /// backpressure and the idle timer via `track`), never holding more than one
 /// chunk ([`CHUNK`]) of the file in memory. The caller closes the connection
 /// afterwards (every response says `Connection: close`, and a body cut
@@ -121,7 +122,7 @@ pub async fn serve(
         Found::Redirect(location) => {
             let extra = format!("Location: {location}\r\n");
             let out = small(301, &extra, head_only);
-            let sent = send(client, scratch, track, &out.bytes).await;
+            let sent = write_all(client, &out.bytes, scratch, track).await;
             return Served {
                 status: 301,
                 bytes: if sent.is_ok() { out.body } else { 0 },
@@ -136,7 +137,7 @@ pub async fn serve(
         let head = format!(
             "HTTP/1.1 304 Not Modified\r\nLast-Modified: {last_modified}\r\nConnection: close\r\n\r\n"
         );
-        let sent = send(client, scratch, track, head.as_bytes()).await;
+        let sent = write_all(client, head.as_bytes(), scratch, track).await;
         return Served {
             status: 304,
             bytes: 0,
@@ -153,7 +154,7 @@ pub async fn serve(
         bytes: 0,
         why: None,
     };
-    if let Err(e) = send(client, scratch, track, head.as_bytes()).await {
+    if let Err(e) = write_all(client, head.as_bytes(), scratch, track).await {
         served.why = Some(gone(e));
         return served;
     }
@@ -260,21 +261,12 @@ async fn send_body(
             }
             Err(e) => return (sent, Some(format!("read failed after {sent} bytes: {e}"))),
         };
-        if let Err(e) = send(client, scratch, track, &buf[..n]).await {
+        if let Err(e) = write_all(client, &buf[..n], scratch, track).await {
             return (sent, Some(gone(e)));
         }
         sent += n as u64;
     }
     (sent, None)
-}
-
-fn send<'a>(
-    client: Peer<'a>,
-    scratch: &'a Scratch,
-    track: &'a Tracked,
-    bytes: &'a [u8],
-) -> impl std::future::Future<Output = io::Result<()>> + 'a {
-    tunnel::write_all(client, bytes, scratch, track)
 }
 
 fn gone(e: io::Error) -> String {
@@ -291,17 +283,9 @@ struct Small {
 /// like [`crate::http::status::Status::response`]. The body says no more
 /// than the status: why a file is missing is for the log, not the client.
 fn small(status: u16, extra_headers: &str, head_only: bool) -> Small {
-    let reason = reason(status);
-    let body = format!("{status} {reason}\n");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        out.push_str(&body);
-    }
+    let body = format!("{status} {}\n", reason_of(status));
     Small {
-        bytes: out.into_bytes(),
+        bytes: plain_answer(status, extra_headers, &body, head_only),
         body: if head_only { 0 } else { body.len() as u64 },
     }
 }
@@ -314,7 +298,7 @@ async fn send_small(
     out: Small,
     why: String,
 ) -> Served {
-    match send(client, scratch, track, &out.bytes).await {
+    match write_all(client, &out.bytes, scratch, track).await {
         Ok(()) => Served {
             status,
             bytes: out.body,
@@ -325,18 +309,6 @@ async fn send_small(
             bytes: 0,
             why: Some(format!("{why}; {}", gone(e))),
         },
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        301 => "Moved Permanently",
-        304 => "Not Modified",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Internal Server Error",
     }
 }
 

@@ -108,7 +108,7 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     let shared = Arc::new(Shared::new(config.limit_conn_per_ip));
-    for listen in config.listen.clone() {
+    for &listen in &config.listen {
         let (group, bound) = listener::bind_group(listen.addr, n, config.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
         // the extra workers would never get a connection, so leave it to

@@ -45,18 +45,7 @@ impl Status {
     }
 
     pub fn reason(self) -> &'static str {
-        match self {
-            Status::BadRequest => "Bad Request",
-            Status::Forbidden => "Forbidden",
-            Status::NotFound => "Not Found",
-            Status::RequestTimeout => "Request Timeout",
-            Status::UpgradeRequired => "Upgrade Required",
-            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::BadGateway => "Bad Gateway",
-            Status::ServiceUnavailable => "Service Unavailable",
-            Status::GatewayTimeout => "Gateway Timeout",
-            Status::Other(code) => reason_of(code),
-        }
+        reason_of(self.code())
     }
 
     /// The complete response: status line, headers, a one-line body.
@@ -67,21 +56,31 @@ impl Status {
             Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\n",
             _ => "",
         };
-        format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{}",
-            self.code(),
-            self.reason(),
-            body.len(),
-            extra,
-            body
-        )
-        .into_bytes()
+        plain_answer(self.code(), extra, &body, false)
     }
 }
 
-/// The reason phrase of a status a flag may choose.
+/// A short answer ringway gives itself: status line, `text/plain` body
+/// (left out, but counted in `Content-Length`, for a HEAD request),
+/// `extra_headers` (each ending in CRLF), `Connection: close`.
+pub fn plain_answer(code: u16, extra_headers: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        reason_of(code),
+        body.len()
+    );
+    if !head_only {
+        out.push_str(body);
+    }
+    out.into_bytes()
+}
+
+/// The reason phrase of a status.
 pub fn reason_of(code: u16) -> &'static str {
     match code {
+        200 => "OK",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -92,7 +91,9 @@ pub fn reason_of(code: u16) -> &'static str {
         410 => "Gone",
         421 => "Misdirected Request",
         423 => "Locked",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
         444 => "No Response",
         451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",

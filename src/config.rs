@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
+use crate::access_log;
 use crate::balance::{Method, ServerParams, MAX_SERVERS};
 use crate::files::Root;
 use crate::limits::{Cidr, OriginPattern};
@@ -235,10 +236,28 @@ pub struct ProxyArgs {
     /// Largest request head accepted, in bytes (431 above it).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
-    /// Size of the per-core scratch buffer tunnel bytes move through (with
-    /// TLS at least 72 KiB is used, room for a whole handshake message).
+    /// Size of the per-core scratch buffer tunnel bytes move through (at
+    /// least 72 KiB is used: room for a whole TLS handshake message).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER_SIZE)]
     pub buffer_size: usize,
+    /// Serve Prometheus metrics on http://ADDR/metrics, a summary on
+    /// /status, and /healthz (200 while accepting, 503 while draining) for
+    /// the balancer in front.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where one line per tunnel or request goes when it ends: a file (SIGHUP
+    /// reopens it, for logrotate), stderr, or off.
+    #[arg(long, value_name = "PATH|stderr|off", default_value = "stderr")]
+    pub access_log: access_log::Sink,
+    /// How access-log lines look: text (key=value) or json (one object per
+    /// line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = access_log::Format::Text)]
+    pub access_log_format: access_log::Format,
+    /// At SIGTERM, send both sides of every tunnel a WebSocket close (1001
+    /// going away), spread over the first half of --drain-timeout, each at a
+    /// frame boundary; tunnels not at one by the deadline are closed then.
+    #[arg(long)]
+    pub drain_close_frames: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -422,6 +441,13 @@ pub struct Route {
     pub target: Target,
 }
 
+impl Route {
+    /// The route as written (`[HOST]PREFIX`), for metrics and logs.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.host.as_deref().unwrap_or(""), self.prefix)
+    }
+}
+
 /// The routes, ordered for lookup (longest prefix first).
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
@@ -432,8 +458,8 @@ impl Routes {
     /// Like nginx's server_name, then location: the routes of the most
     /// specific host class that matches (exact name, then the longest
     /// `*.domain`, then routes without a host) and, among them, the longest
-    /// prefix of `path`. `None` is a 404.
-    pub fn find(&self, host: Option<&[u8]>, path: &str) -> Option<&Route> {
+    /// prefix of `path`, with its index in [`Routes::iter`]. `None` is a 404.
+    pub fn find(&self, host: Option<&[u8]>, path: &str) -> Option<(usize, &Route)> {
         let host = host.map(host_name).unwrap_or(b"");
         let class = |r: &Route| -> Option<usize> {
             match &r.host {
@@ -453,8 +479,9 @@ impl Routes {
         let best = self.list.iter().filter_map(class).max()?;
         self.list
             .iter()
-            .filter(|r| class(r) == Some(best))
-            .find(|r| path.starts_with(&r.prefix))
+            .enumerate()
+            .filter(|(_, r)| class(r) == Some(best))
+            .find(|(_, r)| path.starts_with(&r.prefix))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -518,6 +545,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub buffer_size: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub access_log: access_log::Sink,
+    pub access_log_format: access_log::Format,
+    pub drain_close_frames: bool,
 }
 
 /// A configuration mistake: shown to the user, exit code 2.
@@ -693,6 +724,10 @@ impl Config {
             drain_timeout: args.drain_timeout,
             max_header_bytes: args.max_header_bytes,
             buffer_size: args.buffer_size,
+            metrics_listen: args.metrics_listen,
+            access_log: args.access_log.clone(),
+            access_log_format: args.access_log_format,
+            drain_close_frames: args.drain_close_frames,
         })
     }
 
@@ -798,6 +833,19 @@ impl Config {
             self.idle_timeout,
             self.drain_timeout,
             self.workers
+        );
+        let _ = writeln!(
+            s,
+            "operations: metrics {}, access log {} ({:?}), close frames at drain {}",
+            self.metrics_listen
+                .map_or_else(|| "off".to_string(), |a| format!("on http://{a}/metrics")),
+            match &self.access_log {
+                access_log::Sink::Off => "off".to_string(),
+                access_log::Sink::Stderr => "stderr".to_string(),
+                access_log::Sink::File(p) => p.display().to_string(),
+            },
+            self.access_log_format,
+            if self.drain_close_frames { "on" } else { "off" },
         );
         s
     }
@@ -1426,7 +1474,7 @@ mod tests {
         match c
             .routes
             .find(host.map(str::as_bytes), path)
-            .map(|r| &r.target)
+            .map(|(_, r)| &r.target)
         {
             Some(Target::Group(g)) => c.groups[*g].name.clone(),
             Some(Target::Static(_)) => "static".into(),

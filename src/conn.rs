@@ -32,7 +32,7 @@ use crate::tunnel::{
     close_write, discard, handshake, pump, read_some, write_all, End, HandshakeError, Peer,
     PumpError, Scratch,
 };
-use crate::worker::Core;
+use crate::worker::{Core, Generation};
 
 /// Most bytes discarded from a refused client before its socket closes.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
@@ -43,8 +43,11 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     let started = Instant::now();
     // Only these are kept: the connection's state stays small.
     let (tls, proxy_protocol) = (listen.tls, listen.proxy_protocol);
+    // The configuration in force now, for this connection's whole life.
+    let generation = core.generation();
+    let gen: &Generation = &generation;
     // Counted from accept to close, however the connection ends.
-    let total = core.shared.total.enter(core.config.max_conns);
+    let total = core.shared.total.enter(gen.config.max_conns);
     // Declared after `client`, so dropped (unregistered) before it closes.
     let track = core.sweeper.register(client.as_raw_fd());
     // A PROXY header without addresses (LOCAL, UNKNOWN) leaves the
@@ -54,7 +57,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     let (peer, local) = if proxy_protocol {
         // Boxed: its header buffer would otherwise take room in every
         // connection's state for the whole tunnel.
-        match Box::pin(read_proxy_header(core, &client, peer, &track)).await {
+        match Box::pin(read_proxy_header(&gen.config, &client, peer, &track)).await {
             Ok((src, None)) => {
                 forwarded_trusted = false;
                 (src, None)
@@ -69,7 +72,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
         (peer, None)
     };
     // Boxed: a plain connection pays one pointer for it.
-    let session = match (tls, &core.tls) {
+    let session = match (tls, &gen.tls) {
         (false, _) => None,
         (true, Some(tls)) => match Session::server(tls.config()) {
             Ok(s) => Some(Box::new(RefCell::new(s))),
@@ -85,6 +88,7 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
     };
     let conn = Conn {
         core,
+        gen,
         client: Peer::new(&client, session.as_deref()),
         peer,
         local,
@@ -152,12 +156,12 @@ pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Lis
 /// TLS hello, a request head) stays in the socket. Bounded by
 /// [`proxy_protocol::MAX_HEADER`] bytes and the handshake timeout.
 async fn read_proxy_header(
-    core: &Core,
+    config: &Config,
     sock: &TcpStream,
     peer: SocketAddr,
     track: &Tracked,
 ) -> Result<(SocketAddr, Option<SocketAddr>), String> {
-    if !limits::trusted(&core.config.trusted_proxies, peer.ip()) {
+    if !limits::trusted(&config.trusted_proxies, peer.ip()) {
         return Err(format!(
             "{} is not a --trusted-proxy, so its PROXY header is not believed",
             peer.ip()
@@ -315,6 +319,8 @@ type NoServer<'a> = (Status, Option<&'a Server>, String);
 
 struct Conn<'a> {
     core: &'a Core,
+    /// The configuration the connection was accepted under.
+    gen: &'a Generation,
     client: Peer<'a>,
     /// The client's address: the TCP peer, or what its PROXY header said.
     peer: SocketAddr,
@@ -344,7 +350,7 @@ impl<'a> Conn<'a> {
             Err(outcome) => return outcome,
         };
         self.real_ip.set(req.client_ip);
-        let config = &self.core.config;
+        let config = &self.gen.config;
         let mut req = req;
         // One copy of the target, for the log line.
         let target = std::mem::take(&mut req.target);
@@ -357,8 +363,8 @@ impl<'a> Conn<'a> {
                 .refuse(Status::ServiceUnavailable, Some(target), None, why)
                 .await;
         }
-        let route = match self.route(&req) {
-            Ok(route) => route,
+        let (_route_index, route) = match self.route(&req) {
+            Ok(found) => found,
             Err((status, why)) => return self.refuse(status, Some(target), None, why).await,
         };
         let group = match &route.target {
@@ -378,19 +384,22 @@ impl<'a> Conn<'a> {
         };
         // A tunnel holds its client's slot until it ends (plain requests,
         // which end with their response, are not counted).
-        let _ip_slot = match &self.core.shared.per_ip {
-            Some(per_ip) if req.kind == Kind::Upgrade => match per_ip.acquire(req.client_ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    let why = format!(
-                        "{} already has {} tunnels (--limit-conn-per-ip)",
-                        req.client_ip,
-                        per_ip.count(req.client_ip)
-                    );
-                    let status = Status::Other(config.limit_conn_status);
-                    return self.refuse(status, Some(target), None, why).await;
+        let per_ip = &self.core.shared.per_ip;
+        let _ip_slot = match config.limit_conn_per_ip {
+            Some(limit) if req.kind == Kind::Upgrade => {
+                match per_ip.acquire(req.client_ip, limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let why = format!(
+                            "{} already has {} tunnels (--limit-conn-per-ip)",
+                            req.client_ip,
+                            per_ip.count(req.client_ip)
+                        );
+                        let status = Status::Other(config.limit_conn_status);
+                        return self.refuse(status, Some(target), None, why).await;
+                    }
                 }
-            },
+            }
             _ => None,
         };
         *req.facts = Default::default();
@@ -414,11 +423,11 @@ impl<'a> Conn<'a> {
     /// The route of a request, if it has one and may take it: 400 for a path
     /// that cannot be resolved, 404 for no route, 403 for an upgrade from an
     /// Origin not allowed.
-    fn route(&self, req: &Prepared) -> Result<&'a Route, (Status, String)> {
-        let config: &'a Config = &self.core.config;
+    fn route(&self, req: &Prepared) -> Result<(usize, &'a Route), (Status, String)> {
+        let config: &'a Config = &self.gen.config;
         let resolved = path::route_path(&req.facts.path)
             .map_err(|e| (Status::BadRequest, format!("refused path: {e}")))?;
-        let route = config
+        let found = config
             .routes
             .find(req.facts.host.as_deref(), &resolved)
             .ok_or_else(|| (Status::NotFound, "no route for this host and path".into()))?;
@@ -430,7 +439,7 @@ impl<'a> Conn<'a> {
             );
             return Err((Status::Forbidden, why));
         }
-        Ok(route)
+        Ok(found)
     }
 
     /// A static route: the file (or its error answer), then close gently.
@@ -491,12 +500,12 @@ impl<'a> Conn<'a> {
                 "http"
             },
             trusted: if self.forwarded_trusted {
-                &self.core.config.trusted_proxies
+                &self.gen.config.trusted_proxies
             } else {
                 &[]
             },
         };
-        let max = self.core.config.max_header_bytes;
+        let max = self.gen.config.max_header_bytes;
         // Filled only when a head spans several reads.
         let mut head: Vec<u8> = Vec::new();
         loop {
@@ -546,10 +555,10 @@ impl<'a> Conn<'a> {
         &self,
         g: usize,
     ) -> Result<(Backend<'a>, &'a Server, ServerSlot<'a>), NoServer<'a>> {
-        let core: &'a Core = self.core;
-        let group = &core.config.groups[g];
-        let balancer = &core.balancers[g];
-        let tries = match core.config.upstream_tries {
+        let gen: &'a Generation = self.gen;
+        let group = &gen.config.groups[g];
+        let balancer = &gen.balancers[g];
+        let tries = match gen.config.upstream_tries {
             0 => usize::MAX,
             n => n,
         };
@@ -643,7 +652,7 @@ impl<'a> Conn<'a> {
                 .await
                 .map_err(ConnectError::Failed)?;
         }
-        let (Some(name), Some(config)) = (&b.tls, &self.core.config.upstream_tls) else {
+        let (Some(name), Some(config)) = (&b.tls, &self.gen.config.upstream_tls) else {
             return Ok(backend);
         };
         let session = Session::client(config.clone(), name.clone()).map_err(ConnectError::Tls)?;
@@ -899,7 +908,7 @@ impl<'a> Conn<'a> {
         head_method: bool,
         flow: &Flow,
     ) -> Result<response::Final, AnswerError> {
-        let max = self.core.config.max_header_bytes;
+        let max = self.gen.config.max_header_bytes;
         let upgrade = kind == Kind::Upgrade;
         let mut head: Vec<u8> = Vec::new();
         let mut interim = 0;

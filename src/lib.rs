@@ -14,6 +14,7 @@
 //! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
 
+pub mod access_log;
 pub mod balance;
 pub mod config;
 pub mod conn;
@@ -22,7 +23,9 @@ pub mod files;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod sweep;
@@ -31,3 +34,4 @@ pub mod tls;
 pub mod tunnel;
 pub mod worker;
 pub mod ws;
+pub mod ws_frames;

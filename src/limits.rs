@@ -19,7 +19,6 @@ const SHARDS: usize = 64;
 /// Concurrent connections per client address, exact across all cores.
 #[derive(Debug)]
 pub struct PerIp {
-    limit: u32,
     shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
 }
 
@@ -30,10 +29,15 @@ pub struct IpSlot<'a> {
     ip: IpAddr,
 }
 
+impl Default for PerIp {
+    fn default() -> PerIp {
+        PerIp::new()
+    }
+}
+
 impl PerIp {
-    pub fn new(limit: u32) -> PerIp {
+    pub fn new() -> PerIp {
         PerIp {
-            limit,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
@@ -52,11 +56,13 @@ impl PerIp {
         self.shard(ip).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Count one more connection of `ip`, unless it already has `limit`.
-    pub fn acquire(&self, ip: IpAddr) -> Option<IpSlot<'_>> {
+    /// Count one more connection of `ip`, unless it already has `limit`
+    /// (the limit is the configuration's, which a reload may change; the
+    /// counts stay).
+    pub fn acquire(&self, ip: IpAddr, limit: u32) -> Option<IpSlot<'_>> {
         let mut map = self.lock(&ip);
         let n = map.entry(ip).or_insert(0);
-        if *n >= self.limit {
+        if *n >= limit {
             if *n == 0 {
                 map.remove(&ip);
             }
@@ -127,20 +133,12 @@ impl Drop for TotalSlot<'_> {
     }
 }
 
-/// The state all cores share, built once by the server.
-#[derive(Debug)]
+/// The state all cores share, built once by the server (it outlives
+/// configuration reloads, so that counts stay exact across them).
+#[derive(Debug, Default)]
 pub struct Shared {
-    pub per_ip: Option<PerIp>,
+    pub per_ip: PerIp,
     pub total: Total,
-}
-
-impl Shared {
-    pub fn new(limit_conn_per_ip: Option<u32>) -> Shared {
-        Shared {
-            per_ip: limit_conn_per_ip.map(PerIp::new),
-            total: Total::default(),
-        }
-    }
 }
 
 /// An address range, `10.0.0.0/8` or `2001:db8::/32` (a bare address is
@@ -342,30 +340,33 @@ mod tests {
 
     #[test]
     fn per_ip_counts_exactly_and_forgets_zeros() {
-        let l = PerIp::new(2);
-        let a = l.acquire(ip("10.0.0.1")).unwrap();
-        let b = l.acquire(ip("10.0.0.1")).unwrap();
-        assert!(l.acquire(ip("10.0.0.1")).is_none(), "third refused");
-        let other = l.acquire(ip("10.0.0.2")).unwrap();
+        let l = PerIp::new();
+        let a = l.acquire(ip("10.0.0.1"), 2).unwrap();
+        let b = l.acquire(ip("10.0.0.1"), 2).unwrap();
+        assert!(l.acquire(ip("10.0.0.1"), 2).is_none(), "third refused");
+        let other = l.acquire(ip("10.0.0.2"), 2).unwrap();
         assert_eq!(l.count(ip("10.0.0.1")), 2);
-        drop(a);
-        let c = l.acquire(ip("10.0.0.1")).unwrap();
+        // A reload that raises the limit lets a third in, counted with the
+        // two before it.
+        let third = l.acquire(ip("10.0.0.1"), 3).unwrap();
+        assert_eq!(l.count(ip("10.0.0.1")), 3);
+        drop((a, third));
+        let c = l.acquire(ip("10.0.0.1"), 2).unwrap();
         drop((b, c, other));
         assert_eq!(l.addresses(), 0, "no entry left behind");
-        let zero = PerIp::new(0);
-        assert!(zero.acquire(ip("::1")).is_none());
-        assert_eq!(zero.addresses(), 0);
+        assert!(l.acquire(ip("::1"), 0).is_none());
+        assert_eq!(l.addresses(), 0);
     }
 
     #[test]
     fn per_ip_is_exact_across_threads() {
-        let l = std::sync::Arc::new(PerIp::new(1000));
+        let l = std::sync::Arc::new(PerIp::new());
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let l = l.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        let s = l.acquire(ip("192.0.2.1")).unwrap();
+                        let s = l.acquire(ip("192.0.2.1"), 1000).unwrap();
                         drop(s);
                     }
                 })

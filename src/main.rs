@@ -8,7 +8,8 @@ use ringway::config::{self, CliError, Command, Config};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match config::parse_cli(std::env::args_os()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match config::parse_cli(argv.iter().cloned()) {
         Ok(cli) => cli,
         Err(CliError::Usage(e)) => e.exit(),
         Err(CliError::Config(e)) => {
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
             }
         }
         None => match Config::from_args(&cli.proxy, cores) {
-            Ok(config) => ringway::server::run(config).map_err(Into::into),
+            Ok(config) => ringway::server::run(config, argv, cores).map_err(Into::into),
             Err(e) => {
                 eprintln!("ringway: {e}");
                 return ExitCode::from(2);

@@ -5,6 +5,7 @@
 //! its runtime, so a caller (a test, `main`) can use the bound addresses at
 //! once; [`Server::wait`] joins the workers after a shutdown.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -12,8 +13,8 @@ use std::thread::JoinHandle;
 use crate::config::{Config, Listen};
 use crate::limits::Shared;
 use crate::listener::{self, ListenError, Steering};
+use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
-use crate::tls::ServerTls;
 use crate::worker::{self, WorkerError, WorkerSpec};
 
 /// Why the server could not start or stopped badly.
@@ -35,6 +36,7 @@ pub enum ServerError {
 pub struct Server {
     addrs: Vec<SocketAddr>,
     shutdown: Shutdown,
+    reloader: Arc<Reloader>,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
 }
 
@@ -48,6 +50,11 @@ impl Server {
     /// A handle that starts the drain (like SIGTERM) from any thread.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+
+    /// What SIGHUP does: read the configuration again (see `reload.rs`).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Wait until every worker has drained and stopped.
@@ -91,10 +98,20 @@ fn check_fd_limit(config: &Config) {
     }
 }
 
-/// Bind, steer, and start the workers.
+/// Bind, steer, and start the workers, with a configuration that cannot be
+/// reloaded (it was not read from a command line).
 pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> {
+    let cores = config.workers;
+    start_with(
+        Arc::new(Reloader::new(Arc::new(config), None, cores)),
+        shutdown,
+    )
+}
+
+/// Bind, steer, and start the workers with the reloader's configuration.
+pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server, ServerError> {
+    let (_, config) = reloader.current();
     check_fd_limit(&config);
-    let config = Arc::new(config);
     let n = config.workers;
     let cores = if config.pin {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -107,7 +124,7 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     let mut per_worker: Vec<Vec<(std::net::TcpListener, Listen)>> =
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let shared = Arc::new(Shared::new(config.limit_conn_per_ip));
+    let shared = Arc::new(Shared::default());
     for &listen in &config.listen {
         let (group, bound) = listener::bind_group(listen.addr, n, config.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
@@ -139,7 +156,7 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
             id,
             cpu: cpu_of(id),
             listeners,
-            config: config.clone(),
+            reloader: reloader.clone(),
             shared: shared.clone(),
             shutdown: shutdown.clone(),
         };
@@ -166,6 +183,7 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     let server = Server {
         addrs,
         shutdown,
+        reloader,
         workers,
     };
     if let Some(e) = failure {
@@ -176,31 +194,29 @@ pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> 
     Ok(server)
 }
 
-/// Start, drain on the first SIGTERM/SIGINT (close at once on a second), and
-/// return when every worker has stopped.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// Start, drain on the first SIGTERM/SIGINT (close at once on a second),
+/// reload on SIGHUP (reading `argv` again, the command line `config` was
+/// built from, with `cores` the default worker count), and return when every
+/// worker has stopped.
+pub fn run(config: Config, argv: Vec<OsString>, cores: usize) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
-    let tls = config.tls.clone();
-    install_signals(
-        shutdown.clone(),
-        Box::new(move || reload_certificates(tls.as_deref())),
-    );
-    let server = start(config, shutdown)?;
+    let reloader = Arc::new(Reloader::new(Arc::new(config), Some(argv), cores));
+    let on_hup = reloader.clone();
+    install_signals(shutdown.clone(), Box::new(move || reload(&on_hup)));
+    let server = start_with(reloader, shutdown)?;
     server.wait()
 }
 
-/// SIGHUP: read the certificate files again; on any failure keep the ones
-/// in use.
-fn reload_certificates(tls: Option<&ServerTls>) {
-    let Some(tls) = tls else {
-        log::info!("SIGHUP: no certificates to reload");
-        return;
-    };
-    match tls.reload() {
-        Ok(n) => log::info!("SIGHUP: certificates reloaded ({n}); new TLS handshakes use them"),
-        Err(e) => {
-            log::error!("SIGHUP: certificate reload failed: {e}; keeping the old certificates")
-        }
+/// SIGHUP: the configuration and certificates read again, or the reason
+/// they were not (the configuration in force stays).
+fn reload(reloader: &Reloader) {
+    match reloader.reload() {
+        Ok(summary) => log::info!(
+            "SIGHUP: configuration reloaded ({summary}); new connections use it, live ones keep theirs"
+        ),
+        Err(why) => log::error!(
+            "SIGHUP: configuration reload failed: {why}; keeping the configuration in force"
+        ),
     }
 }
 

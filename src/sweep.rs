@@ -73,9 +73,10 @@ pub struct Sweeper {
     /// Coarse clock (ms since `start`), refreshed by each tick and by phase
     /// changes; per-message stamps read it without a syscall.
     now: Cell<u64>,
-    handshake_ms: u64,
-    connect_ms: u64,
-    idle_ms: u64,
+    /// The timeouts, in ms (a reload may change them: see `set_timeouts`).
+    handshake_ms: Cell<u64>,
+    connect_ms: Cell<u64>,
+    idle_ms: Cell<u64>,
 }
 
 impl Sweeper {
@@ -84,16 +85,31 @@ impl Sweeper {
             slots: RefCell::new(Slab::new()),
             start: Instant::now(),
             now: Cell::new(0),
-            handshake_ms: handshake.as_millis() as u64,
-            connect_ms: connect.as_millis() as u64,
-            idle_ms: idle.as_millis() as u64,
+            handshake_ms: Cell::new(handshake.as_millis() as u64),
+            connect_ms: Cell::new(connect.as_millis() as u64),
+            idle_ms: Cell::new(idle.as_millis() as u64),
         }
+    }
+
+    /// New timeouts (a configuration reload). They apply to every
+    /// connection of the core from the next sweep on, live ones included,
+    /// each measured from the stamp it already has: a longer idle timeout
+    /// lets an idle tunnel live longer, a shorter one ends those idle for
+    /// longer than it at the next sweep.
+    pub fn set_timeouts(&self, handshake: Duration, connect: Duration, idle: Duration) {
+        self.handshake_ms.set(handshake.as_millis() as u64);
+        self.connect_ms.set(connect.as_millis() as u64);
+        self.idle_ms.set(idle.as_millis() as u64);
     }
 
     /// How often to sweep: a tenth of the shortest timeout, within
     /// [10 ms, 1 s], so every deadline is met within 10% (or a second).
     pub fn tick_interval(&self) -> Duration {
-        let shortest = self.handshake_ms.min(self.connect_ms).min(self.idle_ms);
+        let shortest = self
+            .handshake_ms
+            .get()
+            .min(self.connect_ms.get())
+            .min(self.idle_ms.get());
         Duration::from_millis((shortest / 10).clamp(10, 1000))
     }
 
@@ -147,9 +163,9 @@ impl Sweeper {
                 continue;
             }
             let (limit, why) = match slot.phase.get() {
-                Phase::Handshake => (self.handshake_ms, Expiry::Handshake),
-                Phase::Connect => (self.connect_ms, Expiry::Connect),
-                Phase::Answer | Phase::Active => (self.idle_ms, Expiry::Idle),
+                Phase::Handshake => (self.handshake_ms.get(), Expiry::Handshake),
+                Phase::Connect => (self.connect_ms.get(), Expiry::Connect),
+                Phase::Answer | Phase::Active => (self.idle_ms.get(), Expiry::Idle),
                 Phase::Linger => (LINGER.as_millis() as u64, Expiry::Linger),
             };
             if now.saturating_sub(slot.stamp.get()) >= limit {

@@ -1,9 +1,11 @@
 //! One worker: a thread pinned to one core, its own monoio runtime, its own
 //! listener per `--listen` address, and all per-core state ([`Core`]).
 //!
-//! Nothing here is shared with other workers but the read-only `Config` and
+//! Nothing here is shared with other workers but the read-only `Config`
+//! (and the [`Reloader`] that publishes new ones), the limits' counts and
 //! the `Shutdown` signal.
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use monoio::net::TcpListener;
 use crate::balance::GroupBalancer;
 use crate::config::{Config, Driver, Listen};
 use crate::limits::Shared;
+use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::sweep::{Expiry, Sweeper};
 use crate::sys::{self, Half};
-use crate::tls::CoreTls;
+use crate::tls::{self, CoreTls, SessionCache};
 use crate::tunnel::Scratch;
 
 /// How long connections get to finish once the drain deadline has shut their
@@ -27,19 +30,97 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Per-core state, owned by the worker's thread; connections borrow it.
 #[derive(Debug)]
 pub struct Core {
-    pub config: Arc<Config>,
     /// Worker index, for log lines.
     pub id: usize,
     /// The buffer every transfer on this core goes through.
     pub scratch: Scratch,
     /// Live connections and their deadlines.
     pub sweeper: Rc<Sweeper>,
-    /// Per group (as in `config.groups`): this core's balancing state.
-    pub balancers: Vec<GroupBalancer>,
     /// The limits all cores share.
     pub shared: Arc<Shared>,
+    /// Where new configurations come from.
+    reloader: Arc<Reloader>,
+    /// The generation new connections get (see [`Core::generation`]).
+    current: RefCell<Rc<Generation>>,
+    /// The reloader's version last looked at.
+    seen: Cell<u64>,
+    /// TLS sessions remembered for resumption, kept across reloads.
+    tls_cache: SessionCache,
+}
+
+/// What one configuration gives this core: the configuration, this core's
+/// balancing state for its groups, its TLS server configuration. Each
+/// connection holds the generation it was accepted under until it ends, so
+/// a reload never changes a live connection's routes, backend or counts;
+/// the old generation is freed with its last connection.
+#[derive(Debug)]
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// The reloader's version of `config`.
+    pub version: u64,
+    /// Per group (as in `config.groups`): this core's balancing state.
+    pub balancers: Vec<GroupBalancer>,
     /// This core's TLS server configuration (with TLS listeners).
     pub tls: Option<CoreTls>,
+}
+
+impl Generation {
+    fn new(config: Arc<Config>, version: u64, cache: &SessionCache) -> Result<Generation, String> {
+        let tls = match &config.tls {
+            Some(shared) => Some(CoreTls::new(shared, cache.clone())?),
+            None => None,
+        };
+        Ok(Generation {
+            balancers: config
+                .groups
+                .iter()
+                .map(|g| {
+                    let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
+                    GroupBalancer::new(&params, g.method)
+                })
+                .collect(),
+            tls,
+            config,
+            version,
+        })
+    }
+}
+
+impl Core {
+    /// The generation for a connection accepted now: the configuration in
+    /// force, this core's state for it built on first use after a reload.
+    pub fn generation(&self) -> Rc<Generation> {
+        if self.reloader.version() != self.seen.get() {
+            self.adopt();
+        }
+        self.current.borrow().clone()
+    }
+
+    /// The configuration new connections get (for settings read outside a
+    /// connection: the drain, the sweep).
+    pub fn config(&self) -> Arc<Config> {
+        self.current.borrow().config.clone()
+    }
+
+    fn adopt(&self) {
+        let (version, config) = self.reloader.current();
+        // Tried once per reload, whatever the outcome.
+        self.seen.set(version);
+        match Generation::new(config, version, &self.tls_cache) {
+            Ok(generation) => {
+                let c = &generation.config;
+                self.sweeper
+                    .set_timeouts(c.handshake_timeout, c.connect_timeout, c.idle_timeout);
+                *self.current.borrow_mut() = Rc::new(generation);
+            }
+            Err(e) => {
+                log::error!(
+                    "worker {}: cannot use the reloaded configuration: {e}; keeping the old one",
+                    self.id
+                );
+            }
+        }
+    }
 }
 
 /// Everything a worker thread is started with.
@@ -48,7 +129,8 @@ pub struct WorkerSpec {
     pub cpu: Option<core_affinity::CoreId>,
     /// Each with what it was configured as.
     pub listeners: Vec<(std::net::TcpListener, Listen)>,
-    pub config: Arc<Config>,
+    /// The configuration (its settings fixed at start are read from it).
+    pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
 }
@@ -85,8 +167,9 @@ pub fn run(
         }
     }
     let id = spec.id;
-    let entries = spec.config.ring_entries;
-    let want_uring = match spec.config.driver {
+    let (_, config) = spec.reloader.current();
+    let entries = config.ring_entries;
+    let want_uring = match config.driver {
         Driver::Uring => true,
         Driver::Legacy => false,
         Driver::Auto => monoio::utils::detect_uring(),
@@ -97,7 +180,7 @@ pub fn run(
                 ready(Ok("io_uring"));
                 return rt.block_on(main(spec, mode));
             }
-            Err(e) if spec.config.driver == Driver::Uring => {
+            Err(e) if config.driver == Driver::Uring => {
                 ready(Err(e.to_string()));
                 return Err(WorkerError::Runtime {
                     id,
@@ -168,37 +251,30 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         id,
         cpu,
         listeners,
-        config,
+        reloader,
         shared,
         shutdown,
     } = spec;
+    let (version, config) = reloader.current();
     let sweeper = Rc::new(Sweeper::new(
         config.handshake_timeout,
         config.connect_timeout,
         config.idle_timeout,
     ));
-    let tls = match &config.tls {
-        Some(shared) => {
-            Some(CoreTls::new(shared.clone()).map_err(|why| WorkerError::Tls { id, why })?)
-        }
-        None => None,
-    };
-    let uses_tls = tls.is_some() || config.upstream_tls.is_some();
+    let tls_cache = tls::session_cache();
+    let buffer_size = config.buffer_size;
+    let generation =
+        Generation::new(config, version, &tls_cache).map_err(|why| WorkerError::Tls { id, why })?;
     let core = Rc::new(Core {
         id,
-        scratch: Scratch::new(config.buffer_size, uses_tls, driver == "epoll"),
-        tls,
+        // Always ready for TLS: a reload may add wss:// backends.
+        scratch: Scratch::new(buffer_size, true, driver == "epoll"),
         sweeper: sweeper.clone(),
-        balancers: config
-            .groups
-            .iter()
-            .map(|g| {
-                let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
-                GroupBalancer::new(&params, g.method)
-            })
-            .collect(),
         shared,
-        config,
+        reloader,
+        current: RefCell::new(Rc::new(generation)),
+        seen: Cell::new(version),
+        tls_cache,
     });
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
@@ -221,12 +297,12 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         cpu.map_or("unpinned".to_string(), |c| c.id.to_string())
     );
 
-    let tick = sweeper.tick_interval();
     let sweep = {
         let sweeper = sweeper.clone();
         monoio::spawn(async move {
             loop {
-                monoio::time::sleep(tick).await;
+                // Read each time: a reload may change the timeouts.
+                monoio::time::sleep(sweeper.tick_interval()).await;
                 sweeper.tick();
             }
         })
@@ -238,7 +314,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     for listener in &held {
         sys::shutdown_raw(listener.as_raw_fd(), Half::Read);
     }
-    let deadline = Instant::now() + core.config.drain_timeout;
+    let deadline = Instant::now() + core.config().drain_timeout;
     let poll = Duration::from_millis(20);
     while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {
         monoio::time::sleep(poll).await;

@@ -8,52 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
-
 use common::*;
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A temporary folder for config files and a web root, removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "ringway-config-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::write(dir.join("www/index.html"), "hi").unwrap();
-        Scratch { dir }
-    }
-
-    /// Write `text` to `name` in the folder; returns its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Run `ringway ARGS` to its exit (killed after `PATIENCE`): exit code,
 /// stdout, stderr.
@@ -105,7 +60,7 @@ fn timeouts(out: &str) -> &str {
 
 #[test]
 fn check_lists_routes_groups_and_server_parameters() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let www = s.path("www");
     let static_arg = format!("/={www}");
     let out = check_ok(&[
@@ -147,7 +102,7 @@ fn check_lists_routes_groups_and_server_parameters() {
 
 #[test]
 fn check_refuses_each_mistake_with_exit_2() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let missing = format!("/={}", s.path("no-such-dir"));
     let a_file = format!("/={}", s.path("www/index.html"));
     let up = "chat=127.0.0.1:9000";
@@ -264,7 +219,7 @@ balance = ["chat=ip-hash"]
 
 #[test]
 fn config_file_settings_are_what_check_shows() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let file = s.file("chat.toml", CHAT_TOML);
     let out = check_ok(&["--config", &file]);
     assert_eq!(section(&out, "routes"), ["/ws/ -> group chat"], "{out}");
@@ -286,7 +241,7 @@ fn config_file_settings_are_what_check_shows() {
 
 #[test]
 fn command_line_flags_replace_the_file_settings() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let file = s.file("chat.toml", CHAT_TOML);
 
     let out = check_ok(&["--config", &file, "--idle-timeout", "5m"]);
@@ -315,7 +270,7 @@ const BASE_TOML: &str = "upstream = [\"chat=127.0.0.1:9000\"]\nroute = [\"/ws/=c
 
 #[test]
 fn file_mistakes_exit_2_naming_the_file() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let cases = [
         (
             "unknown.toml",
@@ -376,7 +331,7 @@ fn file_mistakes_exit_2_naming_the_file() {
 
 #[test]
 fn proxy_started_from_a_config_file_routes_by_it() {
-    let s = Scratch::new();
+    let s = TempDir::new();
     let backend = Backend::echo();
     let file = s.file(
         "run.toml",

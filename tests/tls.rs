@@ -543,7 +543,7 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_on_failure() {
     let a_second = pki.leaf("a-second", &["a.test"]);
     a_second.write_to(&a_cert, &a_key);
     proxy.signal("HUP");
-    proxy.wait_count("certificates reloaded", 1, PATIENCE);
+    proxy.wait_count("configuration reloaded", 1, PATIENCE);
     assert!(sees("localhost") == second.der, "default not reloaded");
     assert!(sees("a.test") == a_second.der, "--sni-cert not reloaded");
     echo_once(&mut old, "after the reload");
@@ -570,18 +570,18 @@ fn sighup_reloads_certificates_and_keeps_the_old_ones_on_failure() {
     for (n, (what, breakage)) in breakages.iter().enumerate() {
         breakage();
         proxy.signal("HUP");
-        proxy.wait_count("certificate reload failed", n + 1, PATIENCE);
+        proxy.wait_count("configuration reload failed", n + 1, PATIENCE);
         assert!(sees("localhost") == second.der, "{what}: default changed");
         assert!(sees("a.test") == a_second.der, "{what}: SNI cert changed");
     }
-    assert_eq!(proxy.count_logs("certificates reloaded"), 1);
+    assert_eq!(proxy.count_logs("configuration reloaded"), 1);
 
     // Good files again: reloaded.
     let fourth = pki.leaf("fourth", &names);
     fourth.write_to(&cert, &key);
     a_first.write_to(&a_cert, &a_key);
     proxy.signal("HUP");
-    proxy.wait_count("certificates reloaded", 2, PATIENCE);
+    proxy.wait_count("configuration reloaded", 2, PATIENCE);
     assert!(sees("localhost") == fourth.der);
     assert!(sees("a.test") == a_first.der);
     echo_once(&mut old, "after everything");

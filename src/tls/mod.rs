@@ -2,19 +2,18 @@
 //! reloaded on SIGHUP), each core's server configuration, and the client
 //! configuration for wss:// backends. The record work is in [`session`].
 //!
-//! Certificates are loaded once into a [`ServerTls`] shared by all cores.
-//! Each core builds its own `ServerConfig` (its own session cache, so no two
-//! cores contend for one lock) around the shared certificate resolver and
-//! the shared ticket key (so a ticket works on every core). A reload swaps
-//! the resolver and bumps a generation number; a core notices at its next
-//! TLS handshake and rebuilds its configuration. Live sessions keep theirs.
+//! Certificates are loaded with the configuration into a [`ServerTls`]
+//! shared by all cores. Each core builds its own `ServerConfig` (its own
+//! session cache, so no two cores contend for one lock) around the shared
+//! certificate resolver and the shared ticket key (so a ticket works on
+//! every core). A reload (`reload.rs`) loads them again into the new
+//! configuration, keeping the ticket key and each core's session cache;
+//! live sessions keep what they started with.
 
 pub mod session;
 
-use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -202,14 +201,13 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The TLS listeners' certificates, shared by all cores and reloadable.
+/// The TLS listeners' certificates, shared by all cores. A reload builds a
+/// new one (with the old one's ticket key) inside the new configuration.
 #[derive(Debug)]
 pub struct ServerTls {
-    files: CertFiles,
     provider: Arc<CryptoProvider>,
     ticketer: Arc<dyn ProducesTickets>,
-    resolver: Mutex<Arc<Resolver>>,
-    generation: AtomicU64,
+    resolver: Arc<Resolver>,
 }
 
 impl ServerTls {
@@ -220,63 +218,48 @@ impl ServerTls {
         let ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("cannot make a session ticket key: {e}"))?;
         Ok(ServerTls {
-            files,
             provider,
             ticketer,
-            resolver: Mutex::new(Arc::new(resolver)),
-            generation: AtomicU64::new(0),
+            resolver: Arc::new(resolver),
         })
     }
 
-    /// Read the certificate files again. New handshakes use them; on any
-    /// error the certificates in use stay. Returns how many were loaded.
-    pub fn reload(&self) -> Result<usize, String> {
-        let resolver = Resolver::load(&self.files, &self.provider)?;
-        let count = resolver.count();
-        *self.resolver.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolver);
-        self.generation.fetch_add(1, Ordering::Release);
-        Ok(count)
+    /// Take over `old`'s session ticket key, so that tickets issued before
+    /// a reload still resume after it.
+    pub fn keep_ticket_key_of(&mut self, old: &ServerTls) {
+        self.ticketer = old.ticketer.clone();
     }
 
-    fn current(&self) -> (u64, Arc<Resolver>) {
-        let resolver = self.resolver.lock().unwrap_or_else(|p| p.into_inner());
-        (self.generation.load(Ordering::Acquire), resolver.clone())
+    /// How many certificates were loaded.
+    pub fn count(&self) -> usize {
+        self.resolver.count()
     }
 }
 
-/// One core's TLS server configuration, rebuilt when certificates change.
+/// One core's TLS server configuration for one configuration generation.
 #[derive(Debug)]
 pub struct CoreTls {
-    shared: Arc<ServerTls>,
-    seen: Cell<u64>,
-    config: RefCell<Arc<ServerConfig>>,
-    cache: Arc<ServerSessionMemoryCache>,
+    config: Arc<ServerConfig>,
+}
+
+/// One core's memory of TLS sessions, kept across reloads.
+pub type SessionCache = Arc<ServerSessionMemoryCache>;
+
+/// A new per-core session cache.
+pub fn session_cache() -> SessionCache {
+    ServerSessionMemoryCache::new(SESSION_CACHE_PER_CORE)
 }
 
 impl CoreTls {
-    pub fn new(shared: Arc<ServerTls>) -> Result<CoreTls, String> {
-        let cache = ServerSessionMemoryCache::new(SESSION_CACHE_PER_CORE);
-        let (generation, resolver) = shared.current();
-        let config = server_config(&shared, resolver, cache.clone())?;
+    pub fn new(shared: &ServerTls, cache: SessionCache) -> Result<CoreTls, String> {
         Ok(CoreTls {
-            shared,
-            seen: Cell::new(generation),
-            config: RefCell::new(config),
-            cache,
+            config: server_config(shared, shared.resolver.clone(), cache)?,
         })
     }
 
-    /// The configuration for a new handshake (one atomic load per call).
+    /// The configuration for a new handshake.
     pub fn config(&self) -> Arc<ServerConfig> {
-        if self.shared.generation.load(Ordering::Acquire) != self.seen.get() {
-            let (generation, resolver) = self.shared.current();
-            match server_config(&self.shared, resolver, self.cache.clone()) {
-                Ok(c) => *self.config.borrow_mut() = c,
-                Err(e) => log::error!("cannot use the reloaded certificates: {e}"),
-            }
-            self.seen.set(generation);
-        }
-        self.config.borrow().clone()
+        self.config.clone()
     }
 }
 

@@ -1312,3 +1312,45 @@ pub fn tls_exchange(tls: &mut TlsStream, bytes: &[u8]) -> (Vec<u8>, bool) {
         }
     }
 }
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary folder for config files and a web root (`www/index.html`),
+/// removed on drop.
+pub struct TempDir {
+    dir: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "ringway-config-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/index.html"), "hi").unwrap();
+        TempDir { dir }
+    }
+
+    /// Write `text` to `name` in the folder; returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::access_log::Entry;
 use crate::balance::GroupBalancer;
 use crate::config::{Backend as Server, Config, Group, Listen, Route, Target};
 use crate::files::{self, FileRequest, Root, Served};
@@ -24,127 +25,187 @@ use crate::http::request::{self, ClientInfo, Kind, Prepared};
 use crate::http::response::{self, Answer};
 use crate::http::status::Status;
 use crate::limits;
+use crate::metrics::{CloseReason, CoreMetrics, RouteMetrics, ServerMetrics};
 use crate::proxy_protocol;
 use crate::sweep::{Expiry, Phase, Tracked};
 use crate::sys::{self, Half, Xfer};
 use crate::tls::session::Session;
 use crate::tunnel::{
-    close_write, discard, handshake, pump, read_some, write_all, End, HandshakeError, Peer,
+    close_write, discard, handshake, pump, read_some, write_all, End, HandshakeError, Moved, Peer,
     PumpError, Scratch,
 };
 use crate::worker::{Core, Generation};
+
+/// `Conn::route` before routing (or without a route).
+const NO_ROUTE: u32 = u32::MAX;
 
 /// Most bytes discarded from a refused client before its socket closes.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
 /// Serve one accepted client until both of its sockets are closed, as the
 /// listener it came to says (TLS, a PROXY protocol header first).
-pub async fn serve(core: &Core, client: TcpStream, peer: SocketAddr, listen: Listen) {
-    let started = Instant::now();
-    // Only these are kept: the connection's state stays small.
-    let (tls, proxy_protocol) = (listen.tls, listen.proxy_protocol);
-    // The configuration in force now, for this connection's whole life.
-    let generation = core.generation();
-    let gen: &Generation = &generation;
-    // Counted from accept to close, however the connection ends.
-    let total = core.shared.total.enter(gen.config.max_conns);
-    // Declared after `client`, so dropped (unregistered) before it closes.
-    let track = core.sweeper.register(client.as_raw_fd());
-    // A PROXY header without addresses (LOCAL, UNKNOWN) leaves the
-    // balancer as the peer: what the client wrote in X-Forwarded-For must
-    // not be believed on the balancer's trust.
-    let mut forwarded_trusted = true;
-    let (peer, local) = if proxy_protocol {
-        // Boxed: its header buffer would otherwise take room in every
-        // connection's state for the whole tunnel.
-        match Box::pin(read_proxy_header(&gen.config, &client, peer, &track)).await {
-            Ok((src, None)) => {
-                forwarded_trusted = false;
-                (src, None)
+///
+/// Not an `async fn`: an async fn keeps a second copy of its arguments (the
+/// client socket among them) for its whole life; an `async move` block
+/// keeps one.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    core: &Core,
+    client: TcpStream,
+    peer: SocketAddr,
+    listen: Listen,
+) -> impl std::future::Future<Output = ()> + '_ {
+    async move {
+        let started = Instant::now();
+        // Only these are kept: the connection's state stays small.
+        let (tls, proxy_protocol) = (listen.tls, listen.proxy_protocol);
+        // The configuration in force now, for this connection's whole life.
+        let generation = core.generation();
+        let gen: &Generation = &generation;
+        // Counted from accept to close, however the connection ends.
+        let total = core.shared.total.enter(gen.config.max_conns);
+        // Declared after `client`, so dropped (unregistered) before it closes.
+        let track = core.sweeper.register(client.as_raw_fd());
+        // A PROXY header without addresses (LOCAL, UNKNOWN) leaves the
+        // balancer as the peer: what the client wrote in X-Forwarded-For must
+        // not be believed on the balancer's trust.
+        let mut forwarded_trusted = true;
+        let (peer, local) = if proxy_protocol {
+            // Boxed: its header buffer would otherwise take room in every
+            // connection's state for the whole tunnel.
+            match Box::pin(read_proxy_header(&gen.config, &client, peer, &track)).await {
+                Ok((src, None)) => {
+                    forwarded_trusted = false;
+                    (src, None)
+                }
+                Ok((src, dst)) => (src, dst.map(Box::new)),
+                Err(why) => {
+                    log::warn!("client={peer} PROXY protocol: {why}; connection closed");
+                    return;
+                }
             }
-            Ok((src, dst)) => (src, dst.map(Box::new)),
-            Err(why) => {
-                log::warn!("client={peer} PROXY protocol: {why}; connection closed");
-                return;
-            }
-        }
-    } else {
-        (peer, None)
-    };
-    // Boxed: a plain connection pays one pointer for it.
-    let session = match (tls, &gen.tls) {
-        (false, _) => None,
-        (true, Some(tls)) => match Session::server(tls.config()) {
-            Ok(s) => Some(Box::new(RefCell::new(s))),
-            Err(e) => {
-                log::error!("client={peer}: cannot start a TLS session: {e}");
-                return;
-            }
-        },
-        (true, None) => {
-            log::error!("client={peer}: TLS listener without certificates");
-            return;
-        }
-    };
-    let conn = Conn {
-        core,
-        gen,
-        client: Peer::new(&client, session.as_deref()),
-        peer,
-        local,
-        real_ip: Cell::new(peer.ip().to_canonical()),
-        over_max_conns: total.over,
-        forwarded_trusted,
-        track: &track,
-    };
-    let outcome = conn.run().await;
-    let tls = match &session {
-        Some(s) => format!(" tls={}", s.borrow().version()),
-        None => String::new(),
-    };
-    // The address X-Forwarded-For from a trusted proxy named, when it did.
-    let real = match conn.real_ip.get() {
-        ip if ip == peer.ip().to_canonical() => String::new(),
-        ip => format!(" real_ip={ip}"),
-    };
-    match outcome {
-        Outcome::Gone(why) => log::debug!("client={peer} left before a request: {why}"),
-        Outcome::TlsFailed(why) => log::info!("client={peer} tls handshake failed: {why}"),
-        Outcome::Refused {
-            status,
-            target,
-            backend,
-            why,
-        } => log::warn!(
-            "client={peer}{real} route={} backend={} status={} reason=\"{}\"",
-            target.as_deref().unwrap_or("-"),
-            backend.map_or("-", |b| b.name.as_str()),
-            status.code(),
-            why.escape_debug(),
-        ),
-        Outcome::File { target, served } => log::info!(
-            "file client={peer}{real} route={target} status={} duration={:.3}s bytes={}{}",
-            served.status,
-            started.elapsed().as_secs_f64(),
-            served.bytes,
-            served
-                .why
-                .map_or(String::new(), |w| format!(" reason=\"{}\"", w.escape_debug())),
-        ),
-        Outcome::Done(s) => log::info!(
-            "{} client={peer}{real} route={} backend={} status={} duration={:.3}s up={} down={} closed=\"{}\"{tls}",
-            if s.upgraded { "tunnel" } else { "request" },
-            s.target,
-            s.backend.name,
-            s.status,
-            started.elapsed().as_secs_f64(),
-            s.up,
-            s.down,
-            match &s.error {
-                Some(e) => format!("{}: {}", s.closed, e.escape_debug()),
-                None => s.closed.to_string(),
+        } else {
+            (peer, None)
+        };
+        // Boxed: a plain connection pays one pointer for it.
+        let session = match (tls, &gen.tls) {
+            (false, _) => None,
+            (true, Some(tls)) => match Session::server(tls.config()) {
+                Ok(s) => Some(Box::new(RefCell::new(s))),
+                Err(e) => {
+                    log::error!("client={peer}: cannot start a TLS session: {e}");
+                    return;
+                }
             },
-        ),
+            (true, None) => {
+                log::error!("client={peer}: TLS listener without certificates");
+                return;
+            }
+        };
+        let conn = Conn {
+            core,
+            gen,
+            route: Cell::new(NO_ROUTE),
+            answered: Cell::new(None),
+            client: Peer::new(&client, session.as_deref()),
+            peer,
+            local,
+            real_ip: Cell::new(peer.ip().to_canonical()),
+            over_max_conns: total.over,
+            forwarded_trusted,
+            track: &track,
+        };
+        let outcome = conn.run().await;
+        let tls = session.as_ref().map(|s| s.borrow().version());
+        // The address X-Forwarded-For from a trusted proxy named, when it did.
+        let real_ip = Some(conn.real_ip.get()).filter(|&ip| ip != peer.ip().to_canonical());
+        let route = gen
+            .routes
+            .get(conn.route.get() as usize)
+            .map(|(label, _)| &**label);
+        let metrics = &core.metrics;
+        let duration = started.elapsed();
+        let mut entry = Entry {
+            kind: "refused",
+            client: peer,
+            real_ip,
+            route,
+            target: None,
+            backend: None,
+            status: 0,
+            handshake: conn.answered.get().map_or(duration, |t| t - started),
+            duration,
+            up: 0,
+            down: 0,
+            closed: "refused",
+            detail: None,
+            tls,
+        };
+        let closed;
+        match &outcome {
+            Outcome::Gone(why) => {
+                log::debug!("client={peer} left before a request: {why}");
+                return;
+            }
+            Outcome::TlsFailed(why) => {
+                metrics.tls_failures.inc();
+                log::info!("client={peer} tls handshake failed: {why}");
+                return;
+            }
+            Outcome::Refused {
+                status,
+                target,
+                backend,
+                why,
+            } => {
+                metrics.handshake_error(status.code());
+                // The reason goes to the error log; the access log gets the
+                // answer.
+                log::warn!(
+                    "client={peer}{} route={} target={} backend={} status={} reason=\"{}\"",
+                    real_ip.map_or(String::new(), |ip| format!(" real_ip={ip}")),
+                    route.unwrap_or("-"),
+                    target.as_deref().unwrap_or("-"),
+                    backend.map_or("-", |b| b.name.as_str()),
+                    status.code(),
+                    why.escape_debug(),
+                );
+                entry.target = target.as_deref();
+                entry.backend = backend.map(|b| b.name.as_str());
+                entry.status = status.code();
+            }
+            Outcome::File { target, served } => {
+                metrics.request(served.status);
+                entry.kind = "file";
+                entry.target = Some(target);
+                entry.status = served.status;
+                entry.down = served.bytes;
+                entry.closed = match (&served.why, served.status) {
+                    (None, _) => "response complete",
+                    (Some(_), 400..) => "refused",
+                    (Some(_), _) => "cut short",
+                };
+                entry.detail = served.why.as_deref();
+            }
+            Outcome::Done(s) => {
+                match (s.upgraded, s.upgrade_request) {
+                    // Counted when it opened; now, why it ended.
+                    (true, _) => metrics.closed(s.closed.reason()),
+                    (false, true) => metrics.handshake_error(s.status),
+                    (false, false) => metrics.request(s.status),
+                }
+                closed = s.closed.to_string();
+                entry.kind = if s.upgraded { "tunnel" } else { "request" };
+                entry.target = Some(&s.target);
+                entry.backend = Some(&s.backend.name);
+                entry.status = s.status;
+                entry.up = s.up;
+                entry.down = s.down;
+                entry.closed = &closed;
+                entry.detail = s.error.as_deref();
+            }
+        }
+        core.log.record(&entry);
     }
 }
 
@@ -229,6 +290,9 @@ struct Summary<'a> {
     target: Box<str>,
     backend: &'a Server,
     status: u16,
+    /// The client asked for an upgrade...
+    upgrade_request: bool,
+    /// ...and got it.
     upgraded: bool,
     up: u64,
     down: u64,
@@ -247,6 +311,21 @@ enum Closer {
     ClientError(io::ErrorKind),
     BackendError(io::ErrorKind),
     Expired(Expiry),
+}
+
+impl Closer {
+    /// The metrics' name for a tunnel's end.
+    fn reason(self) -> CloseReason {
+        match self {
+            Closer::Client => CloseReason::Client,
+            Closer::Backend | Closer::Complete => CloseReason::Backend,
+            Closer::Expired(Expiry::Idle) => CloseReason::IdleTimeout,
+            Closer::Expired(Expiry::Drain) => CloseReason::Drain,
+            Closer::ClientError(_) | Closer::BackendError(_) | Closer::Expired(_) => {
+                CloseReason::Error
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Closer {
@@ -289,6 +368,8 @@ impl Drop for Backend<'_> {
 struct ServerSlot<'a> {
     balancer: &'a GroupBalancer,
     server: usize,
+    /// The server's counters on this core.
+    metrics: &'a ServerMetrics,
 }
 
 impl ServerSlot<'_> {
@@ -321,6 +402,10 @@ struct Conn<'a> {
     core: &'a Core,
     /// The configuration the connection was accepted under.
     gen: &'a Generation,
+    /// The index of its route in `gen.routes`, once known, else [`NO_ROUTE`].
+    route: Cell<u32>,
+    /// When the answer's head was sent (the handshake's end).
+    answered: Cell<Option<Instant>>,
     client: Peer<'a>,
     /// The client's address: the TCP peer, or what its PROXY header said.
     peer: SocketAddr,
@@ -363,7 +448,7 @@ impl<'a> Conn<'a> {
                 .refuse(Status::ServiceUnavailable, Some(target), None, why)
                 .await;
         }
-        let (_route_index, route) = match self.route(&req) {
+        let (route_index, route) = match self.route(&req) {
             Ok(found) => found,
             Err((status, why)) => return self.refuse(status, Some(target), None, why).await,
         };
@@ -403,7 +488,7 @@ impl<'a> Conn<'a> {
             _ => None,
         };
         *req.facts = Default::default();
-        let (backend, server, _slot) = match self.connect_any(group).await {
+        let (backend, server, slot) = match self.connect_any(group).await {
             Ok(b) => b,
             Err((status, backend, why)) => {
                 return self.refuse(status, Some(target), backend, why).await
@@ -417,7 +502,13 @@ impl<'a> Conn<'a> {
                 .refuse(Status::BadGateway, Some(target), Some(server), why)
                 .await;
         }
-        self.exchange(backend.peer(), req, server, target).await
+        let meters = Meters {
+            core: &self.core.metrics,
+            route: &self.gen.routes[route_index].1,
+            server: slot.metrics,
+        };
+        self.exchange(backend.peer(), req, server, meters, target)
+            .await
     }
 
     /// The route of a request, if it has one and may take it: 400 for a path
@@ -431,6 +522,7 @@ impl<'a> Conn<'a> {
             .routes
             .find(req.facts.host.as_deref(), &resolved)
             .ok_or_else(|| (Status::NotFound, "no route for this host and path".into()))?;
+        self.route.set(found.0 as u32);
         let origin = req.facts.origin.as_deref();
         if req.kind == Kind::Upgrade && !limits::origin_allowed(&config.allow_origin, origin) {
             let why = format!(
@@ -456,6 +548,7 @@ impl<'a> Conn<'a> {
             if_modified_since: req.facts.if_modified_since.as_deref(),
         };
         self.track.set_phase(Phase::Active);
+        self.answered.set(Some(Instant::now()));
         let served = files::serve(self.client, &self.core.scratch, self.track, root, &file).await;
         linger(self.client, self.track, &self.core.scratch).await;
         Outcome::File { target, served }
@@ -485,6 +578,8 @@ impl<'a> Conn<'a> {
             client: Peer::plain(self.client.sock),
             real_ip: Cell::new(self.real_ip.get()),
             local: None,
+            route: Cell::new(NO_ROUTE),
+            answered: Cell::new(None),
             ..*self
         };
         plain.refuse(status, None, None, why).await
@@ -571,6 +666,7 @@ impl<'a> Conn<'a> {
             let slot = ServerSlot {
                 balancer,
                 server: i,
+                metrics: &gen.servers[g][i],
             };
             let b = &group.servers[i];
             if let Some((_, failed, why)) = &last {
@@ -581,9 +677,12 @@ impl<'a> Conn<'a> {
                     b.name
                 );
             }
+            let start = Instant::now();
             let failure = match self.connect(group, b).await {
                 Ok(stream) => {
-                    balancer.succeeded(i, Instant::now());
+                    let now = Instant::now();
+                    self.core.metrics.connect.observe(now - start);
+                    balancer.succeeded(i, now);
                     return Ok((stream, b, slot));
                 }
                 Err(_) if self.track.expired() == Some(Expiry::Drain) => {
@@ -605,8 +704,11 @@ impl<'a> Conn<'a> {
                     format!("TLS handshake with {} failed: {e}", b.addr),
                 ),
             };
-            slot.failed(Instant::now());
-            if balancer.unavailable(i, Instant::now()) {
+            slot.metrics.failures.inc();
+            let now = Instant::now();
+            slot.failed(now);
+            if balancer.unavailable(i, now) {
+                gen.servers[g][i].mark_unavailable(now + b.params.fail_timeout);
                 log::warn!(
                     "group {} server {} ({}) marked unavailable for {:?}: {}",
                     group.name,
@@ -713,6 +815,7 @@ impl<'a> Conn<'a> {
         why: String,
     ) -> Outcome<'a> {
         let scratch = &self.core.scratch;
+        self.answered.set(Some(Instant::now()));
         // nginx's 444: close without an answer.
         if status.code() != 444 {
             let _ = write_all(self.client, &status.response(&why), scratch, self.track).await;
@@ -744,6 +847,7 @@ impl<'a> Conn<'a> {
         backend: Peer<'b>,
         req: Prepared,
         name: &'a Server,
+        meters: Meters<'a>,
         target: Box<str>,
     ) -> impl std::future::Future<Output = Outcome<'a>> + 'b {
         let Prepared {
@@ -754,150 +858,163 @@ impl<'a> Conn<'a> {
             head_method,
             ..
         } = req;
-        let sent = upstream.len() as u64;
+        // Built here and moved in: an argument is kept once, a local made
+        // from one would be a second copy.
+        let flow = Flow::new(meters);
+        flow.up.add(upstream.len() as u64);
         drop(upstream);
-        self.exchange_parts(backend, kind, early, body, head_method, sent, name, target)
+        self.exchange_parts(backend, kind, early, body, head_method, name, flow, target)
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn exchange_parts(
-        &self,
-        backend: Peer<'_>,
+    #[allow(clippy::manual_async_fn)]
+    fn exchange_parts<'b>(
+        &'b self,
+        backend: Peer<'b>,
         kind: Kind,
         early: Vec<u8>,
         body: Framing,
         head_method: bool,
-        sent: u64,
         name: &'a Server,
+        flow: Flow<'a>,
         target: Box<str>,
-    ) -> Outcome<'a> {
-        let flow = Flow::default();
-        flow.up.set(sent);
-        let answered = Answered::default();
-        let scratch = &self.core.scratch;
-        let (client, track) = (self.client, self.track);
-        // Closures, so that the futures are built inside join!: futures moved
-        // into it from locals would take their room in the state twice.
-        let up = || async {
-            let mut body = body;
-            match pump(client, backend, scratch, track, &mut body, &flow.up).await {
-                Ok(End::Complete) => {}
-                Ok(End::Eof) => {
-                    // Gone in the middle of its request body.
-                    flow.closed(Closer::Client);
-                    shutdown_both(client, backend);
-                    return;
-                }
-                Err(e) => return flow.fail(e, Side::Client, client, backend),
-            }
-            // Records a TLS client sent with its head are taken already, so
-            // the socket itself tells whether more came, or an end (unless
-            // its close_notify came with them).
-            let closed = client.tls.is_some_and(|t| t.borrow().peer_closed());
-            let gone = closed || {
-                let ready = client.sock.readable(false).await;
-                ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)))
-            };
-            if gone && answered.get().is_none() {
-                flow.closed(Closer::Client);
-                flow.client_gone.set(true);
-                sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
-                return;
-            }
-            if !answered.wait().await {
-                return;
-            }
-            relay(Side::Client, client, backend, scratch, track, &flow).await;
-        };
-        let down = || async {
-            let fin = match self.read_answer(backend, kind, head_method, &flow).await {
-                Ok(fin) => fin,
-                Err(e) => {
-                    answered.set(false);
-                    if let AnswerError::Refuse(status, why) = e {
-                        let why = match self.track.expired() {
-                            Some(Expiry::Idle) => {
-                                "no answer from the backend within --idle-timeout".to_string()
-                            }
-                            _ => why,
-                        };
-                        flow.refused.set(Some(status));
-                        sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
-                        let _ = write_all(client, &status.response(&why), scratch, track).await;
-                        flow.why.set(Some(why));
-                        linger(client, track, scratch).await;
+    ) -> impl std::future::Future<Output = Outcome<'a>> + 'b {
+        // An `async move` block, not an `async fn`: see `serve`.
+        async move {
+            let answered = Answered::default();
+            let scratch = &self.core.scratch;
+            let (client, track) = (self.client, self.track);
+            // Closures, so that the futures are built inside join!: futures moved
+            // into it from locals would take their room in the state twice.
+            let up = || async {
+                let mut body = body;
+                match pump(client, backend, scratch, track, &mut body, &flow.up).await {
+                    Ok(End::Complete) => {}
+                    Ok(End::Eof) => {
+                        // Gone in the middle of its request body.
+                        flow.closed(Closer::Client);
+                        shutdown_both(client, backend);
+                        return;
                     }
-                    shutdown_both(client, backend);
+                    Err(e) => return flow.fail(e, Side::Client, client, backend),
+                }
+                // Records a TLS client sent with its head are taken already, so
+                // the socket itself tells whether more came, or an end (unless
+                // its close_notify came with them).
+                let closed = client.tls.is_some_and(|t| t.borrow().peer_closed());
+                let gone = closed || {
+                    let ready = client.sock.readable(false).await;
+                    ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)))
+                };
+                if gone && answered.get().is_none() {
+                    flow.closed(Closer::Client);
+                    flow.client_gone.set(true);
+                    sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
                     return;
                 }
-            };
-            flow.status.set(fin.status);
-            flow.upgraded.set(fin.upgraded);
-            track.set_phase(Phase::Active);
-            let written = write_all(client, &fin.client, scratch, track).await;
-            flow.down.set(flow.down.get() + fin.client.len() as u64);
-            if let Err(e) = written {
-                answered.set(false);
-                return flow.fail(PumpError::Write(e), Side::Backend, client, backend);
-            }
-            drop(fin.client);
-            if fin.upgraded {
-                if let Err(e) = write_all(backend, &early, scratch, track).await {
-                    answered.set(false);
-                    return flow.fail(PumpError::Write(e), Side::Client, client, backend);
+                if !answered.wait().await {
+                    return;
                 }
-                flow.up.set(flow.up.get() + early.len() as u64);
-                drop(early);
-                answered.set(true);
-                relay(Side::Backend, client, backend, scratch, track, &flow).await;
-                return;
-            }
-            answered.set(false);
-            let mut rest = fin.remaining;
-            let open_ended = rest == Framing::UntilClose;
-            match pump(backend, client, scratch, track, &mut rest, &flow.down).await {
-                Ok(End::Complete) => flow.closed(Closer::Complete),
-                Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
-                // Closed before the end of its declared body.
-                Ok(End::Eof) => flow.closed(Closer::Backend),
-                Err(e) => flow.fail(e, Side::Backend, client, backend),
-            }
-            // A TLS client learns from close_notify that the response is
-            // whole (and not cut off), which matters when it ends at close.
-            if flow.closer.get() != Some(Closer::Backend) {
-                close_write(client, track).await;
-            }
-            // A plain exchange ends with its response; this also ends `up`.
-            shutdown_both(client, backend);
-        };
-        monoio::join!(up(), down());
-
-        if let Some(status) = flow.refused.get() {
-            return Outcome::Refused {
-                status,
-                target: Some(target),
-                backend: Some(name),
-                why: flow.why.take().unwrap_or_default(),
+                relay(Side::Client, client, backend, scratch, track, &flow).await;
             };
+            let down = || async {
+                let fin = match self.read_answer(backend, kind, head_method, &flow).await {
+                    Ok(fin) => fin,
+                    Err(e) => {
+                        answered.set(false);
+                        if let AnswerError::Refuse(status, why) = e {
+                            let why = match self.track.expired() {
+                                Some(Expiry::Idle) => {
+                                    "no answer from the backend within --idle-timeout".to_string()
+                                }
+                                _ => why,
+                            };
+                            flow.refused.set(Some(status));
+                            sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
+                            let _ = write_all(client, &status.response(&why), scratch, track).await;
+                            flow.why.set(Some(why));
+                            linger(client, track, scratch).await;
+                        }
+                        shutdown_both(client, backend);
+                        return;
+                    }
+                };
+                flow.status.set(fin.status);
+                flow.upgraded.set(fin.upgraded);
+                track.set_phase(Phase::Active);
+                let written = write_all(client, &fin.client, scratch, track).await;
+                self.answered.set(Some(Instant::now()));
+                flow.down.add(fin.client.len() as u64);
+                if fin.upgraded {
+                    flow.meters.opened();
+                }
+                if let Err(e) = written {
+                    answered.set(false);
+                    return flow.fail(PumpError::Write(e), Side::Backend, client, backend);
+                }
+                drop(fin.client);
+                if fin.upgraded {
+                    if let Err(e) = write_all(backend, &early, scratch, track).await {
+                        answered.set(false);
+                        return flow.fail(PumpError::Write(e), Side::Client, client, backend);
+                    }
+                    flow.up.add(early.len() as u64);
+                    drop(early);
+                    answered.set(true);
+                    relay(Side::Backend, client, backend, scratch, track, &flow).await;
+                    return;
+                }
+                answered.set(false);
+                let mut rest = fin.remaining;
+                let open_ended = rest == Framing::UntilClose;
+                match pump(backend, client, scratch, track, &mut rest, &flow.down).await {
+                    Ok(End::Complete) => flow.closed(Closer::Complete),
+                    Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
+                    // Closed before the end of its declared body.
+                    Ok(End::Eof) => flow.closed(Closer::Backend),
+                    Err(e) => flow.fail(e, Side::Backend, client, backend),
+                }
+                // A TLS client learns from close_notify that the response is
+                // whole (and not cut off), which matters when it ends at close.
+                if flow.closer.get() != Some(Closer::Backend) {
+                    close_write(client, track).await;
+                }
+                // A plain exchange ends with its response; this also ends `up`.
+                shutdown_both(client, backend);
+            };
+            monoio::join!(up(), down());
+            if flow.upgraded.get() {
+                flow.meters.closed();
+            }
+
+            if let Some(status) = flow.refused.get() {
+                return Outcome::Refused {
+                    status,
+                    target: Some(target),
+                    backend: Some(name),
+                    why: flow.why.take().unwrap_or_default(),
+                };
+            }
+            Outcome::Done(Summary {
+                target,
+                backend: name,
+                // nginx's 499: the client closed before the answer.
+                status: if flow.client_gone.get() {
+                    499
+                } else {
+                    flow.status.get()
+                },
+                upgrade_request: kind == Kind::Upgrade,
+                upgraded: flow.upgraded.get(),
+                up: flow.up.get(),
+                down: flow.down.get(),
+                closed: match self.track.expired() {
+                    Some(e) => Closer::Expired(e),
+                    None => flow.closer.get().unwrap_or(Closer::Complete),
+                },
+                error: flow.why.take(),
+            })
         }
-        Outcome::Done(Summary {
-            target,
-            backend: name,
-            // nginx's 499: the client closed before the answer.
-            status: if flow.client_gone.get() {
-                499
-            } else {
-                flow.status.get()
-            },
-            upgraded: flow.upgraded.get(),
-            up: flow.up.get(),
-            down: flow.down.get(),
-            closed: match self.track.expired() {
-                Some(e) => Closer::Expired(e),
-                None => flow.closer.get().unwrap_or(Closer::Complete),
-            },
-            error: flow.why.take(),
-        })
     }
 
     /// Read the backend's final response head, passing interim (1xx) heads on.
@@ -906,7 +1023,7 @@ impl<'a> Conn<'a> {
         backend: Peer<'_>,
         kind: Kind,
         head_method: bool,
-        flow: &Flow,
+        flow: &Flow<'_>,
     ) -> Result<response::Final, AnswerError> {
         let max = self.gen.config.max_header_bytes;
         let upgrade = kind == Kind::Upgrade;
@@ -956,13 +1073,37 @@ impl<'a> Conn<'a> {
                         {
                             return Err(AnswerError::ClientGone);
                         }
-                        flow.down.set(flow.down.get() + len as u64);
+                        flow.down.add(len as u64);
                         head.drain(..len);
                     }
                     Err(e) => return Err(AnswerError::Refuse(Status::BadGateway, e.to_string())),
                 }
             }
         }
+    }
+}
+
+/// The counters an open tunnel is counted in, besides its core's.
+#[derive(Clone, Copy)]
+struct Meters<'a> {
+    core: &'a CoreMetrics,
+    route: &'a RouteMetrics,
+    server: &'a ServerMetrics,
+}
+
+impl Meters<'_> {
+    fn opened(&self) {
+        self.core.upgraded.inc();
+        self.core.active.inc();
+        self.route.tunnels.inc();
+        self.route.active.inc();
+        self.server.active.inc();
+    }
+
+    fn closed(&self) {
+        self.core.active.dec();
+        self.route.active.dec();
+        self.server.active.dec();
     }
 }
 
@@ -1009,10 +1150,11 @@ impl Answered {
 }
 
 /// What the two directions of an exchange learn, for the summary line.
-#[derive(Default)]
-struct Flow {
-    up: Cell<u64>,
-    down: Cell<u64>,
+struct Flow<'a> {
+    up: Moved<'a>,
+    down: Moved<'a>,
+    /// Where the tunnel is counted while it is open.
+    meters: Meters<'a>,
     status: Cell<u16>,
     upgraded: Cell<bool>,
     /// The first end seen; later ones are consequences.
@@ -1024,7 +1166,21 @@ struct Flow {
     why: Cell<Option<String>>,
 }
 
-impl Flow {
+impl<'a> Flow<'a> {
+    fn new(meters: Meters<'a>) -> Flow<'a> {
+        Flow {
+            up: Moved::new(&meters.core.bytes_up),
+            down: Moved::new(&meters.core.bytes_down),
+            meters,
+            status: Cell::default(),
+            upgraded: Cell::default(),
+            closer: Cell::default(),
+            refused: Cell::default(),
+            client_gone: Cell::default(),
+            why: Cell::default(),
+        }
+    }
+
     fn closed(&self, c: Closer) {
         if self.closer.get().is_none() {
             self.closer.set(Some(c));
@@ -1074,7 +1230,7 @@ async fn relay(
     backend: Peer<'_>,
     scratch: &Scratch,
     track: &Tracked,
-    flow: &Flow,
+    flow: &Flow<'_>,
 ) {
     let (src, dst, moved) = match from {
         Side::Client => (client, backend, &flow.up),

@@ -7,12 +7,15 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::config::{Config, Listen};
 use crate::limits::Shared;
 use crate::listener::{self, ListenError, Steering};
+use crate::metrics::{self, Metrics, State};
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::worker::{self, WorkerError, WorkerSpec};
@@ -30,6 +33,10 @@ pub enum ServerError {
     Worker(#[from] WorkerError),
     #[error("worker {0} panicked")]
     Panicked(usize),
+    #[error("--access-log: {0}")]
+    AccessLog(#[from] AccessLogError),
+    #[error("--metrics-listen {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
 }
 
 /// A running ringway.
@@ -37,6 +44,11 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     shutdown: Shutdown,
     reloader: Arc<Reloader>,
+    metrics: Arc<Metrics>,
+    /// Where the metrics endpoint listens (`--metrics-listen`, port 0
+    /// resolved).
+    metrics_addr: Option<SocketAddr>,
+    access: AccessLog,
     workers: Vec<JoinHandle<Result<(), WorkerError>>>,
 }
 
@@ -52,9 +64,19 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// What SIGHUP does: read the configuration again (see `reload.rs`).
-    pub fn reloader(&self) -> Arc<Reloader> {
-        self.reloader.clone()
+    /// The metrics endpoint's address, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What SIGHUP does: read the configuration again (see `reload.rs`),
+    /// reopen the access log, and count the outcome.
+    pub fn operations(&self) -> Operations {
+        Operations {
+            reloader: self.reloader.clone(),
+            metrics: self.metrics.clone(),
+            access: self.access.clone(),
+        }
     }
 
     /// Wait until every worker has drained and stopped.
@@ -67,7 +89,42 @@ impl Server {
                 Err(_) => result = result.and(Err(ServerError::Panicked(i))),
             }
         }
+        // Every core has handed its last lines over.
+        self.access.close();
         result
+    }
+}
+
+/// What a SIGHUP acts on.
+#[derive(Debug)]
+pub struct Operations {
+    reloader: Arc<Reloader>,
+    metrics: Arc<Metrics>,
+    access: AccessLog,
+}
+
+impl Operations {
+    /// SIGHUP: reopen the access log; read the configuration and
+    /// certificates again, or log why not (the configuration in force
+    /// stays). Returns whether the configuration was reloaded.
+    pub fn reload(&self) -> bool {
+        self.access.reopen();
+        match self.reloader.reload() {
+            Ok(summary) => {
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    "SIGHUP: configuration reloaded ({summary}); new connections use it, live ones keep theirs"
+                );
+                true
+            }
+            Err(why) => {
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "SIGHUP: configuration reload failed: {why}; keeping the configuration in force"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -125,6 +182,14 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     let shared = Arc::new(Shared::default());
+    let access = AccessLog::start(config.access_log.clone(), config.access_log_format)?;
+    let metrics = Arc::new(Metrics::new(n));
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(metrics_endpoint(
+            addr, &metrics, &access, &shared, &shutdown,
+        )?),
+        None => None,
+    };
     for &listen in &config.listen {
         let (group, bound) = listener::bind_group(listen.addr, n, config.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
@@ -159,6 +224,8 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
             reloader: reloader.clone(),
             shared: shared.clone(),
             shutdown: shutdown.clone(),
+            metrics: metrics.cores[id].clone(),
+            log: access.core(),
         };
         let tx = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -184,6 +251,9 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
         addrs,
         shutdown,
         reloader,
+        metrics,
+        metrics_addr,
+        access,
         workers,
     };
     if let Some(e) = failure {
@@ -194,6 +264,36 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
     Ok(server)
 }
 
+/// Bind the metrics endpoint and start its thread; its address.
+fn metrics_endpoint(
+    addr: SocketAddr,
+    metrics: &Arc<Metrics>,
+    access: &AccessLog,
+    shared: &Arc<Shared>,
+    shutdown: &Shutdown,
+) -> Result<SocketAddr, ServerError> {
+    let fail = |e| ServerError::Metrics(addr, e);
+    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    let (m, access, shared, shutdown) = (
+        metrics.clone(),
+        access.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    );
+    let state = Box::new(move || {
+        m.access_log_dropped
+            .store(access.dropped(), Ordering::Relaxed);
+        State {
+            draining: shutdown.is_triggered(),
+            open_connections: shared.total.open() as u64,
+        }
+    });
+    metrics::spawn_endpoint(listener, metrics.clone(), state).map_err(fail)?;
+    log::info!("metrics on http://{bound}/metrics (and /status, /healthz)");
+    Ok(bound)
+}
+
 /// Start, drain on the first SIGTERM/SIGINT (close at once on a second),
 /// reload on SIGHUP (reading `argv` again, the command line `config` was
 /// built from, with `cores` the default worker count), and return when every
@@ -201,23 +301,21 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
 pub fn run(config: Config, argv: Vec<OsString>, cores: usize) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
     let reloader = Arc::new(Reloader::new(Arc::new(config), Some(argv), cores));
-    let on_hup = reloader.clone();
-    install_signals(shutdown.clone(), Box::new(move || reload(&on_hup)));
+    // Signals are handled from before the start, SIGHUP once it is done.
+    let ops: Arc<OnceLock<Operations>> = Arc::default();
+    let on_hup = ops.clone();
+    install_signals(
+        shutdown.clone(),
+        Box::new(move || match on_hup.get() {
+            Some(ops) => {
+                ops.reload();
+            }
+            None => log::warn!("SIGHUP during start-up: ignored"),
+        }),
+    );
     let server = start_with(reloader, shutdown)?;
+    let _ = ops.set(server.operations());
     server.wait()
-}
-
-/// SIGHUP: the configuration and certificates read again, or the reason
-/// they were not (the configuration in force stays).
-fn reload(reloader: &Reloader) {
-    match reloader.reload() {
-        Ok(summary) => log::info!(
-            "SIGHUP: configuration reloaded ({summary}); new connections use it, live ones keep theirs"
-        ),
-        Err(why) => log::error!(
-            "SIGHUP: configuration reload failed: {why}; keeping the configuration in force"
-        ),
-    }
 }
 
 /// SIGTERM/SIGINT drain through `shutdown`; SIGHUP is logged and ignored.

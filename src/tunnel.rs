@@ -21,6 +21,7 @@ use std::io;
 use monoio::net::TcpStream;
 
 use crate::http::body::Framing;
+use crate::metrics::Counter;
 use crate::sweep::Tracked;
 use crate::sys::{self, Xfer};
 use crate::tls::session::{self, Session, Step};
@@ -346,6 +347,33 @@ async fn write_raw(dst: &TcpStream, mut buf: &[u8], track: &Tracked) -> io::Resu
     Ok(())
 }
 
+/// Bytes one direction of an exchange moved: its own count, and the
+/// core's total (which the metrics endpoint reads while tunnels live).
+#[derive(Debug)]
+pub struct Moved<'a> {
+    count: Cell<u64>,
+    total: &'a Counter,
+}
+
+impl<'a> Moved<'a> {
+    pub fn new(total: &'a Counter) -> Moved<'a> {
+        Moved {
+            count: Cell::new(0),
+            total,
+        }
+    }
+
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.count.set(self.count.get() + n);
+        self.total.add(n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.count.get()
+    }
+}
+
 /// Copy from `src` to `dst` until `src` reaches EOF or `framing` says the
 /// body is complete. From a plain socket nothing past the body's end is
 /// read; from TLS, plaintext past it (a pipelined request) is dropped.
@@ -357,7 +385,7 @@ pub async fn pump(
     scratch: &Scratch,
     track: &Tracked,
     framing: &mut Framing,
-    moved: &Cell<u64>,
+    moved: &Moved<'_>,
 ) -> Result<End, PumpError> {
     // Since when this pump has been moving full buffers without a break.
     let mut busy_since: Option<std::time::Instant> = None;
@@ -387,7 +415,7 @@ pub async fn pump(
                 let used = framing
                     .take(data)
                     .map_err(|e| PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-                moved.set(moved.get() + used as u64);
+                moved.add(used as u64);
                 let backlog = send_now(dst, &data[..used], spare).map_err(PumpError::Write)?;
                 (raw, cap, backlog)
             };

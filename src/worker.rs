@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
+use crate::access_log::CoreLog;
 use crate::balance::GroupBalancer;
 use crate::config::{Config, Driver, Listen};
 use crate::limits::Shared;
+use crate::metrics::{CoreMetrics, RouteMetrics, ServerMetrics};
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::sweep::{Expiry, Sweeper};
@@ -26,6 +28,10 @@ use crate::tunnel::Scratch;
 /// How long connections get to finish once the drain deadline has shut their
 /// sockets down (they normally need one loop turn).
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a core hands its access-log lines to the writer thread (and
+/// at its end).
+const LOG_FLUSH: Duration = Duration::from_millis(100);
 
 /// Per-core state, owned by the worker's thread; connections borrow it.
 #[derive(Debug)]
@@ -46,6 +52,10 @@ pub struct Core {
     seen: Cell<u64>,
     /// TLS sessions remembered for resumption, kept across reloads.
     tls_cache: SessionCache,
+    /// This core's counters (only this core writes them).
+    pub metrics: Arc<CoreMetrics>,
+    /// This core's access-log buffer.
+    pub log: CoreLog,
 }
 
 /// What one configuration gives this core: the configuration, this core's
@@ -62,15 +72,51 @@ pub struct Generation {
     pub balancers: Vec<GroupBalancer>,
     /// This core's TLS server configuration (with TLS listeners).
     pub tls: Option<CoreTls>,
+    /// Per route (as in `config.routes.iter()`): its label and counters.
+    pub routes: Vec<(Box<str>, Arc<RouteMetrics>)>,
+    /// Per group, per server (as in `config.groups`): its counters.
+    pub servers: Vec<Vec<Arc<ServerMetrics>>>,
 }
 
 impl Generation {
-    fn new(config: Arc<Config>, version: u64, cache: &SessionCache) -> Result<Generation, String> {
+    fn new(
+        config: Arc<Config>,
+        version: u64,
+        cache: &SessionCache,
+        metrics: &CoreMetrics,
+    ) -> Result<Generation, String> {
         let tls = match &config.tls {
             Some(shared) => Some(CoreTls::new(shared, cache.clone())?),
             None => None,
         };
+        // Counters are found by label, so that a reload keeps counting on
+        // the same ones.
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let label = r.label();
+                let m = metrics.route(&label);
+                (label.into_boxed_str(), m)
+            })
+            .collect();
+        let servers = config
+            .groups
+            .iter()
+            .map(|g| {
+                g.servers
+                    .iter()
+                    .map(|s| {
+                        let m = metrics.server(&g.name, &s.name);
+                        m.set_down(s.params.down);
+                        m
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(Generation {
+            routes,
+            servers,
             balancers: config
                 .groups
                 .iter()
@@ -106,7 +152,7 @@ impl Core {
         let (version, config) = self.reloader.current();
         // Tried once per reload, whatever the outcome.
         self.seen.set(version);
-        match Generation::new(config, version, &self.tls_cache) {
+        match Generation::new(config, version, &self.tls_cache, &self.metrics) {
             Ok(generation) => {
                 let c = &generation.config;
                 self.sweeper
@@ -133,6 +179,10 @@ pub struct WorkerSpec {
     pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
+    /// This worker's counters, which the metrics endpoint reads.
+    pub metrics: Arc<CoreMetrics>,
+    /// This worker's access-log buffer.
+    pub log: CoreLog,
 }
 
 /// Why a worker could not run.
@@ -254,6 +304,8 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         reloader,
         shared,
         shutdown,
+        metrics,
+        log,
     } = spec;
     let (version, config) = reloader.current();
     let sweeper = Rc::new(Sweeper::new(
@@ -263,8 +315,8 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     ));
     let tls_cache = tls::session_cache();
     let buffer_size = config.buffer_size;
-    let generation =
-        Generation::new(config, version, &tls_cache).map_err(|why| WorkerError::Tls { id, why })?;
+    let generation = Generation::new(config, version, &tls_cache, &metrics)
+        .map_err(|why| WorkerError::Tls { id, why })?;
     let core = Rc::new(Core {
         id,
         // Always ready for TLS: a reload may add wss:// backends.
@@ -275,6 +327,8 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         current: RefCell::new(Rc::new(generation)),
         seen: Cell::new(version),
         tls_cache,
+        metrics,
+        log,
     });
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
@@ -307,6 +361,15 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
             }
         })
     };
+    let flush = core.log.is_on().then(|| {
+        let core = core.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(LOG_FLUSH).await;
+                core.log.flush();
+            }
+        })
+    });
 
     shutdown.triggered().await;
     // Stop accepting at once: shutting a listener down wakes its pending
@@ -334,6 +397,8 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         }
     }
     drop(sweep);
+    drop(flush);
+    core.log.flush();
     log::debug!("worker {id}: stopped");
     Ok(())
 }
@@ -347,6 +412,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                core.metrics.accepted.inc();
                 if shutdown.is_triggered() {
                     // Accepted in the instant before the listener was shut.
                     drop(stream);

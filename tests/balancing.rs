@@ -601,7 +601,8 @@ fn a_backend_that_answers_badly_is_not_marked() {
     for n in 1..=10 {
         let (status, _) = get(&proxy, "/", "test.local");
         statuses.push(status);
-        proxy.wait_count(" status=", n, PATIENCE);
+        // One access-log line per request.
+        proxy.wait_count(" handshake=", n, PATIENCE);
     }
     // Strict alternation: the mute server keeps its turn.
     assert_eq!(statuses, [502, 200, 502, 200, 502, 200, 502, 200, 502, 200]);
@@ -669,7 +670,7 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     assert_eq!(get_name(&proxy, "/%77s/x"), "chat");
     assert_eq!(last_request_line(&chat_http), "GET /%77s/x HTTP/1.1");
     proxy
-        .wait_log("route=/ws/a%20b?x=1 backend=", PATIENCE)
+        .wait_log("route=/ws/ target=/ws/a%20b?x=1 backend=", PATIENCE)
         .unwrap_or_else(|| panic!("{:#?}", proxy.logs()));
     // Dot segments are resolved for routing, as nginx matches locations
     // (`/ws/../api/x` is `/api/x`), and the backend still gets the target as
@@ -695,7 +696,10 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
         let (status, body) = get(&proxy, path, "test.local");
         assert_eq!(status, 400, "{path}: {body}");
         proxy
-            .wait_log(&format!("route={path} backend=- status=400"), PATIENCE)
+            .wait_log(
+                &format!("route=- target={path} backend=- status=400"),
+                PATIENCE,
+            )
             .unwrap_or_else(|| panic!("{path}: {:#?}", proxy.logs()));
     }
     assert_eq!(accepted(&chat_http) + accepted(&api) + accepted(&web), seen);
@@ -714,7 +718,7 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
     let line = proxy.wait_log("tunnel client=", PATIENCE).unwrap();
     assert!(
         line.contains(&format!(
-            "route=/ws/room%201?token=a backend={} status=101",
+            "route=/ws/ target=/ws/room%201?token=a backend={} status=101",
             name(&chat)
         )),
         "{line}"
@@ -733,7 +737,10 @@ fn path_routes_longest_prefix_wins_and_the_target_is_passed_unchanged() {
         let (status, body) = get(&proxy, path, "test.local");
         assert_eq!(status, 404, "{path}: {body}");
         let line = proxy
-            .wait_log(&format!("route={path} backend=- status=404"), PATIENCE)
+            .wait_log(
+                &format!("route=- target={path} backend=- status=404"),
+                PATIENCE,
+            )
             .unwrap_or_else(|| panic!("{path}: {:#?}", proxy.logs()));
         assert!(line.contains("reason=\"no route"), "{line}");
     }

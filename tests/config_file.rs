@@ -350,7 +350,7 @@ fn proxy_started_from_a_config_file_routes_by_it() {
     let line = proxy
         .wait_log("tunnel client=", PATIENCE)
         .unwrap_or_else(|| panic!("no tunnel line: {:#?}", proxy.logs()));
-    assert!(line.contains(" route=/chat/room "), "{line}");
+    assert!(line.contains(" route=/chat/ target=/chat/room "), "{line}");
     assert!(
         line.contains(&format!(" backend={} ", backend.addr)),
         "{line}"

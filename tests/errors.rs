@@ -50,7 +50,7 @@ fn handshake_errors_400_426_431() {
         upgrade_head("/ws", "").replace("GET", "POST").as_bytes(),
         400,
     );
-    let line = proxy.wait_log("route=/ws backend=- status=400", PATIENCE);
+    let line = proxy.wait_log("route=- target=/ws backend=- status=400", PATIENCE);
     assert!(line.is_some(), "the route is named: {:#?}", proxy.logs());
     let resp = expect(
         &proxy,
@@ -106,7 +106,7 @@ fn backend_refused_is_502_then_503_when_all_are_marked_failed() {
     expect(&proxy, upgrade_head("/ws", "").as_bytes(), 502);
     let line = proxy.wait_log("status=502", PATIENCE).unwrap();
     assert!(
-        line.contains(&format!("route=/ws backend={one} ")),
+        line.contains(&format!("route=/ target=/ws backend={one} ")),
         "{line}"
     );
     // A lone backend is never marked failed: 502 again, not 503.
@@ -273,7 +273,8 @@ fn a_client_that_leaves_before_the_answer_is_a_499_not_a_502() {
     drop(s);
     let line = proxy.wait_log("status=499", PATIENCE).expect("a 499 line");
     assert!(
-        line.contains("INFO") && line.contains("route=/slow"),
+        // The access-log line: a request the client left.
+        line.contains(" request client=") && line.contains("target=/slow"),
         "{line}"
     );
     assert_eq!(proxy.count_logs("status=502"), 0, "{:#?}", proxy.logs());

@@ -321,7 +321,7 @@ fn origin_allow_list_checks_upgrades_only() {
         assert!(
             line.contains(" WARN ")
                 && line.contains("client=127.0.0.1:")
-                && line.contains("route=/ws backend=- status=403"),
+                && line.contains("route=/ target=/ws backend=- status=403"),
             "{line}"
         );
     }

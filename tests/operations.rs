@@ -61,7 +61,7 @@ fn reload_sends_new_connections_by_the_new_file_and_keeps_live_tunnels() {
         .wait_log("tunnel client=", PATIENCE)
         .expect("the old tunnel's line");
     assert!(old.contains(&format!("backend={} ", one.addr)), "{old}");
-    assert!(old.contains("route=/ws/old "), "{old}");
+    assert!(old.contains("route=/ws/ target=/ws/old "), "{old}");
 }
 
 #[test]

@@ -217,8 +217,11 @@ fn files_arrive_byte_exact_with_type_length_and_date() {
     let r = get(&proxy, "/");
     assert_file(&r, INDEX, "text/html; charset=utf-8");
     let line = file_line(&proxy, r.port);
-    assert!(line.contains(" route=/ status=200 "), "{line}");
-    assert!(has(&line, &format!("bytes={}", INDEX.len())), "{line}");
+    assert!(
+        line.contains(" route=/ target=/ backend=- status=200 "),
+        "{line}"
+    );
+    assert!(has(&line, &format!("down={}", INDEX.len())), "{line}");
 
     assert_file(
         &get(&proxy, "/index.html"),
@@ -241,8 +244,11 @@ fn files_arrive_byte_exact_with_type_length_and_date() {
     let r = get(&proxy, "/big.bin");
     assert_file(&r, &big(), "application/octet-stream");
     let line = file_line(&proxy, r.port);
-    assert!(has(&line, &format!("bytes={BIG_LEN}")), "{line}");
-    assert!(!line.contains("reason="), "not cut short: {line}");
+    assert!(has(&line, &format!("down={BIG_LEN}")), "{line}");
+    assert!(
+        line.contains("closed=\"response complete\""),
+        "not cut short: {line}"
+    );
 
     // HEAD: the very same head, and not one byte of body.
     for path in ["/", "/app.js", "/big.bin"] {
@@ -254,7 +260,7 @@ fn files_arrive_byte_exact_with_type_length_and_date() {
             "HEAD {path}: {} bytes",
             head.body.len()
         );
-        assert!(has(&file_line(&proxy, head.port), "bytes=0"));
+        assert!(has(&file_line(&proxy, head.port), "down=0"));
     }
 
     // Every static response ends the connection: a second, pipelined
@@ -299,7 +305,7 @@ fn directories_index_redirect_and_missing() {
     );
     let line = file_line(&proxy, r.port);
     assert!(
-        line.contains(" status=404 ") && line.contains("reason="),
+        line.contains(" status=404 ") && line.contains("closed=\"refused: "),
         "{line}"
     );
 
@@ -344,7 +350,7 @@ fn if_modified_since_and_other_methods() {
         assert_eq!(r.header("Last-Modified"), Some(MTIME_TEXT));
         assert_eq!(r.header("Connection"), Some("close"));
         let line = file_line(&proxy, r.port);
-        assert!(has(&line, "status=304") && has(&line, "bytes=0"), "{line}");
+        assert!(has(&line, "status=304") && has(&line, "down=0"), "{line}");
     }
     // A second older than the file, or no date ringway can read: the file.
     for since in ["Sun, 06 Nov 1994 08:49:36 GMT", "yesterday"] {
@@ -438,7 +444,10 @@ fn no_path_leaves_the_root() {
                 PATIENCE,
             )
             .unwrap_or_else(|| panic!("{shown}: no log line: {:#?}", proxy.logs()));
-        assert!(line.contains("reason="), "{shown}: {line}");
+        assert!(
+            line.contains("reason=") || line.contains("closed=\"refused: "),
+            "{shown}: {line}"
+        );
     }
 
     // The symlinks out are named as such in the log.
@@ -581,8 +590,11 @@ fn a_slow_reader_gets_the_whole_big_file() {
     let r = parse(raw, port);
     assert_file(&r, &big(), "application/octet-stream");
     let line = file_line(&proxy, port);
-    assert!(has(&line, &format!("bytes={BIG_LEN}")), "{line}");
-    assert!(!line.contains("reason="), "not cut short: {line}");
+    assert!(has(&line, &format!("down={BIG_LEN}")), "{line}");
+    assert!(
+        line.contains("closed=\"response complete\""),
+        "not cut short: {line}"
+    );
     proxy.assert_fds_at_baseline();
 }
 

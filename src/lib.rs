@@ -10,6 +10,10 @@
 //! - [`conn`]: one connection: request head ([`http::request`]), backend
 //!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
 //!   the tunnel ([`tunnel`]).
+//! - [`reload`]: SIGHUP reads the configuration again; each core builds a
+//!   [`worker::Generation`] for it, each connection keeps its own.
+//! - [`metrics`] and [`access_log`]: per-core counters and log lines, read
+//!   and written by threads of their own, off the data path.
 //! - [`sys`]: the raw system calls, the only `unsafe` code.
 //! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it

@@ -107,7 +107,7 @@ pub struct Entry<'a> {
     pub route: Option<&'a str>,
     /// The request target as sent (escaped on output).
     pub target: Option<&'a str>,
-    /// The backend, as "group/host:port".
+    /// The backend server, as configured ("host:port").
     pub backend: Option<&'a str>,
     /// The status of the answer sent to the client.
     pub status: u16,
@@ -119,8 +119,9 @@ pub struct Entry<'a> {
     pub up: u64,
     /// Bytes from the backend to the client.
     pub down: u64,
-    /// Why it closed: "client close", "backend close", "idle timeout",
-    /// "drain", "error", "response complete", "refused".
+    /// Why it closed, in words: "client closed", "backend closed", "idle
+    /// timeout", "closed at shutdown", "response complete", "refused",
+    /// "client error"...
     pub closed: &'a str,
     /// The error text behind `closed`, if any.
     pub detail: Option<&'a str>,
@@ -327,6 +328,12 @@ impl CoreLog {
         let mut buf = self.buf.borrow_mut();
         if !buf.is_empty() {
             self.hand_over(on, &mut buf);
+        }
+        // Buffers the writer gave back: one is kept for the next hand-over,
+        // the rest (a burst's) are freed, so memory returns to its baseline.
+        if let Ok(spare) = on.back_rx.try_recv() {
+            while on.back_rx.try_recv().is_ok() {}
+            let _ = on.back_tx.send(spare);
         }
     }
 

@@ -107,6 +107,7 @@ pub fn serve(
             gen,
             route: Cell::new(NO_ROUTE),
             answered: Cell::new(None),
+            plain: Cell::new(false),
             client: Peer::new(&client, session.as_deref()),
             peer,
             local,
@@ -158,7 +159,11 @@ pub fn serve(
                 backend,
                 why,
             } => {
-                metrics.handshake_error(status.code());
+                if conn.plain.get() {
+                    metrics.request(status.code());
+                } else {
+                    metrics.handshake_error(status.code());
+                }
                 // The reason goes to the error log; the access log gets the
                 // answer.
                 log::warn!(
@@ -406,6 +411,9 @@ struct Conn<'a> {
     route: Cell<u32>,
     /// When the answer's head was sent (the handshake's end).
     answered: Cell<Option<Instant>>,
+    /// A request head was read, and it asked for no upgrade (its refusal
+    /// is a request's, not a failed handshake).
+    plain: Cell<bool>,
     client: Peer<'a>,
     /// The client's address: the TCP peer, or what its PROXY header said.
     peer: SocketAddr,
@@ -435,6 +443,7 @@ impl<'a> Conn<'a> {
             Err(outcome) => return outcome,
         };
         self.real_ip.set(req.client_ip);
+        self.plain.set(req.kind != Kind::Upgrade);
         let config = &self.gen.config;
         let mut req = req;
         // One copy of the target, for the log line.
@@ -470,21 +479,22 @@ impl<'a> Conn<'a> {
         // A tunnel holds its client's slot until it ends (plain requests,
         // which end with their response, are not counted).
         let per_ip = &self.core.shared.per_ip;
-        let _ip_slot = match config.limit_conn_per_ip {
-            Some(limit) if req.kind == Kind::Upgrade => {
-                match per_ip.acquire(req.client_ip, limit) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        let why = format!(
-                            "{} already has {} tunnels (--limit-conn-per-ip)",
-                            req.client_ip,
-                            per_ip.count(req.client_ip)
-                        );
-                        let status = Status::Other(config.limit_conn_status);
-                        return self.refuse(status, Some(target), None, why).await;
-                    }
+        // Counted even without a limit, so that a reload that sets one
+        // counts the tunnels already open.
+        let limit = config.limit_conn_per_ip.unwrap_or(u32::MAX);
+        let _ip_slot = match req.kind {
+            Kind::Upgrade => match per_ip.acquire(req.client_ip, limit) {
+                Some(slot) => Some(slot),
+                None => {
+                    let why = format!(
+                        "{} already has {} tunnels (--limit-conn-per-ip)",
+                        req.client_ip,
+                        per_ip.count(req.client_ip)
+                    );
+                    let status = Status::Other(config.limit_conn_status);
+                    return self.refuse(status, Some(target), None, why).await;
                 }
-            }
+            },
             _ => None,
         };
         *req.facts = Default::default();
@@ -580,9 +590,12 @@ impl<'a> Conn<'a> {
             local: None,
             route: Cell::new(NO_ROUTE),
             answered: Cell::new(None),
+            plain: Cell::new(false),
             ..*self
         };
-        plain.refuse(status, None, None, why).await
+        let outcome = plain.refuse(status, None, None, why).await;
+        self.answered.set(plain.answered.get());
+        outcome
     }
 
     /// Read until a whole request head is here, and validate it.
@@ -930,6 +943,7 @@ impl<'a> Conn<'a> {
                                 _ => why,
                             };
                             flow.refused.set(Some(status));
+                            self.answered.set(Some(Instant::now()));
                             sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
                             let _ = write_all(client, &status.response(&why), scratch, track).await;
                             flow.why.set(Some(why));
@@ -944,7 +958,9 @@ impl<'a> Conn<'a> {
                 track.set_phase(Phase::Active);
                 let written = write_all(client, &fin.client, scratch, track).await;
                 self.answered.set(Some(Instant::now()));
-                flow.down.add(fin.client.len() as u64);
+                if written.is_ok() {
+                    flow.down.add(fin.client.len() as u64);
+                }
                 if fin.upgraded {
                     flow.meters.opened();
                 }

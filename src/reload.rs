@@ -52,9 +52,10 @@ impl Reloader {
 
     /// The configuration in force and its version.
     pub fn current(&self) -> (u64, Arc<Config>) {
-        let config = self.lock().clone();
-        // Read after the configuration: a version never runs ahead of it.
-        (self.version(), config)
+        let current = self.lock();
+        // Read under the lock, which `reload` holds while it bumps it: the
+        // pair always belongs together.
+        (self.version(), current.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Config>> {

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use crate::access_log::{AccessLog, AccessLogError};
@@ -281,7 +281,7 @@ fn metrics_endpoint(
         shared.clone(),
         shutdown.clone(),
     );
-    let state = Box::new(move || {
+    let state = Arc::new(move || {
         m.access_log_dropped
             .store(access.dropped(), Ordering::Relaxed);
         State {
@@ -301,20 +301,28 @@ fn metrics_endpoint(
 pub fn run(config: Config, argv: Vec<OsString>, cores: usize) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
     let reloader = Arc::new(Reloader::new(Arc::new(config), Some(argv), cores));
-    // Signals are handled from before the start, SIGHUP once it is done.
-    let ops: Arc<OnceLock<Operations>> = Arc::default();
-    let on_hup = ops.clone();
+    // Signals are handled from before the start, SIGHUP once it is done,
+    // on a thread of its own: a slow reload (names to resolve, files to
+    // read) must not hold up a SIGTERM behind it.
+    let (hup_tx, hup_rx) = std::sync::mpsc::channel::<()>();
     install_signals(
         shutdown.clone(),
-        Box::new(move || match on_hup.get() {
-            Some(ops) => {
-                ops.reload();
-            }
-            None => log::warn!("SIGHUP during start-up: ignored"),
+        Box::new(move || {
+            let _ = hup_tx.send(());
         }),
     );
     let server = start_with(reloader, shutdown)?;
-    let _ = ops.set(server.operations());
+    let ops = server.operations();
+    let spawned = std::thread::Builder::new()
+        .name("ringway-reload".into())
+        .spawn(move || {
+            while hup_rx.recv().is_ok() {
+                ops.reload();
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the reload thread ({e}); SIGHUP will not reload");
+    }
     server.wait()
 }
 

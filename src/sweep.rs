@@ -60,6 +60,9 @@ struct Slot {
     client: RawFd,
     /// The backend socket once one exists, else -1.
     backend: Cell<RawFd>,
+    /// Its timeouts: an index into [`Sweeper::limits`], those in force when
+    /// it was accepted (a reload does not change a live connection's).
+    limits: u16,
     expired: Cell<Option<Expiry>>,
     /// Both sockets have been shut down for good (see [`Sweeper::tick`]).
     forced: Cell<bool>,
@@ -73,10 +76,29 @@ pub struct Sweeper {
     /// Coarse clock (ms since `start`), refreshed by each tick and by phase
     /// changes; per-message stamps read it without a syscall.
     now: Cell<u64>,
-    /// The timeouts, in ms (a reload may change them: see `set_timeouts`).
-    handshake_ms: Cell<u64>,
-    connect_ms: Cell<u64>,
-    idle_ms: Cell<u64>,
+    /// Every set of timeouts a connection of this core may have (one per
+    /// distinct configuration, see `set_timeouts`), and the one new
+    /// connections get.
+    limits: RefCell<Vec<Limits>>,
+    current: Cell<u16>,
+}
+
+/// One configuration's timeouts, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    handshake: u64,
+    connect: u64,
+    idle: u64,
+}
+
+impl Limits {
+    fn new(handshake: Duration, connect: Duration, idle: Duration) -> Limits {
+        Limits {
+            handshake: handshake.as_millis() as u64,
+            connect: connect.as_millis() as u64,
+            idle: idle.as_millis() as u64,
+        }
+    }
 }
 
 impl Sweeper {
@@ -85,31 +107,43 @@ impl Sweeper {
             slots: RefCell::new(Slab::new()),
             start: Instant::now(),
             now: Cell::new(0),
-            handshake_ms: Cell::new(handshake.as_millis() as u64),
-            connect_ms: Cell::new(connect.as_millis() as u64),
-            idle_ms: Cell::new(idle.as_millis() as u64),
+            limits: RefCell::new(vec![Limits::new(handshake, connect, idle)]),
+            current: Cell::new(0),
         }
     }
 
-    /// New timeouts (a configuration reload). They apply to every
-    /// connection of the core from the next sweep on, live ones included,
-    /// each measured from the stamp it already has: a longer idle timeout
-    /// lets an idle tunnel live longer, a shorter one ends those idle for
-    /// longer than it at the next sweep.
+    /// New timeouts (a configuration reload), for connections registered
+    /// from now on; live ones keep theirs. Each distinct set is kept once
+    /// (a few bytes), so connections carry only its index.
     pub fn set_timeouts(&self, handshake: Duration, connect: Duration, idle: Duration) {
-        self.handshake_ms.set(handshake.as_millis() as u64);
-        self.connect_ms.set(connect.as_millis() as u64);
-        self.idle_ms.set(idle.as_millis() as u64);
+        let new = Limits::new(handshake, connect, idle);
+        let mut limits = self.limits.borrow_mut();
+        let index = match limits.iter().position(|&l| l == new) {
+            Some(i) => i,
+            None if limits.len() <= u16::MAX as usize => {
+                limits.push(new);
+                limits.len() - 1
+            }
+            // 65536 distinct sets: the last one is reused.
+            None => {
+                let last = limits.len() - 1;
+                limits[last] = new;
+                last
+            }
+        };
+        self.current.set(index as u16);
     }
 
     /// How often to sweep: a tenth of the shortest timeout, within
     /// [10 ms, 1 s], so every deadline is met within 10% (or a second).
     pub fn tick_interval(&self) -> Duration {
         let shortest = self
-            .handshake_ms
-            .get()
-            .min(self.connect_ms.get())
-            .min(self.idle_ms.get());
+            .limits
+            .borrow()
+            .iter()
+            .map(|l| l.handshake.min(l.connect).min(l.idle))
+            .min()
+            .unwrap_or(1000);
         Duration::from_millis((shortest / 10).clamp(10, 1000))
     }
 
@@ -126,6 +160,7 @@ impl Sweeper {
             stamp: Cell::new(self.refresh()),
             client,
             backend: Cell::new(-1),
+            limits: self.current.get(),
             expired: Cell::new(None),
             forced: Cell::new(false),
         });
@@ -153,6 +188,7 @@ impl Sweeper {
     /// shut down, so that every connection ends.
     pub fn tick(&self) {
         let now = self.refresh();
+        let limits = self.limits.borrow();
         for (_, slot) in self.slots.borrow().iter() {
             if slot.expired.get().is_some() {
                 let stuck = now.saturating_sub(slot.stamp.get()) >= LINGER.as_millis() as u64;
@@ -162,10 +198,11 @@ impl Sweeper {
                 }
                 continue;
             }
+            let l = limits[slot.limits as usize];
             let (limit, why) = match slot.phase.get() {
-                Phase::Handshake => (self.handshake_ms.get(), Expiry::Handshake),
-                Phase::Connect => (self.connect_ms.get(), Expiry::Connect),
-                Phase::Answer | Phase::Active => (self.idle_ms.get(), Expiry::Idle),
+                Phase::Handshake => (l.handshake, Expiry::Handshake),
+                Phase::Connect => (l.connect, Expiry::Connect),
+                Phase::Answer | Phase::Active => (l.idle, Expiry::Idle),
                 Phase::Linger => (LINGER.as_millis() as u64, Expiry::Linger),
             };
             if now.saturating_sub(slot.stamp.get()) >= limit {
@@ -296,6 +333,27 @@ mod tests {
         assert_eq!(sw.len(), 1);
         drop(b);
         assert!(sw.is_empty());
+    }
+
+    #[test]
+    fn a_reload_s_timeouts_are_for_new_connections_only() {
+        let ms = Duration::from_millis;
+        let sw = Rc::new(Sweeper::new(ms(40), ms(40), ms(40)));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let old = sw.register(c.as_raw_fd());
+        old.set_phase(Phase::Active);
+        sw.set_timeouts(ms(5000), ms(5000), ms(5000));
+        assert_eq!(sw.tick_interval(), ms(10), "the old set is still in use");
+        let new = sw.register(c.as_raw_fd());
+        new.set_phase(Phase::Active);
+        // Back to the first set: no new entry.
+        sw.set_timeouts(ms(40), ms(40), ms(40));
+        assert_eq!(sw.limits.borrow().len(), 2);
+        std::thread::sleep(ms(60));
+        sw.tick();
+        assert_eq!(old.expired(), Some(Expiry::Idle), "its own 40 ms");
+        assert_eq!(new.expired(), None, "registered under 5 s");
     }
 
     #[test]

@@ -136,10 +136,16 @@ impl Core {
     /// The generation for a connection accepted now: the configuration in
     /// force, this core's state for it built on first use after a reload.
     pub fn generation(&self) -> Rc<Generation> {
+        self.refresh();
+        self.current.borrow().clone()
+    }
+
+    /// Adopt a reloaded configuration if there is one (at each accept, and
+    /// at each sweep, so that a quiet core's state follows too).
+    pub fn refresh(&self) {
         if self.reloader.version() != self.seen.get() {
             self.adopt();
         }
-        self.current.borrow().clone()
     }
 
     /// The configuration new connections get (for settings read outside a
@@ -352,12 +358,13 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     );
 
     let sweep = {
-        let sweeper = sweeper.clone();
+        let core = core.clone();
         monoio::spawn(async move {
             loop {
                 // Read each time: a reload may change the timeouts.
-                monoio::time::sleep(sweeper.tick_interval()).await;
-                sweeper.tick();
+                monoio::time::sleep(core.sweeper.tick_interval()).await;
+                core.refresh();
+                core.sweeper.tick();
             }
         })
     };

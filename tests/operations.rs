@@ -278,12 +278,13 @@ fn metrics_count_a_known_sequence_and_healthz_turns_503_while_draining() {
     let gone = tunnels.pop().unwrap();
     gone.get_ref().shutdown(std::net::Shutdown::Both).unwrap();
     drop(gone);
-    let m = wait_value(
+    wait_value(
         addr,
         "ringway_tunnels_closed_total{reason=\"client_close\"}",
         1.0,
     );
-    assert_eq!(value(&m, "ringway_tunnels_active"), Some(2.0));
+    // Read at one scrape, the gauge and the counter may be a moment apart.
+    let m = wait_value(addr, "ringway_tunnels_active", 2.0);
     assert_eq!(
         value(&m, "ringway_route_tunnels_total{route=\"/ws/\"}"),
         Some(3.0)
@@ -293,10 +294,14 @@ fn metrics_count_a_known_sequence_and_healthz_turns_503_while_draining() {
     assert!(text.contains("Active tunnels: 2\n"), "{text}");
     assert!(text.contains("State: accepting"), "{text}");
 
-    // A reload that works and one that does not (no --config: the command
-    // line is read again, and it has not changed).
+    // A reload (no --config: the command line is read again, and it has
+    // not changed).
     proxy.signal("HUP");
-    wait_value(addr, "ringway_config_reloads_total{result=\"ok\"}", 1.0);
+    let m = wait_value(addr, "ringway_config_reloads_total{result=\"ok\"}", 1.0);
+    assert_eq!(
+        value(&m, "ringway_config_reloads_total{result=\"failed\"}"),
+        Some(0.0)
+    );
 
     // Draining: the balancer in front is told to stop sending.
     proxy.signal("TERM");
@@ -442,5 +447,38 @@ fn text_access_lines_are_whole_even_for_hostile_targets() {
         "closed=\"refused\"",
     ] {
         assert!(line.contains(field), "{field}: {line}");
+    }
+}
+
+#[test]
+fn a_reload_s_timeouts_and_limits_count_live_tunnels_without_touching_them() {
+    let backend = Backend::echo();
+    let dir = TempDir::new();
+    let upstream = format!("upstream = [\"{}\"]\n", backend.addr);
+    let file = dir.file("ringway.toml", &upstream);
+    let proxy = Proxy::start(&["--config", &file, "--idle-timeout", "1h"]);
+    let mut old: Vec<_> = (0..2).map(|_| ws_client(&proxy, "/ws")).collect();
+
+    // The file cannot lower --idle-timeout (the command line's stays), so
+    // lower the handshake timeout and set a per-address limit instead.
+    dir.file(
+        "ringway.toml",
+        &format!("{upstream}handshake-timeout = \"300ms\"\nlimit-conn-per-ip = 2\n"),
+    );
+    proxy.signal("HUP");
+    proxy.wait_log("configuration reloaded", PATIENCE).unwrap();
+
+    // The two tunnels opened before the limit count against it.
+    let resp = raw_exchange(proxy.addr, upgrade_head("/ws", "").as_bytes());
+    assert_eq!(status_of(&resp), 503, "{}", String::from_utf8_lossy(&resp));
+    // A new connection gets the new handshake timeout.
+    let mut slow = std::net::TcpStream::connect(proxy.addr).unwrap();
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /ws HTTP/1.1\r\n").unwrap();
+    let answer = read_to_close(&mut slow);
+    assert_eq!(status_of(&answer), 408);
+    // The old tunnels are untouched.
+    for ws in &mut old {
+        echo_once(ws, "still open");
     }
 }

@@ -10,6 +10,8 @@
 //! - [`conn`]: one connection: request head ([`http::request`]), backend
 //!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
 //!   the tunnel ([`tunnel`]).
+//! - [`drain`]: close frames to both sides of each tunnel at a drain
+//!   (`--drain-close-frames`), at frame boundaries ([`ws_frames`]).
 //! - [`sys`]: the raw system calls, the only `unsafe` code.
 //! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
@@ -19,6 +21,7 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod drain;
 pub mod files;
 pub mod http;
 pub mod limits;

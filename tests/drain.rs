@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,7 +18,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-/// The close codes a backend received, one per Close frame.
+/// The close codes a backend received, one per Close frame, and 0 for a
+/// protocol error (a frame cut, an unmasked frame).
 type Codes = Arc<Mutex<Vec<u16>>>;
 
 const DRAINED: &str = "closed=\"drained (close 1001 sent)\"";
@@ -38,6 +40,12 @@ fn record_loop<S: Read + Write>(mut ws: WebSocket<S>, codes: &Codes) {
                 }
             }
             Ok(_) => {}
+            Err(tungstenite::Error::Protocol(e))
+                if e != tungstenite::error::ProtocolError::ResetWithoutClosingHandshake =>
+            {
+                codes.lock().unwrap().push(0);
+                return;
+            }
             Err(_) => return,
         }
     }
@@ -178,6 +186,111 @@ fn a_tunnel_in_the_middle_of_a_frame_gets_no_close_and_ends_at_the_deadline() {
     assert_eq!(*codes.lock().unwrap(), vec![1001]);
     assert_eq!(proxy.count_logs(DRAINED), 1, "{:#?}", proxy.logs());
     assert_eq!(proxy.count_logs(AT_DEADLINE), 1, "{:#?}", proxy.logs());
+}
+
+/// What the client of a busy tunnel read: whole echoed frames, then maybe
+/// a Close, then the end.
+struct Heard {
+    frames: usize,
+    close: Option<u16>,
+}
+
+/// Read server frames until the connection ends, checking that each is a
+/// whole, unmasked 16 KiB binary echo, or a Close after which nothing comes.
+/// Sets `closed` when the Close arrives.
+fn read_echoes(mut sock: TcpStream, mut buf: Vec<u8>, closed: &AtomicBool) -> Heard {
+    let mut heard = Heard {
+        frames: 0,
+        close: None,
+    };
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(h) = ringway::ws::parse_header(&buf) {
+            let end = h.header_len + h.len as usize;
+            if buf.len() < end {
+                break;
+            }
+            assert!(heard.close.is_none(), "a frame after the Close: {h:?}");
+            assert!(h.fin && h.mask.is_none(), "{h:?}");
+            let payload = &buf[h.header_len..end];
+            match h.opcode {
+                0x2 => {
+                    assert_eq!(payload.len(), 16 * 1024, "{h:?}");
+                    assert!(payload.iter().all(|&b| b == payload[0]), "a mixed frame");
+                    heard.frames += 1;
+                }
+                0x8 => {
+                    heard.close = Some(u16::from_be_bytes([payload[0], payload[1]]));
+                    assert_eq!(&payload[2..], b"going away");
+                    closed.store(true, Ordering::SeqCst);
+                }
+                op => panic!("opcode {op} from the proxy"),
+            }
+            buf.drain(..end);
+        }
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                assert!(buf.is_empty(), "the stream ended inside a frame");
+                return heard;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_busy_tunnel_is_never_cut_in_the_middle_of_a_frame() {
+    let (backend, codes) = recording_backend();
+    let mut proxy = start_proxy(&backend, &["--drain-close-frames", "--drain-timeout", "3s"]);
+    let mut sock = TcpStream::connect(proxy.addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    sock.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut sock);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let closed = Arc::new(AtomicBool::new(false));
+    // Frames of 16 KiB both ways without a pause, until the proxy's Close
+    // comes; then our own Close, at a boundary of our stream.
+    let writer = {
+        let mut w = sock.try_clone().unwrap();
+        let closed = closed.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + PATIENCE;
+            let mut i = 0u8;
+            while !closed.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if w.write_all(&client_frame(0x2, &[i; 16 * 1024])).is_err() {
+                    return;
+                }
+                i = i.wrapping_add(1);
+            }
+            let _ = w.write_all(&client_frame(0x8, &1000u16.to_be_bytes()));
+        })
+    };
+    let reader = {
+        let closed = closed.clone();
+        thread::spawn(move || read_echoes(sock, rest, &closed))
+    };
+    thread::sleep(Duration::from_millis(200));
+    proxy.signal("TERM");
+    let heard = reader.join().unwrap();
+    closed.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let status = proxy.wait_exit(PATIENCE).expect("exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(heard.frames > 0);
+    // Either the two directions met at a boundary, and both sides got a
+    // Close, or they never did, and the deadline closed the tunnel: never
+    // a frame cut, on either side.
+    match heard.close {
+        Some(code) => {
+            assert_eq!(code, 1001);
+            assert_eq!(wait_codes(&codes, 1), vec![1001]);
+            assert_eq!(proxy.count_logs(DRAINED), 1, "{:#?}", proxy.logs());
+        }
+        None => {
+            assert!(codes.lock().unwrap().is_empty(), "{:?}", codes);
+            assert_eq!(proxy.count_logs(AT_DEADLINE), 1, "{:#?}", proxy.logs());
+        }
+    }
 }
 
 #[test]

@@ -784,7 +784,7 @@ impl<'a> Conn<'a> {
         // into it from locals would take their room in the state twice.
         let up = || async {
             let mut body = body;
-            match pump(client, backend, scratch, track, &mut body, &flow.up, None).await {
+            match pump(client, backend, scratch, track, None, &mut body, &flow.up).await {
                 Ok(End::Complete | End::Stopped) => {}
                 Ok(End::Eof) => {
                     // Gone in the middle of its request body.
@@ -862,7 +862,7 @@ impl<'a> Conn<'a> {
             answered.set(false);
             let mut rest = fin.remaining;
             let open_ended = rest == Framing::UntilClose;
-            match pump(backend, client, scratch, track, &mut rest, &flow.down, None).await {
+            match pump(backend, client, scratch, track, None, &mut rest, &flow.down).await {
                 Ok(End::Complete | End::Stopped) => flow.closed(Closer::Complete),
                 Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
                 // Closed before the end of its declared body.
@@ -1099,9 +1099,9 @@ fn relay<'a>(
             dst,
             scratch,
             track,
+            watch,
             &mut Framing::UntilClose,
             moved,
-            watch,
         )
         .await;
         let (src, dst, moved) = ends(from, client, backend, flow);

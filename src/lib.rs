@@ -7,11 +7,11 @@
 //!   worker per core, relays SIGTERM/SIGINT through [`shutdown`].
 //! - [`worker`]: one core's runtime, accept loop, timeout sweep ([`sweep`])
 //!   and drain; owns the per-core state [`worker::Core`].
+//! - [`drain`]: close frames to both sides of each tunnel at a drain
+//!   (`--drain-close-frames`), at frame boundaries ([`ws_frames`]).
 //! - [`conn`]: one connection: request head ([`http::request`]), backend
 //!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
 //!   the tunnel ([`tunnel`]).
-//! - [`drain`]: close frames to both sides of each tunnel at a drain
-//!   (`--drain-close-frames`), at frame boundaries ([`ws_frames`]).
 //! - [`sys`]: the raw system calls, the only `unsafe` code.
 //! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it

@@ -381,9 +381,9 @@ pub async fn pump(
     dst: Peer<'_>,
     scratch: &Scratch,
     track: &Tracked,
+    watch: Option<Watch<'_>>,
     framing: &mut Framing,
     moved: &Cell<u64>,
-    watch: Option<Watch<'_>>,
 ) -> Result<End, PumpError> {
     // Since when this pump has been moving full buffers without a break.
     let mut busy_since: Option<std::time::Instant> = None;

@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::access_log::Entry;
 use crate::balance::GroupBalancer;
 use crate::config::{Backend as Server, Config, Group, Listen, Route, Target};
+use crate::drain::{self, Frames};
 use crate::files::{self, FileRequest, Root, Served};
 use crate::http::body::Framing;
 use crate::http::path;
@@ -316,6 +317,8 @@ enum Closer {
     ClientError(io::ErrorKind),
     BackendError(io::ErrorKind),
     Expired(Expiry),
+    /// Closed by the drain with close frames to both sides (`drain.rs`).
+    Drain,
 }
 
 impl Closer {
@@ -325,7 +328,7 @@ impl Closer {
             Closer::Client => CloseReason::Client,
             Closer::Backend | Closer::Complete => CloseReason::Backend,
             Closer::Expired(Expiry::Idle) => CloseReason::IdleTimeout,
-            Closer::Expired(Expiry::Drain) => CloseReason::Drain,
+            Closer::Expired(Expiry::Drain) | Closer::Drain => CloseReason::Drain,
             Closer::ClientError(_) | Closer::BackendError(_) | Closer::Expired(_) => {
                 CloseReason::Error
             }
@@ -344,6 +347,7 @@ impl std::fmt::Display for Closer {
             Closer::Expired(Expiry::Idle) => f.write_str("idle timeout"),
             Closer::Expired(Expiry::Drain) => f.write_str("closed at shutdown"),
             Closer::Expired(e) => write!(f, "{e:?} timeout"),
+            Closer::Drain => f.write_str("drained (close 1001 sent)"),
         }
     }
 }
@@ -901,8 +905,8 @@ impl<'a> Conn<'a> {
             // into it from locals would take their room in the state twice.
             let up = || async {
                 let mut body = body;
-                match pump(client, backend, scratch, track, &mut body, &flow.up).await {
-                    Ok(End::Complete) => {}
+                match pump(client, backend, scratch, track, None, &mut body, &flow.up).await {
+                    Ok(End::Complete | End::Stopped) => {}
                     Ok(End::Eof) => {
                         // Gone in the middle of its request body.
                         flow.closed(Closer::Client);
@@ -975,6 +979,9 @@ impl<'a> Conn<'a> {
                         return flow.fail(PumpError::Write(e), Side::Client, client, backend);
                     }
                     flow.up.add(early.len() as u64);
+                    if self.gen.config.drain_close_frames {
+                        flow.frames.open(&early, track).await;
+                    }
                     drop(early);
                     answered.set(true);
                     relay(Side::Backend, client, backend, scratch, track, &flow).await;
@@ -983,8 +990,8 @@ impl<'a> Conn<'a> {
                 answered.set(false);
                 let mut rest = fin.remaining;
                 let open_ended = rest == Framing::UntilClose;
-                match pump(backend, client, scratch, track, &mut rest, &flow.down).await {
-                    Ok(End::Complete) => flow.closed(Closer::Complete),
+                match pump(backend, client, scratch, track, None, &mut rest, &flow.down).await {
+                    Ok(End::Complete | End::Stopped) => flow.closed(Closer::Complete),
                     Ok(End::Eof) if open_ended => flow.closed(Closer::Complete),
                     // Closed before the end of its declared body.
                     Ok(End::Eof) => flow.closed(Closer::Backend),
@@ -1180,6 +1187,8 @@ struct Flow<'a> {
     /// The client left before the answer came.
     client_gone: Cell<bool>,
     why: Cell<Option<String>>,
+    /// A tunnel's frames, followed under --drain-close-frames.
+    frames: Frames,
 }
 
 impl<'a> Flow<'a> {
@@ -1194,6 +1203,7 @@ impl<'a> Flow<'a> {
             refused: Cell::default(),
             client_gone: Cell::default(),
             why: Cell::default(),
+            frames: Frames::default(),
         }
     }
 
@@ -1239,28 +1249,78 @@ impl Side {
 }
 
 /// One direction of an open tunnel: copy the bytes coming `from` one side
-/// until it closes its writing half, then pass that half-close on.
-async fn relay(
+/// until it closes its writing half, then pass that half-close on; or,
+/// when a drain stops it at a frame boundary, close it with a close frame
+/// (`drain::close`).
+#[allow(clippy::manual_async_fn)]
+fn relay<'a>(
     from: Side,
-    client: Peer<'_>,
-    backend: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-    flow: &Flow<'_>,
-) {
-    let (src, dst, moved) = match from {
+    client: Peer<'a>,
+    backend: Peer<'a>,
+    scratch: &'a Scratch,
+    track: &'a Tracked,
+    flow: &'a Flow<'a>,
+) -> impl std::future::Future<Output = ()> + 'a {
+    // An `async move` block, not an `async fn`, which would keep its
+    // arguments twice; for the same reason the ends are looked up again
+    // after the pump rather than kept across it.
+    async move {
+        let (src, dst, moved) = ends(from, client, backend, flow);
+        let watch = flow.frames.watch(from == Side::Client);
+        let end = pump(
+            src,
+            dst,
+            scratch,
+            track,
+            watch,
+            &mut Framing::UntilClose,
+            moved,
+        )
+        .await;
+        let (src, dst, moved) = ends(from, client, backend, flow);
+        let watch = flow.frames.watch(from == Side::Client);
+        match (end, watch) {
+            (Ok(End::Stopped), Some(w)) => {
+                if w.sends_close() {
+                    flow.closed(Closer::Drain);
+                }
+                // Boxed: only a drain needs its room.
+                match Box::pin(drain::close(w, src, dst, scratch, track)).await {
+                    Ok(sent) => moved.add(sent),
+                    Err(e) => flow.fail(e, from, client, backend),
+                }
+            }
+            (Ok(_), _) => {
+                flow.closed(match from {
+                    Side::Client => Closer::Client,
+                    Side::Backend => Closer::Backend,
+                });
+                if let Some(w) = watch {
+                    w.ended();
+                }
+                close_write(dst, track).await;
+            }
+            (Err(e), _) => {
+                if let Some(w) = watch {
+                    w.ended();
+                }
+                flow.fail(e, from, client, backend)
+            }
+        }
+    }
+}
+
+/// The source, destination and byte count of the direction coming `from`
+/// one side.
+fn ends<'a>(
+    from: Side,
+    client: Peer<'a>,
+    backend: Peer<'a>,
+    flow: &'a Flow<'a>,
+) -> (Peer<'a>, Peer<'a>, &'a Moved<'a>) {
+    match from {
         Side::Client => (client, backend, &flow.up),
         Side::Backend => (backend, client, &flow.down),
-    };
-    match pump(src, dst, scratch, track, &mut Framing::UntilClose, moved).await {
-        Ok(_) => {
-            flow.closed(match from {
-                Side::Client => Closer::Client,
-                Side::Backend => Closer::Backend,
-            });
-            close_write(dst, track).await;
-        }
-        Err(e) => flow.fail(e, from, client, backend),
     }
 }
 

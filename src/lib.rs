@@ -7,6 +7,8 @@
 //!   worker per core, relays SIGTERM/SIGINT through [`shutdown`].
 //! - [`worker`]: one core's runtime, accept loop, timeout sweep ([`sweep`])
 //!   and drain; owns the per-core state [`worker::Core`].
+//! - [`drain`]: close frames to both sides of each tunnel at a drain
+//!   (`--drain-close-frames`), at frame boundaries ([`ws_frames`]).
 //! - [`conn`]: one connection: request head ([`http::request`]), backend
 //!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
 //!   the tunnel ([`tunnel`]).
@@ -23,6 +25,7 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod drain;
 pub mod files;
 pub mod http;
 pub mod limits;

@@ -8,10 +8,16 @@
 //! so the connection's own pending readiness waits complete, its next `recv`
 //! reads EOF, and the connection sees [`Tracked::expired`] and answers
 //! (408/504) or ends the tunnel itself. Everything here is single-threaded.
+//!
+//! With `--drain-close-frames` the drain also *asks* tunnels to close
+//! ([`Sweeper::ask`]): a flag in the slot, and a wake of the connection's
+//! task through the waker a tunnel leaves there when it opens
+//! ([`Tracked::set_waker`]); the tunnel then closes itself (`drain.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -66,6 +72,21 @@ struct Slot {
     expired: Cell<Option<Expiry>>,
     /// Both sockets have been shut down for good (see [`Sweeper::tick`]).
     forced: Cell<bool>,
+    /// The drain asked this connection to close (see [`Sweeper::ask`]).
+    asked: Cell<bool>,
+    /// The task of a tunnel that can be asked, set once when it opens
+    /// (16 bytes; the task's waker does not change).
+    waker: TaskWaker,
+}
+
+/// A slot's waker (a newtype: `Cell` is `Debug` only for `Copy` contents).
+#[derive(Default)]
+struct TaskWaker(Cell<Option<Waker>>);
+
+impl std::fmt::Debug for TaskWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskWaker")
+    }
 }
 
 /// The per-core registry of live connections and their deadlines.
@@ -163,6 +184,8 @@ impl Sweeper {
             limits: self.current.get(),
             expired: Cell::new(None),
             forced: Cell::new(false),
+            asked: Cell::new(false),
+            waker: TaskWaker::default(),
         });
         let key = self.slots.borrow_mut().insert(slot.clone());
         Tracked {
@@ -211,6 +234,21 @@ impl Sweeper {
         }
     }
 
+    /// The keys of the connections tracked now, for [`Sweeper::ask`].
+    pub fn keys(&self) -> Vec<usize> {
+        self.slots.borrow().iter().map(|(key, _)| key).collect()
+    }
+
+    /// Ask connection `key` to close (a drain with close frames): a tunnel
+    /// that tracks its frames is woken and closes itself at a frame
+    /// boundary; any other connection ignores it. No-op if `key` is gone.
+    pub fn ask(&self, key: usize) {
+        if let Some(slot) = self.slots.borrow().get(key) {
+            slot.asked.set(true);
+            wake(slot);
+        }
+    }
+
     /// Close every tracked connection now (the end of a drain).
     pub fn expire_all(&self, why: Expiry) {
         let now = self.refresh();
@@ -237,6 +275,15 @@ fn expire(slot: &Slot, why: Expiry, now: u64) {
         }
         _ => shut_both(slot),
     }
+}
+
+/// Wake the task that left its waker in `slot`, if any (it stays there).
+fn wake(slot: &Slot) {
+    let waker = slot.waker.0.take();
+    if let Some(w) = &waker {
+        w.wake_by_ref();
+    }
+    slot.waker.0.set(waker);
 }
 
 fn shut_both(slot: &Slot) {
@@ -288,6 +335,22 @@ impl Tracked {
     /// Set when the sweep (or the drain) has shut this connection down.
     pub fn expired(&self) -> Option<Expiry> {
         self.slot.expired.get()
+    }
+
+    /// Leave the task's waker for the drain to wake (a tunnel that can be
+    /// asked to close; once, when it opens).
+    pub fn set_waker(&self, waker: Waker) {
+        self.slot.waker.0.set(Some(waker));
+    }
+
+    /// Wake the task through the waker left by [`Tracked::set_waker`].
+    pub fn wake(&self) {
+        wake(&self.slot);
+    }
+
+    /// The drain has asked this connection to close.
+    pub fn asked(&self) -> bool {
+        self.slot.asked.get()
     }
 }
 

@@ -20,6 +20,7 @@ use std::io;
 
 use monoio::net::TcpStream;
 
+use crate::drain::Watch;
 use crate::http::body::Framing;
 use crate::metrics::Counter;
 use crate::sweep::Tracked;
@@ -98,6 +99,10 @@ pub enum End {
     Eof,
     /// The framed body is complete.
     Complete,
+    /// A drain asked, and the tunnel's frames allowed it: stopped at a frame
+    /// boundary, everything before it forwarded, nothing after it (see
+    /// `drain.rs`).
+    Stopped,
 }
 
 /// A pump's failure, by the side it happened on.
@@ -157,16 +162,34 @@ fn recv<'s>(
     }
 }
 
-/// Wait until reading `peer` may give something. (A plain function around
-/// the socket's wait, so that no state of its own is added to the future.)
-fn readable<'a>(peer: Peer<'a>) -> impl std::future::Future<Output = io::Result<()>> + 'a {
+/// Wait until reading `peer` may give something, or, with a `watch`, until
+/// the drain wants its direction to stop. (A plain function around the
+/// socket's wait, so that no state of its own is added to the future.) The
+/// wait is a readiness wait, which holds no data, so abandoning it for the
+/// drain loses nothing.
+fn readable<'a>(
+    peer: Peer<'a>,
+    watch: Option<(Watch<'a>, &'a Tracked)>,
+) -> impl std::future::Future<Output = io::Result<()>> + 'a {
     let pending = peer.tls.is_some_and(|t| t.borrow().has_pending());
-    let wait = peer.sock.readable(false);
+    let sock = peer.sock;
     async move {
         if pending {
             return Ok(());
         }
-        wait.await
+        let Some((watch, track)) = watch else {
+            return sock.readable(false).await;
+        };
+        let mut wait = std::pin::pin!(sock.readable(false));
+        // The drain wakes the task through the waker its tunnel left in the
+        // sweep slot, so this registers no waker of its own.
+        std::future::poll_fn(|cx| {
+            if watch.should_stop(track) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            std::future::Future::poll(wait.as_mut(), cx)
+        })
+        .await
     }
 }
 
@@ -301,7 +324,7 @@ pub async fn read_some<R>(
     f: impl FnOnce(&[u8]) -> R,
 ) -> io::Result<Option<R>> {
     loop {
-        readable(src).await?;
+        readable(src, None).await?;
         let mut buf = scratch.buf.borrow_mut();
         let mut aux = scratch.aux.borrow_mut();
         match recv(src, &mut buf, &mut aux, scratch.cap)? {
@@ -378,22 +401,29 @@ impl<'a> Moved<'a> {
 /// body is complete. From a plain socket nothing past the body's end is
 /// read; from TLS, plaintext past it (a pipelined request) is dropped.
 /// Counts the bytes in `moved`. Does not shut anything down: the caller
-/// decides what an end means.
+/// decides what an end means. With a `watch` (a tunnel under
+/// `--drain-close-frames`) it follows the frames it copies and stops at a
+/// boundary when the drain asks ([`End::Stopped`]).
 pub async fn pump(
     src: Peer<'_>,
     dst: Peer<'_>,
     scratch: &Scratch,
     track: &Tracked,
+    watch: Option<Watch<'_>>,
     framing: &mut Framing,
     moved: &Moved<'_>,
 ) -> Result<End, PumpError> {
     // Since when this pump has been moving full buffers without a break.
     let mut busy_since: Option<std::time::Instant> = None;
     while !framing.is_done() {
-        readable(src).await.map_err(PumpError::Read)?;
+        let stop = watch.map(|w| (w, track));
+        readable(src, stop).await.map_err(PumpError::Read)?;
         let mut burst = true;
         for _ in 0..BUDGET {
-            let (raw, cap, backlog) = {
+            if watch.is_some_and(|w| w.stop_now(track)) {
+                return Ok(End::Stopped);
+            }
+            let (raw, cap, backlog, stopped) = {
                 let mut buf = scratch.buf.borrow_mut();
                 let mut aux = scratch.aux.borrow_mut();
                 // A TLS read must be able to take a whole record, whatever
@@ -412,12 +442,19 @@ pub async fn pump(
                         Got::Data { data, spare, raw } => (data, spare, raw),
                     };
                 track.touch();
+                let (data, stopped) = match watch {
+                    None => (data, false),
+                    Some(w) => {
+                        let (upto, stopped) = w.follow(data, track);
+                        (&data[..upto], stopped)
+                    }
+                };
                 let used = framing
                     .take(data)
                     .map_err(|e| PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
                 moved.add(used as u64);
                 let backlog = send_now(dst, &data[..used], spare).map_err(PumpError::Write)?;
-                (raw, cap, backlog)
+                (raw, cap, backlog, stopped)
             };
             // Backpressure: this connection alone holds a buffer, until the
             // destination has taken it. (Boxed: the rare wait must not make
@@ -426,6 +463,9 @@ pub async fn pump(
                 Box::pin(finish(dst, backlog, track))
                     .await
                     .map_err(PumpError::Write)?;
+            }
+            if stopped {
+                return Ok(End::Stopped);
             }
             if raw < cap || framing.is_done() {
                 // A short read almost always means the socket is drained:

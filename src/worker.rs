@@ -385,6 +385,12 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         sys::shutdown_raw(listener.as_raw_fd(), Half::Read);
     }
     let deadline = Instant::now() + core.config().drain_timeout;
+    if core.config().drain_close_frames {
+        // Tunnels close themselves with close frames, spread over the
+        // first half of the drain (drain.rs); the rest close at the deadline.
+        let spread = core.config().drain_timeout / 2;
+        monoio::spawn(crate::drain::ask_spread(sweeper.clone(), spread));
+    }
     let poll = Duration::from_millis(20);
     while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {
         monoio::time::sleep(poll).await;

@@ -13,7 +13,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::StreamOwned;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
@@ -70,14 +69,9 @@ fn recording_tls_backend(config: Arc<rustls::ServerConfig>) -> (Backend, Codes) 
     let codes = Codes::default();
     let seen = codes.clone();
     let backend = Backend::spawn(move |stream, b| {
-        stream.set_read_timeout(Some(PATIENCE * 3)).unwrap();
-        let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-        let mut tls = StreamOwned::new(conn, stream);
-        while tls.conn.is_handshaking() {
-            if tls.conn.complete_io(&mut tls.sock).is_err() {
-                return;
-            }
-        }
+        let Some(tls) = accept_tls(&config, stream) else {
+            return;
+        };
         if let Some(ws) = accept_ws(tls, b, |_| {}) {
             record_loop(ws, &seen);
         }

@@ -302,14 +302,9 @@ impl Backend {
     /// the SNI name of each handshake in `tls_names`.
     pub fn tls_echo(config: Arc<rustls::ServerConfig>) -> Backend {
         Backend::spawn(move |stream, b| {
-            stream.set_read_timeout(Some(PATIENCE * 3)).unwrap();
-            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut tls = StreamOwned::new(conn, stream);
-            while tls.conn.is_handshaking() {
-                if tls.conn.complete_io(&mut tls.sock).is_err() {
-                    return;
-                }
-            }
+            let Some(tls) = accept_tls(&config, stream) else {
+                return;
+            };
             let name = tls.conn.server_name().map(str::to_string);
             b.tls_names.lock().unwrap().push(name);
             if let Some(ws) = accept_ws(tls, b, |_| {}) {
@@ -334,6 +329,21 @@ impl Backend {
             thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The server side of a TLS handshake with `config` (reads time out after
+/// a while); `None` if it failed.
+pub fn accept_tls(
+    config: &Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) -> Option<StreamOwned<rustls::ServerConnection, TcpStream>> {
+    stream.set_read_timeout(Some(PATIENCE * 3)).unwrap();
+    let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+    let mut tls = StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).ok()?;
+    }
+    Some(tls)
 }
 
 /// Server side of a WebSocket handshake that records the request headers

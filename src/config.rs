@@ -1159,18 +1159,20 @@ where
     alone.extend(sub.map(Into::into));
     alone.extend(from_file.iter().cloned());
     if let Err(e) = Cli::command().try_get_matches_from(&alone) {
-        let first = e.to_string();
-        let first = first
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("error: ");
-        return Err(CliError::Config(ConfigError::File(file, first.to_string())));
+        return Err(CliError::Config(ConfigError::File(file, usage_reason(&e))));
     }
     let skip = 1 + usize::from(sub.is_some());
     let mut merged = alone;
     merged.extend(argv.into_iter().skip(skip));
     Ok(Cli::try_parse_from(merged)?)
+}
+
+/// A usage error's reason in one line, without clap's `error: ` prefix and
+/// its usage hints (for a line in a log or a file's error).
+pub fn usage_reason(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_string()
 }
 
 /// Why the command line could not be turned into a [`Cli`].

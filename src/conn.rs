@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -382,11 +382,18 @@ struct ServerSlot<'a> {
 }
 
 impl ServerSlot<'_> {
-    /// The connect failed: counted against the server (which gives its
-    /// count back too).
-    fn failed(self, now: Instant) {
+    /// The connect failed: counted against the server on this core (which
+    /// gives its count back too) and in its metrics. Whether this marks it
+    /// unavailable (for `fail_timeout`).
+    fn failed(self, now: Instant, fail_timeout: Duration) -> bool {
         self.balancer.failed(self.server, now);
+        self.metrics.failures.inc();
+        let marked = self.balancer.unavailable(self.server, now);
+        if marked {
+            self.metrics.mark_unavailable(now + fail_timeout);
+        }
         std::mem::forget(self);
+        marked
     }
 }
 
@@ -721,11 +728,7 @@ impl<'a> Conn<'a> {
                     format!("TLS handshake with {} failed: {e}", b.addr),
                 ),
             };
-            slot.metrics.failures.inc();
-            let now = Instant::now();
-            slot.failed(now);
-            if balancer.unavailable(i, now) {
-                gen.servers[g][i].mark_unavailable(now + b.params.fail_timeout);
+            if slot.failed(Instant::now(), b.params.fail_timeout) {
                 log::warn!(
                     "group {} server {} ({}) marked unavailable for {:?}: {}",
                     group.name,

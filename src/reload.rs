@@ -71,7 +71,7 @@ impl Reloader {
             return Err("started without a command line to read again".into());
         };
         let cli = config::parse_cli(argv.iter().cloned()).map_err(|e| match e {
-            CliError::Usage(e) => first_line(&e.to_string()),
+            CliError::Usage(e) => config::usage_reason(&e),
             CliError::Config(e) => e.to_string(),
         })?;
         let mut new = Config::from_args(&cli.proxy, self.cores).map_err(|e| e.to_string())?;
@@ -96,11 +96,6 @@ impl Reloader {
         self.version.fetch_add(1, Ordering::AcqRel);
         Ok(summary)
     }
-}
-
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default();
-    line.trim_start_matches("error: ").to_string()
 }
 
 /// Refuse a new configuration that changes what only a restart can.

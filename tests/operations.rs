@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 
-/// The backend (of `backends`) that has seen `n` requests so far.
+/// How many request heads `b` has seen.
 fn requests(b: &Backend) -> usize {
     b.requests.lock().unwrap().len()
 }

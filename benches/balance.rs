@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringway::balance::{GroupBalancer, Method, ServerParams};
+use ringway::policy::balance::{GroupBalancer, Method, ServerParams};
 
 const METHODS: [(&str, Method); 3] = [
     ("round-robin", Method::RoundRobin),

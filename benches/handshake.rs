@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringway::http::{request, response};
+use ringway::proto::http::{request, response};
 
 const SMALL: &[u8] = b"GET /chat HTTP/1.1\r\n\
 Host: example.com\r\n\

@@ -13,7 +13,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::{Cli, Config, DemoArgs};
-use crate::ws;
+use crate::proto::ws;
 
 /// Largest message the demo backend buffers.
 const MAX_BUFFERED: usize = 64 * 1024 * 1024;
@@ -73,7 +73,7 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
     proxy.key = Some(certs.key.clone());
     proxy.workers = args.workers.or(Some(cores.min(2)));
     let config = Config::from_args(&proxy, cores)?;
-    let shutdown = crate::shutdown::Shutdown::new();
+    let shutdown = crate::server::shutdown::Shutdown::new();
     let server = crate::server::start(config, shutdown.clone())?;
     let (at, tls_at) = (server.local_addrs()[0], server.local_addrs()[1]);
     let tls_port = tls_at.port();
@@ -207,10 +207,10 @@ fn answer(req: &httparse::Request<'_, '_>) -> (Vec<u8>, bool) {
     if let Some(key) = header("sec-websocket-key") {
         let mut r = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-            ws::accept_key(crate::http::trim(key))
+            ws::accept_key(crate::proto::http::trim(key))
         );
         if let Some(p) =
-            header("sec-websocket-protocol").and_then(|v| crate::http::tokens(v).next())
+            header("sec-websocket-protocol").and_then(|v| crate::proto::http::tokens(v).next())
         {
             r.push_str(&format!(
                 "Sec-WebSocket-Protocol: {}\r\n",

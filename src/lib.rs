@@ -1,44 +1,34 @@
 //! ringway: a thread-per-core io_uring WebSocket reverse proxy.
 //!
-//! The path of one connection, module by module (ARCHITECTURE.md draws it):
+//! The layers, lowest first; each imports only from those above it in
+//! this list (ARCHITECTURE.md draws the path of one connection through
+//! them):
 //!
-//! - [`config`]: flags, validated into a read-only [`config::Config`].
-//! - [`server`]: binds the listener groups ([`listener`]), starts one pinned
-//!   worker per core, relays SIGTERM/SIGINT through [`shutdown`].
-//! - [`worker`]: one core's runtime, accept loop, timeout sweep ([`sweep`])
-//!   and drain; owns the per-core state [`worker::Core`].
-//! - [`drain`]: close frames to both sides of each tunnel at a drain
-//!   (`--drain-close-frames`), at frame boundaries ([`ws_frames`]).
-//! - [`conn`]: one connection: request head ([`http::request`]), backend
-//!   choice ([`balance`]) and connect, the answer ([`http::response`]), then
-//!   the tunnel ([`tunnel`]).
-//! - [`reload`]: SIGHUP reads the configuration again; each core builds a
-//!   [`worker::Generation`] for it, each connection keeps its own.
-//! - [`metrics`] and [`access_log`]: per-core counters and log lines, read
-//!   and written by threads of their own, off the data path.
 //! - [`sys`]: the raw system calls, the only `unsafe` code.
-//! - [`demo`] and [`ws`]: the built-in echo backend of `ringway demo`.
+//! - [`policy`]: decisions without I/O: balancing, limits, trust.
+//! - [`proto`]: protocols: HTTP heads and bodies, WebSocket keys and frames,
+//!   the PROXY protocol, TLS certificates and sessions.
+//! - [`ops`]: what operators see: metrics and the access log.
+//! - [`config`]: flags and the `--config` file, validated into a read-only
+//!   configuration; its reload on SIGHUP.
+//! - [`io`]: moving bytes (the tunnel), per-core timeouts (the sweep), the
+//!   drain's close frames.
+//! - [`percore`]: one core's state ([`percore::Core`]) and one
+//!   configuration's per-core state ([`percore::Generation`]).
+//! - [`conn`]: one connection: PROXY header, TLS, request head, route,
+//!   upstream, answer, tunnel, and the one line that logs its end.
+//! - [`server`]: start-up, the pinned workers and their accept loops,
+//!   listeners, signals, shutdown and drain.
+//! - [`demo`]: `ringway demo` and its built-in echo backend.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
 
-pub mod access_log;
-pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod demo;
-pub mod drain;
-pub mod files;
-pub mod http;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod proxy_protocol;
-pub mod reload;
+pub mod io;
+pub mod ops;
+pub mod percore;
+pub mod policy;
+pub mod proto;
 pub mod server;
-pub mod shutdown;
-pub mod sweep;
 pub mod sys;
-pub mod tls;
-pub mod tunnel;
-pub mod worker;
-pub mod ws;
-pub mod ws_frames;

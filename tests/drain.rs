@@ -199,7 +199,7 @@ fn read_echoes(mut sock: TcpStream, mut buf: Vec<u8>, closed: &AtomicBool) -> He
     };
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        while let Some(h) = ringway::ws::parse_header(&buf) {
+        while let Some(h) = ringway::proto::ws::parse_header(&buf) {
             let end = h.header_len + h.len as usize;
             if buf.len() < end {
                 break;

@@ -297,7 +297,7 @@ fn a_502_reaches_a_client_that_keeps_sending_before_the_answer() {
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.write_all(upgrade_head("/ws", "").as_bytes()).unwrap();
     for _ in 0..20 {
-        s.write_all(&client_frame(ringway::ws::OP_BINARY, &[7u8; 4000]))
+        s.write_all(&client_frame(ringway::proto::ws::OP_BINARY, &[7u8; 4000]))
             .unwrap();
         thread::sleep(Duration::from_millis(20));
     }

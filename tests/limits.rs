@@ -283,7 +283,7 @@ fn upgrade_or_plain_backend() -> Backend {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain");
             return;
         }
-        let accept = ringway::ws::accept_key(key.unwrap().as_bytes());
+        let accept = ringway::proto::ws::accept_key(key.unwrap().as_bytes());
         let _ = write!(
             s,
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"

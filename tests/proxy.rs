@@ -60,8 +60,8 @@ fn frames_pipelined_behind_the_handshake_arrive_first() {
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut bytes = upgrade_head("/ws", "").into_bytes();
-    bytes.extend(client_frame(ringway::ws::OP_TEXT, b"early bird"));
-    bytes.extend(client_frame(ringway::ws::OP_BINARY, &[1, 2, 3]));
+    bytes.extend(client_frame(ringway::proto::ws::OP_TEXT, b"early bird"));
+    bytes.extend(client_frame(ringway::proto::ws::OP_BINARY, &[1, 2, 3]));
     s.write_all(&bytes).unwrap();
     let (head, mut rest) = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -360,8 +360,8 @@ fn the_demo_backend_survives_absurd_frame_lengths() {
     // And it still echoes.
     let echoed = attack(
         &[
-            client_frame(ringway::ws::OP_TEXT, b"still here"),
-            client_frame(ringway::ws::OP_CLOSE, &[]),
+            client_frame(ringway::proto::ws::OP_TEXT, b"still here"),
+            client_frame(ringway::proto::ws::OP_CLOSE, &[]),
         ]
         .concat(),
     );

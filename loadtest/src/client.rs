@@ -17,7 +17,7 @@ use monoio::io::{
     OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use ringway::ws;
+use ringway::proto::ws;
 
 use crate::tls::{ClientTls, TlsInfo, TlsOptions, TlsReadHalf, TlsStream, TlsWriteHalf};
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use ringway::config::parse_duration;
-use ringway::shutdown::Shutdown;
+use ringway::server::shutdown::Shutdown;
 use serde_json::{json, Value};
 
 use crate::procstat;

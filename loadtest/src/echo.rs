@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use monoio::net::{TcpListener, TcpStream};
-use ringway::ws;
+use ringway::proto::ws;
 use rustls::ServerConfig;
 
 use crate::client::Conn;
@@ -31,7 +31,7 @@ pub fn spawn_with(
     pin: &[usize],
     tls: Option<Arc<ServerConfig>>,
 ) -> Result<SocketAddr> {
-    let (group, bound) = ringway::listener::bind_group(addr, threads.max(1), 4096)
+    let (group, bound) = ringway::server::listener::bind_group(addr, threads.max(1), 4096)
         .with_context(|| format!("echo backend on {addr}"))?;
     for (t, l) in group.into_iter().enumerate() {
         let cpu = (!pin.is_empty()).then(|| pin[t % pin.len()]);

@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use monoio::io::Canceller;
-use ringway::ws;
+use ringway::proto::ws;
 
 use crate::client::{self, Conn, ConnRead, FrameCounter, Target};
 use crate::procstat::{self, Usage};

@@ -116,7 +116,9 @@ impl ClientTls {
             ),
             (None, true) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ringway::tls::NoVerification(provider)))
+                .with_custom_certificate_verifier(Arc::new(ringway::proto::tls::NoVerification(
+                    provider,
+                )))
                 .with_no_client_auth(),
             (Some(path), false) => builder
                 .with_root_certificates(roots(path)?)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::{Pki, TempDir};
 use ringway::config::{Cli, Config};
-use ringway::shutdown::Shutdown;
+use ringway::server::shutdown::Shutdown;
 use ringway_load::client::Target;
 use ringway_load::report::Report;
 use ringway_load::scenario::{self, Common, EchoOpts, Load};

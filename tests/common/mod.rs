@@ -503,10 +503,10 @@ pub fn status_of(resp: &[u8]) -> u16 {
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x11, 0x22, 0x33, 0x44];
     let mut out = Vec::new();
-    ringway::ws::encode_header(&mut out, true, opcode, payload.len() as u64, Some(mask));
+    ringway::proto::ws::encode_header(&mut out, true, opcode, payload.len() as u64, Some(mask));
     let start = out.len();
     out.extend_from_slice(payload);
-    ringway::ws::apply_mask(&mut out[start..], mask, 0);
+    ringway::proto::ws::apply_mask(&mut out[start..], mask, 0);
     out
 }
 

@@ -5,7 +5,6 @@
 //! (and the [`Reloader`] that publishes new ones), the limits' counts and
 //! the `Shutdown` signal.
 
-use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,17 +12,15 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
-use crate::access_log::CoreLog;
-use crate::balance::GroupBalancer;
-use crate::config::{Config, Driver, Listen};
-use crate::limits::Shared;
-use crate::metrics::{CoreMetrics, RouteMetrics, ServerMetrics};
-use crate::reload::Reloader;
-use crate::shutdown::Shutdown;
-use crate::sweep::{Expiry, Sweeper};
+use crate::config::reload::Reloader;
+use crate::config::{Driver, Listen};
+use crate::io::sweep::Expiry;
+use crate::ops::access_log::CoreLog;
+use crate::ops::metrics::CoreMetrics;
+use crate::percore::{Core, CoreParts};
+use crate::policy::limits::Shared;
+use crate::server::shutdown::Shutdown;
 use crate::sys::{self, Half};
-use crate::tls::{self, CoreTls, SessionCache};
-use crate::tunnel::Scratch;
 
 /// How long connections get to finish once the drain deadline has shut their
 /// sockets down (they normally need one loop turn).
@@ -32,148 +29,6 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often a core hands its access-log lines to the writer thread (and
 /// at its end).
 const LOG_FLUSH: Duration = Duration::from_millis(100);
-
-/// Per-core state, owned by the worker's thread; connections borrow it.
-#[derive(Debug)]
-pub struct Core {
-    /// Worker index, for log lines.
-    pub id: usize,
-    /// The buffer every transfer on this core goes through.
-    pub scratch: Scratch,
-    /// Live connections and their deadlines.
-    pub sweeper: Rc<Sweeper>,
-    /// The limits all cores share.
-    pub shared: Arc<Shared>,
-    /// Where new configurations come from.
-    reloader: Arc<Reloader>,
-    /// The generation new connections get (see [`Core::generation`]).
-    current: RefCell<Rc<Generation>>,
-    /// The reloader's version last looked at.
-    seen: Cell<u64>,
-    /// TLS sessions remembered for resumption, kept across reloads.
-    tls_cache: SessionCache,
-    /// This core's counters (only this core writes them).
-    pub metrics: Arc<CoreMetrics>,
-    /// This core's access-log buffer.
-    pub log: CoreLog,
-}
-
-/// What one configuration gives this core: the configuration, this core's
-/// balancing state for its groups, its TLS server configuration. Each
-/// connection holds the generation it was accepted under until it ends, so
-/// a reload never changes a live connection's routes, backend or counts;
-/// the old generation is freed with its last connection.
-#[derive(Debug)]
-pub struct Generation {
-    pub config: Arc<Config>,
-    /// The reloader's version of `config`.
-    pub version: u64,
-    /// Per group (as in `config.groups`): this core's balancing state.
-    pub balancers: Vec<GroupBalancer>,
-    /// This core's TLS server configuration (with TLS listeners).
-    pub tls: Option<CoreTls>,
-    /// Per route (as in `config.routes.iter()`): its label and counters.
-    pub routes: Vec<(Box<str>, Arc<RouteMetrics>)>,
-    /// Per group, per server (as in `config.groups`): its counters.
-    pub servers: Vec<Vec<Arc<ServerMetrics>>>,
-}
-
-impl Generation {
-    fn new(
-        config: Arc<Config>,
-        version: u64,
-        cache: &SessionCache,
-        metrics: &CoreMetrics,
-    ) -> Result<Generation, String> {
-        let tls = match &config.tls {
-            Some(shared) => Some(CoreTls::new(shared, cache.clone())?),
-            None => None,
-        };
-        // Counters are found by label, so that a reload keeps counting on
-        // the same ones.
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let label = r.label();
-                let m = metrics.route(&label);
-                (label.into_boxed_str(), m)
-            })
-            .collect();
-        let servers = config
-            .groups
-            .iter()
-            .map(|g| {
-                g.servers
-                    .iter()
-                    .map(|s| {
-                        let m = metrics.server(&g.name, &s.name);
-                        m.set_down(s.params.down);
-                        m
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(Generation {
-            routes,
-            servers,
-            balancers: config
-                .groups
-                .iter()
-                .map(|g| {
-                    let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
-                    GroupBalancer::new(&params, g.method)
-                })
-                .collect(),
-            tls,
-            config,
-            version,
-        })
-    }
-}
-
-impl Core {
-    /// The generation for a connection accepted now: the configuration in
-    /// force, this core's state for it built on first use after a reload.
-    pub fn generation(&self) -> Rc<Generation> {
-        self.refresh();
-        self.current.borrow().clone()
-    }
-
-    /// Adopt a reloaded configuration if there is one (at each accept, and
-    /// at each sweep, so that a quiet core's state follows too).
-    pub fn refresh(&self) {
-        if self.reloader.version() != self.seen.get() {
-            self.adopt();
-        }
-    }
-
-    /// The configuration new connections get (for settings read outside a
-    /// connection: the drain, the sweep).
-    pub fn config(&self) -> Arc<Config> {
-        self.current.borrow().config.clone()
-    }
-
-    fn adopt(&self) {
-        let (version, config) = self.reloader.current();
-        // Tried once per reload, whatever the outcome.
-        self.seen.set(version);
-        match Generation::new(config, version, &self.tls_cache, &self.metrics) {
-            Ok(generation) => {
-                let c = &generation.config;
-                self.sweeper
-                    .set_timeouts(c.handshake_timeout, c.connect_timeout, c.idle_timeout);
-                *self.current.borrow_mut() = Rc::new(generation);
-            }
-            Err(e) => {
-                log::error!(
-                    "worker {}: cannot use the reloaded configuration: {e}; keeping the old one",
-                    self.id
-                );
-            }
-        }
-    }
-}
 
 /// Everything a worker thread is started with.
 pub struct WorkerSpec {
@@ -313,29 +168,17 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         metrics,
         log,
     } = spec;
-    let (version, config) = reloader.current();
-    let sweeper = Rc::new(Sweeper::new(
-        config.handshake_timeout,
-        config.connect_timeout,
-        config.idle_timeout,
-    ));
-    let tls_cache = tls::session_cache();
-    let buffer_size = config.buffer_size;
-    let generation = Generation::new(config, version, &tls_cache, &metrics)
-        .map_err(|why| WorkerError::Tls { id, why })?;
-    let core = Rc::new(Core {
+    let parts = CoreParts {
         id,
-        // Always ready for TLS: a reload may add wss:// backends.
-        scratch: Scratch::new(buffer_size, true, driver == "epoll"),
-        sweeper: sweeper.clone(),
-        shared,
         reloader,
-        current: RefCell::new(Rc::new(generation)),
-        seen: Cell::new(version),
-        tls_cache,
+        shared,
         metrics,
         log,
-    });
+        // With the epoll driver a busy pump pauses now and then (tunnel.rs).
+        yield_by_timer: driver == "epoll",
+    };
+    let core = Rc::new(Core::new(parts).map_err(|why| WorkerError::Tls { id, why })?);
+    let sweeper = core.sweeper.clone();
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
     let mut held: Vec<Rc<TcpListener>> = Vec::new();
@@ -389,7 +232,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         // Tunnels close themselves with close frames, spread over the
         // first half of the drain (drain.rs); the rest close at the deadline.
         let spread = core.config().drain_timeout / 2;
-        monoio::spawn(crate::drain::ask_spread(sweeper.clone(), spread));
+        monoio::spawn(crate::server::drain::ask_spread(sweeper.clone(), spread));
     }
     let poll = Duration::from_millis(20);
     while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {

@@ -1,65 +1,22 @@
-//! Close frames at a drain (`--drain-close-frames`): at SIGTERM each
-//! WebSocket tunnel is asked, in turn, to close itself with a Close frame
-//! 1001 "going away" to both sides, at a frame boundary it can prove.
+//! A tunnel's WebSocket frames, followed both ways while
+//! `--drain-close-frames` is on, so that a drain can stop each direction at
+//! a frame boundary and send its Close there (`io::drain`, `server::drain`).
 //!
-//! - [`ask_spread`] (one task per core) asks the connections the core had
-//!   when the drain began, a few at a time, spread over the first half of
-//!   `--drain-timeout`, so their clients do not all reconnect at once.
-//! - A tunnel ([`Frames`], in its `conn::Flow`) follows the frame headers of
-//!   both directions while it copies them (`ws_frames::FrameTracker`),
-//!   only under the flag. Asked, a direction stops forwarding at the first
-//!   boundary at which the other direction is at one too (or has stopped
-//!   already): the tunnel's two Close frames are a pair, so neither side is
-//!   told "going away" while the other side cannot be. The direction then
-//!   writes its Close to its destination ([`close`]) and reads and drops
-//!   what its source still sends until that source's own Close has gone by
-//!   (or it closes); when both directions are through, both sockets are
-//!   closed. Nothing after the boundary is forwarded: a Close must be the
-//!   last frame an endpoint sends.
-//! - A direction that never reaches such a boundary (a frame that never
-//!   ends, framing lost to bytes no frame has, a source that closed) makes
-//!   no Close at all: the tunnel is closed at the drain deadline, as
-//!   without the flag (`sweep::Expiry::Drain`).
+//! [`Frames`] lives in the tunnel's state (two 24-byte trackers, no
+//! allocation); each direction sees it through a [`Watch`], which
+//! `tunnel::pump` consults between reads ([`Watch::should_stop`]) and on
+//! every chunk it copies ([`Watch::follow`]). Asked, a direction stops at
+//! the first boundary at which the other direction is at one too, or has
+//! stopped already: the tunnel's two Close frames are a pair, so neither
+//! side is told "going away" while the other side cannot be. A direction
+//! that never reaches such a boundary (a frame that never ends, framing
+//! lost to bytes no frame has, a source that closed) never stops.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
-use crate::sweep::{Sweeper, Tracked};
-use crate::tunnel::{close_write, read_some, write_all, Peer, PumpError, Scratch};
-use crate::ws_frames::{close_frame, FrameTracker, GOING_AWAY, GOING_AWAY_REASON};
-
-/// How often [`ask_spread`] asks the next connections.
-const ASK_EVERY: Duration = Duration::from_millis(20);
-
-/// Ask each connection this core had when the drain began to close
-/// ([`Sweeper::ask`]), spread evenly over `spread`: after a time `t`,
-/// `ceil(n * t / spread)` of the `n` have been asked. Connections that are
-/// not tunnels tracking their frames ignore it.
-pub async fn ask_spread(sweeper: Rc<Sweeper>, spread: Duration) {
-    let keys = sweeper.keys();
-    let n = keys.len();
-    let start = Instant::now();
-    let mut asked = 0;
-    while asked < n {
-        monoio::time::sleep(ASK_EVERY).await;
-        let due = due(n, start.elapsed(), spread).max(asked);
-        for &key in &keys[asked..due] {
-            sweeper.ask(key);
-        }
-        asked = due;
-    }
-}
-
-/// How many of `n` should have been asked `elapsed` into a `spread`.
-fn due(n: usize, elapsed: Duration, spread: Duration) -> usize {
-    if elapsed >= spread {
-        return n;
-    }
-    let share = elapsed.as_secs_f64() / spread.as_secs_f64();
-    ((n as f64 * share).ceil() as usize).min(n)
-}
+use crate::io::sweep::Tracked;
+use crate::proto::ws::tracker::FrameTracker;
 
 /// Where one direction of a tunnel is, for the pair of Close frames.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,7 +71,8 @@ impl Frames {
     }
 }
 
-/// One direction's view of its tunnel's [`Frames`], for `tunnel::pump`.
+/// One direction's view of its tunnel's [`Frames`], for `tunnel::pump`
+/// and, once stopped, for `io::drain::close`.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
     frames: &'a Frames,
@@ -215,64 +173,54 @@ impl Watch<'_> {
             self.set_state(State::Ended);
         }
     }
-}
 
-/// The rest of a direction that stopped at a boundary: the Close frame
-/// 1001 "going away" to `dst` (masked towards the backend, as a client's
-/// frames are), unless `src`'s own Close was forwarded already; then read and
-/// drop what `src` sends, following its frames, until its Close has gone by
-/// or it closes. The last direction through closes both sockets' writing
-/// halves. Returns the bytes written to `dst`.
-pub async fn close(
-    w: Watch<'_>,
-    src: Peer<'_>,
-    dst: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-) -> Result<u64, PumpError> {
-    let mut sent = 0;
-    if w.sends_close() {
-        let mask = (w.dir == 0).then(mask_key);
-        let (frame, len) = close_frame(GOING_AWAY, GOING_AWAY_REASON, mask);
-        write_all(dst, &frame[..len], scratch, track)
-            .await
-            .map_err(PumpError::Write)?;
-        sent = len as u64;
+    /// This direction carries the client's frames (masked ones).
+    pub fn from_client(&self) -> bool {
+        self.dir == 0
     }
-    while !w.with(|t| t.close_seen()) {
-        let read = read_some(src, scratch, |data| {
-            w.with(|t| t.scan(data, false));
-        });
-        match read.await.map_err(PumpError::Read)? {
-            Some(()) => track.touch(),
-            None => break,
+
+    /// The source's own Close has gone by (forwarded or dropped).
+    pub fn source_close_seen(&self) -> bool {
+        self.with(|t| t.close_seen())
+    }
+
+    /// Follow bytes read from the source after the stop: they are dropped,
+    /// never forwarded, but their frames are followed to the source's Close.
+    pub fn skip(&self, data: &[u8]) {
+        self.with(|t| t.scan(data, false));
+    }
+
+    /// This stopped direction is through (its Close sent, its source's
+    /// seen): which writing halves to close now.
+    pub fn finish(&self) -> Finish {
+        self.set_state(State::Done);
+        match self.other().state() {
+            State::Running | State::Stopped { .. } => Finish::OtherPending,
+            State::Done => Finish::Both,
+            State::Ended => Finish::Destination,
         }
     }
-    w.set_state(State::Done);
-    match w.other().state() {
-        // It closes both when it is through.
-        State::Running | State::Stopped { .. } => {}
-        State::Done => {
-            close_write(dst, track).await;
-            close_write(src, track).await;
-        }
-        // It has closed its destination (`src`) already.
-        State::Ended => close_write(dst, track).await,
-    }
-    Ok(sent)
 }
 
-/// A masking key for the Close sent to a backend (RFC 6455 §5.3). The
-/// payload is fixed, so nothing depends on the key being unpredictable;
-/// the clock's nanoseconds vary it anyway.
-fn mask_key() -> [u8; 4] {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0x5A5A_5A5A, |d| d.subsec_nanos()).to_le_bytes()
+/// What a direction that stopped closes when it is through
+/// ([`Watch::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The other direction is still closing: it closes both when through.
+    OtherPending,
+    /// Both directions are through: close both writing halves.
+    Both,
+    /// The other direction ended and closed its destination (this one's
+    /// source) already: close this one's destination.
+    Destination,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::sweep::Sweeper;
+    use std::rc::Rc;
+    use std::time::Duration;
 
     fn frame(len: u8) -> Vec<u8> {
         let mut f = vec![0x82, len];
@@ -425,38 +373,5 @@ mod tests {
         assert!(!up.with(|t| t.at_boundary()));
         assert_eq!(up.follow(&frame(6)[3..], &t), (5, false));
         assert!(up.with(|t| t.at_boundary()));
-    }
-
-    #[test]
-    fn asks_are_due_evenly() {
-        let ms = Duration::from_millis;
-        let spread = ms(1000);
-        assert_eq!(due(3, ms(0), spread), 0);
-        assert_eq!(due(3, ms(20), spread), 1);
-        assert_eq!(due(3, ms(333), spread), 1);
-        assert_eq!(due(3, ms(334), spread), 2);
-        assert_eq!(due(3, ms(667), spread), 3);
-        assert_eq!(due(3, ms(5000), spread), 3);
-        assert_eq!(due(1000, ms(20), spread), 20);
-        assert_eq!(due(0, ms(20), spread), 0);
-        assert_eq!(due(5, ms(20), Duration::ZERO), 5);
-    }
-
-    #[test]
-    fn asks_are_spread() {
-        let ms = Duration::from_millis;
-        let sw = Rc::new(Sweeper::new(ms(1000), ms(1000), ms(1000)));
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
-        let ts: Vec<Tracked> = (0..10).map(|_| sw.register(fd)).collect();
-        runtime().block_on(async {
-            let task = monoio::spawn(ask_spread(sw.clone(), ms(1000)));
-            monoio::time::sleep(ms(100)).await;
-            let early = ts.iter().filter(|t| t.asked()).count();
-            assert!(early < 10, "all asked after 100 of 1000 ms");
-            task.await;
-        });
-        assert!(ts.iter().all(|t| t.asked()));
     }
 }

@@ -5,6 +5,8 @@
 //! logs its own end in exactly one line (a client that leaves before sending
 //! a whole request head is logged at debug level only: it costs nothing).
 
+pub mod files;
+
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,27 +17,28 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::access_log::Entry;
-use crate::balance::GroupBalancer;
 use crate::config::{Backend as Server, Config, Group, Listen, Route, Target};
-use crate::drain::{self, Frames};
-use crate::files::{self, FileRequest, Root, Served};
-use crate::http::body::Framing;
-use crate::http::path;
-use crate::http::request::{self, ClientInfo, Kind, Prepared};
-use crate::http::response::{self, Answer};
-use crate::http::status::Status;
-use crate::limits;
-use crate::metrics::{CloseReason, CoreMetrics, RouteMetrics, ServerMetrics};
-use crate::proxy_protocol;
-use crate::sweep::{Expiry, Phase, Tracked};
-use crate::sys::{self, Half, Xfer};
-use crate::tls::session::Session;
-use crate::tunnel::{
+use crate::conn::files::{FileRequest, Root, Served};
+use crate::io::drain;
+use crate::io::frames::Frames;
+use crate::io::sweep::{Expiry, Phase, Tracked};
+use crate::io::tunnel::{
     close_write, discard, handshake, pump, read_some, write_all, End, HandshakeError, Moved, Peer,
     PumpError, Scratch,
 };
-use crate::worker::{Core, Generation};
+use crate::ops::access_log::Entry;
+use crate::ops::metrics::{CloseReason, CoreMetrics, RouteMetrics, ServerMetrics};
+use crate::percore::{Core, Generation};
+use crate::policy::balance::GroupBalancer;
+use crate::policy::limits;
+use crate::proto::http::body::Framing;
+use crate::proto::http::path;
+use crate::proto::http::request::{self, ClientInfo, Kind, Prepared};
+use crate::proto::http::response::{self, Answer};
+use crate::proto::http::status::Status;
+use crate::proto::proxy_protocol;
+use crate::proto::tls::session::Session;
+use crate::sys::{self, Half, Xfer};
 
 /// `Conn::route` before routing (or without a route).
 const NO_ROUTE: u32 = u32::MAX;
@@ -1333,7 +1336,7 @@ fn shutdown_both(a: Peer<'_>, b: Peer<'_>) {
 }
 
 /// After an error answer: stop writing, then read and discard what the client
-/// still sends (for [`crate::sweep::LINGER`] at most), so that closing does
+/// still sends (for [`crate::io::sweep::LINGER`] at most), so that closing does
 /// not reset the connection before the client has read the answer.
 async fn linger(client: Peer<'_>, track: &Tracked, scratch: &Scratch) {
     track.set_phase(Phase::Linger);

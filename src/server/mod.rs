@@ -5,20 +5,25 @@
 //! its runtime, so a caller (a test, `main`) can use the bound addresses at
 //! once; [`Server::wait`] joins the workers after a shutdown.
 
+pub mod drain;
+pub mod listener;
+pub mod shutdown;
+pub mod worker;
+
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use crate::access_log::{AccessLog, AccessLogError};
+use crate::config::reload::Reloader;
 use crate::config::{Config, Listen};
-use crate::limits::Shared;
-use crate::listener::{self, ListenError, Steering};
-use crate::metrics::{self, Metrics, State};
-use crate::reload::Reloader;
-use crate::shutdown::Shutdown;
-use crate::worker::{self, WorkerError, WorkerSpec};
+use crate::ops::access_log::{AccessLog, AccessLogError};
+use crate::ops::metrics::{self, Metrics, State};
+use crate::policy::limits::Shared;
+use crate::server::listener::{ListenError, Steering};
+use crate::server::shutdown::Shutdown;
+use crate::server::worker::{WorkerError, WorkerSpec};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! opened with [`sys::open_beneath`], so the kernel (`openat2`
 //! `RESOLVE_BENEATH`) guarantees that no path, `..` or symlink reaches
 //! anything outside the root; the request path has already been through
-//! [`crate::http::path::normalize`]. The body goes out one chunk at a time
+//! [`crate::proto::http::path::normalize`]. The body goes out one chunk at a time
 //! through one reused buffer, so a file of any size costs at most
 //! [`CHUNK`] bytes of memory while it is sent. Every response ends with
 //! `Connection: close`: the caller closes the connection after `serve`.
@@ -20,11 +20,11 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::http::path;
-use crate::http::status::{plain_answer, reason_of};
-use crate::sweep::Tracked;
+use crate::io::sweep::Tracked;
+use crate::io::tunnel::{write_all, Peer, Scratch};
+use crate::proto::http::path;
+use crate::proto::http::status::{plain_answer, reason_of};
 use crate::sys;
-use crate::tunnel::{write_all, Peer, Scratch};
 
 /// Most bytes of a file held in memory at once while it is sent.
 pub const CHUNK: usize = 64 * 1024;
@@ -70,7 +70,7 @@ impl Root {
 pub struct FileRequest<'a> {
     /// The request method, as sent (methods are case-sensitive).
     pub method: &'a str,
-    /// The path, as [`crate::http::path::normalize`] returns it: decoded,
+    /// The path, as [`crate::proto::http::path::normalize`] returns it: decoded,
     /// starting with '/', with no `..`, `.` or empty segment.
     pub path: &'a str,
     /// The raw `If-Modified-Since` value, if the request has one.
@@ -280,7 +280,7 @@ struct Small {
 }
 
 /// The head (and, unless `head_only`, the one-line body) of a short answer,
-/// like [`crate::http::status::Status::response`]. The body says no more
+/// like [`crate::proto::http::status::Status::response`]. The body says no more
 /// than the status: why a file is missing is for the log, not the client.
 fn small(status: u16, extra_headers: &str, head_only: bool) -> Small {
     let body = format!("{status} {}\n", reason_of(status));
@@ -362,7 +362,7 @@ pub fn content_type(name: &str) -> &'static str {
 /// is anything unparsable) and the file is not newer than it.
 fn not_modified(mtime: i64, if_modified_since: Option<&[u8]>) -> bool {
     if_modified_since
-        .and_then(|v| parse_http_date(crate::http::trim(v)))
+        .and_then(|v| parse_http_date(crate::proto::http::trim(v)))
         .is_some_and(|since| mtime <= since)
 }
 
@@ -672,7 +672,7 @@ mod tests {
             use std::os::fd::AsRawFd;
             let stream = monoio::net::TcpStream::from_std(server).unwrap();
             let s = std::time::Duration::from_secs(10);
-            let sweeper = std::rc::Rc::new(crate::sweep::Sweeper::new(s, s, s));
+            let sweeper = std::rc::Rc::new(crate::io::sweep::Sweeper::new(s, s, s));
             let track = sweeper.register(stream.as_raw_fd());
             let scratch = Scratch::new(65536, false, false);
             let req = FileRequest {

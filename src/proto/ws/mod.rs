@@ -2,6 +2,8 @@
 //! frame headers. The proxy never parses frames (it moves bytes); the demo
 //! echo backend and the load tools do.
 
+pub mod tracker;
+
 use sha1::{Digest, Sha1};
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

@@ -9,7 +9,7 @@
 //! framing for good, after which it never reports a boundary again.
 //! [`close_frame`] builds the Close frame to inject, masked or not.
 
-use crate::ws::OP_CLOSE;
+use crate::proto::ws::OP_CLOSE;
 
 /// The longest frame header: 2 bytes, an 8-byte extended length, a 4-byte
 /// masking key.

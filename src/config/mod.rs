@@ -4,6 +4,8 @@
 //! one listener and one backend, every timeout non-zero, sizes in range,
 //! backend names resolved. Each worker reads it through an `Arc`.
 
+pub mod reload;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +15,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::access_log;
-use crate::balance::{Method, ServerParams, MAX_SERVERS};
-use crate::files::Root;
-use crate::limits::{Cidr, OriginPattern};
-use crate::proxy_protocol;
-use crate::tls::{self, CertFiles, ServerTls, UpstreamTrust};
+use crate::conn::files::Root;
+use crate::ops::access_log;
+use crate::policy::balance::{Method, ServerParams, MAX_SERVERS};
+use crate::policy::limits::{Cidr, OriginPattern};
+use crate::proto::proxy_protocol;
+use crate::proto::tls::{self, CertFiles, ServerTls, UpstreamTrust};
 
 /// Default listen address (nginx's `listen 80` needs root; 8080 does not).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -326,7 +328,7 @@ fn parse_route(s: &str) -> Result<RouteArg, String> {
         return Err(format!("{s:?}: nothing after '='"));
     }
     if prefix.contains(['?', '#', '%'])
-        || crate::http::path::route_path(prefix).as_deref() != Ok(prefix)
+        || crate::proto::http::path::route_path(prefix).as_deref() != Ok(prefix)
     {
         return Err(format!(
             "{s:?}: a prefix is a plain, normalized path (no '?', '#', '%', '//', '.' or '..' segments)"
@@ -492,7 +494,7 @@ impl Routes {
 /// The name part of a Host header value: no port, no brackets' contents
 /// split (`[::1]:80` is `[::1]`).
 fn host_name(v: &[u8]) -> &[u8] {
-    let v = crate::http::trim(v);
+    let v = crate::proto::http::trim(v);
     if v.first() == Some(&b'[') {
         return match v.iter().position(|&b| b == b']') {
             Some(i) => &v[..=i],

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use super::body::{Chunked, Framing};
 use super::status::Status;
 use super::{has_token, put_header, tokens, trim, MAX_HEADERS};
-use crate::limits::{self, Cidr};
+use crate::policy::limits::{self, Cidr};
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,12 +20,12 @@ use std::io;
 
 use monoio::net::TcpStream;
 
-use crate::drain::Watch;
-use crate::http::body::Framing;
-use crate::metrics::Counter;
-use crate::sweep::Tracked;
+use crate::io::frames::Watch;
+use crate::io::sweep::Tracked;
+use crate::ops::metrics::Counter;
+use crate::proto::http::body::Framing;
+use crate::proto::tls::session::{self, Session, Step};
 use crate::sys::{self, Xfer};
-use crate::tls::session::{self, Session, Step};
 
 /// Reads in a row before a pump yields to the other connections of its core.
 const BUDGET: usize = 16;

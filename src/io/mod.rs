@@ -1,0 +1,7 @@
+//! Moving bytes and bounding time: the tunnel's transfers ([`tunnel`]), the
+//! per-core timeouts ([`sweep`]), and the drain's close frames ([`drain`]).
+
+pub mod drain;
+pub mod frames;
+pub mod sweep;
+pub mod tunnel;

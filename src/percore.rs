@@ -1,0 +1,213 @@
+//! Per-core state: [`Core`], owned by one worker thread and borrowed by
+//! each of its connections, and [`Generation`], what one configuration
+//! gives that core (balancers, TLS, counters). Below both the worker
+//! (`server::worker`, which builds a `Core`) and the connection (`conn`,
+//! which holds a `Generation` for its whole life).
+//!
+//! Nothing here is shared with other cores but the read-only `Config`, the
+//! [`Reloader`] that publishes new ones, the limits' counts and this core's
+//! counters (which the metrics thread reads).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::reload::Reloader;
+use crate::config::Config;
+use crate::io::sweep::Sweeper;
+use crate::io::tunnel::Scratch;
+use crate::ops::access_log::CoreLog;
+use crate::ops::metrics::{CoreMetrics, RouteMetrics, ServerMetrics};
+use crate::policy::balance::GroupBalancer;
+use crate::policy::limits::Shared;
+use crate::proto::tls::{CoreTls, SessionCache};
+
+/// Per-core state, owned by the worker's thread; connections borrow it.
+#[derive(Debug)]
+pub struct Core {
+    /// Worker index, for log lines.
+    pub id: usize,
+    /// The buffer every transfer on this core goes through.
+    pub scratch: Scratch,
+    /// Live connections and their deadlines.
+    pub sweeper: Rc<Sweeper>,
+    /// The limits all cores share.
+    pub shared: Arc<Shared>,
+    /// Where new configurations come from.
+    reloader: Arc<Reloader>,
+    /// The generation new connections get (see [`Core::generation`]).
+    current: RefCell<Rc<Generation>>,
+    /// The reloader's version last looked at.
+    seen: Cell<u64>,
+    /// TLS sessions remembered for resumption, kept across reloads.
+    tls_cache: SessionCache,
+    /// This core's counters (only this core writes them).
+    pub metrics: Arc<CoreMetrics>,
+    /// This core's access-log buffer.
+    pub log: CoreLog,
+}
+
+/// What one configuration gives this core: the configuration, this core's
+/// balancing state for its groups, its TLS server configuration. Each
+/// connection holds the generation it was accepted under until it ends, so
+/// a reload never changes a live connection's routes, backend or counts;
+/// the old generation is freed with its last connection.
+#[derive(Debug)]
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// The reloader's version of `config`.
+    pub version: u64,
+    /// Per group (as in `config.groups`): this core's balancing state.
+    pub balancers: Vec<GroupBalancer>,
+    /// This core's TLS server configuration (with TLS listeners).
+    pub tls: Option<CoreTls>,
+    /// Per route (as in `config.routes.iter()`): its label and counters.
+    pub routes: Vec<(Box<str>, Arc<RouteMetrics>)>,
+    /// Per group, per server (as in `config.groups`): its counters.
+    pub servers: Vec<Vec<Arc<ServerMetrics>>>,
+}
+
+impl Generation {
+    fn new(
+        config: Arc<Config>,
+        version: u64,
+        cache: &SessionCache,
+        metrics: &CoreMetrics,
+    ) -> Result<Generation, String> {
+        let tls = match &config.tls {
+            Some(shared) => Some(CoreTls::new(shared, cache.clone())?),
+            None => None,
+        };
+        // Counters are found by label, so that a reload keeps counting on
+        // the same ones.
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let label = r.label();
+                let m = metrics.route(&label);
+                (label.into_boxed_str(), m)
+            })
+            .collect();
+        let servers = config
+            .groups
+            .iter()
+            .map(|g| {
+                g.servers
+                    .iter()
+                    .map(|s| {
+                        let m = metrics.server(&g.name, &s.name);
+                        m.set_down(s.params.down);
+                        m
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Generation {
+            routes,
+            servers,
+            balancers: config
+                .groups
+                .iter()
+                .map(|g| {
+                    let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
+                    GroupBalancer::new(&params, g.method)
+                })
+                .collect(),
+            tls,
+            config,
+            version,
+        })
+    }
+}
+
+/// What a worker hands [`Core::new`].
+pub struct CoreParts {
+    /// Worker index, for log lines.
+    pub id: usize,
+    pub reloader: Arc<Reloader>,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<CoreMetrics>,
+    pub log: CoreLog,
+    /// Pumps pause after a burst (the epoll driver: see `io::tunnel`).
+    pub yield_by_timer: bool,
+}
+
+impl Core {
+    /// This core's state, with the first generation built from the
+    /// configuration in force. Fails when its TLS configuration cannot be
+    /// built.
+    pub fn new(parts: CoreParts) -> Result<Core, String> {
+        let CoreParts {
+            id,
+            reloader,
+            shared,
+            metrics,
+            log,
+            yield_by_timer,
+        } = parts;
+        let (version, config) = reloader.current();
+        let sweeper = Rc::new(Sweeper::new(
+            config.handshake_timeout,
+            config.connect_timeout,
+            config.idle_timeout,
+        ));
+        let tls_cache = crate::proto::tls::session_cache();
+        let buffer_size = config.buffer_size;
+        let generation = Generation::new(config, version, &tls_cache, &metrics)?;
+        Ok(Core {
+            id,
+            // Always ready for TLS: a reload may add wss:// backends.
+            scratch: Scratch::new(buffer_size, true, yield_by_timer),
+            sweeper,
+            shared,
+            reloader,
+            current: RefCell::new(Rc::new(generation)),
+            seen: Cell::new(version),
+            tls_cache,
+            metrics,
+            log,
+        })
+    }
+
+    /// The generation for a connection accepted now: the configuration in
+    /// force, this core's state for it built on first use after a reload.
+    pub fn generation(&self) -> Rc<Generation> {
+        self.refresh();
+        self.current.borrow().clone()
+    }
+
+    /// Adopt a reloaded configuration if there is one (at each accept, and
+    /// at each sweep, so that a quiet core's state follows too).
+    pub fn refresh(&self) {
+        if self.reloader.version() != self.seen.get() {
+            self.adopt();
+        }
+    }
+
+    /// The configuration new connections get (for settings read outside a
+    /// connection: the drain, the sweep).
+    pub fn config(&self) -> Arc<Config> {
+        self.current.borrow().config.clone()
+    }
+
+    fn adopt(&self) {
+        let (version, config) = self.reloader.current();
+        // Tried once per reload, whatever the outcome.
+        self.seen.set(version);
+        match Generation::new(config, version, &self.tls_cache, &self.metrics) {
+            Ok(generation) => {
+                let c = &generation.config;
+                self.sweeper
+                    .set_timeouts(c.handshake_timeout, c.connect_timeout, c.idle_timeout);
+                *self.current.borrow_mut() = Rc::new(generation);
+            }
+            Err(e) => {
+                log::error!(
+                    "worker {}: cannot use the reloaded configuration: {e}; keeping the old one",
+                    self.id
+                );
+            }
+        }
+    }
+}

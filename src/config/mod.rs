@@ -5,6 +5,7 @@
 //! backend names resolved. Each worker reads it through an `Arc`.
 
 pub mod reload;
+pub mod static_root;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::conn::files::Root;
+use crate::config::static_root::Root;
 use crate::ops::access_log;
 use crate::policy::balance::{Method, ServerParams, MAX_SERVERS};
 use crate::policy::limits::{Cidr, OriginPattern};

@@ -1,8 +1,8 @@
 //! Static files for `--static` routes.
 //!
-//! A [`Root`] is a directory opened once at start; [`serve`] answers one
-//! `GET` or `HEAD` from it and writes the whole response. Every file is
-//! opened with [`sys::open_beneath`], so the kernel (`openat2`
+//! A [`Root`] is a directory opened with the configuration; [`serve`]
+//! answers one `GET` or `HEAD` from it and writes the whole response. Every
+//! file is opened with [`Root::open_file`] (`sys::open_beneath`), so the kernel (`openat2`
 //! `RESOLVE_BENEATH`) guarantees that no path, `..` or symlink reaches
 //! anything outside the root; the request path has already been through
 //! [`crate::proto::http::path::normalize`]. The body goes out one chunk at a time
@@ -15,54 +15,18 @@
 //! almost always cached), which is cheaper than sending them elsewhere; a
 //! root on a slow network filesystem would stall its core meanwhile.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
+use crate::config::static_root::Root;
 use crate::io::sweep::Tracked;
 use crate::io::tunnel::{write_all, Peer, Scratch};
 use crate::proto::http::path;
 use crate::proto::http::status::{plain_answer, reason_of};
-use crate::sys;
 
 /// Most bytes of a file held in memory at once while it is sent.
 pub const CHUNK: usize = 64 * 1024;
-
-/// A `--static` directory, opened once at start: an `O_PATH|O_DIRECTORY`
-/// descriptor that every file is opened beneath, and its real path.
-#[derive(Debug)]
-pub struct Root {
-    /// The directory itself, held for the life of the config (so renaming or
-    /// replacing the path later does not change what is served).
-    dir: std::fs::File,
-    /// Its canonical absolute path: for log lines, and for the check of the
-    /// `openat` fallback on kernels without `openat2`.
-    real: PathBuf,
-}
-
-impl Root {
-    /// Open `dir`, which must be a directory. The error says why, for the
-    /// user (a config error).
-    pub fn open(dir: &Path) -> Result<Root, String> {
-        let shown = dir.display();
-        let real = std::fs::canonicalize(dir).map_err(|e| format!("{shown}: {e}"))?;
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(&real)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOTDIR) => format!("{shown}: not a directory"),
-                _ => format!("{shown}: {e}"),
-            })?;
-        Ok(Root { dir, real })
-    }
-
-    /// The directory's real (canonical) path.
-    pub fn path(&self) -> &Path {
-        &self.real
-    }
-}
 
 /// What the request asks of the static route (all borrowed from the parsed
 /// request head).
@@ -193,7 +157,7 @@ fn find(root: &Root, path: &str) -> Result<Found, Refused> {
     } else {
         rel.to_owned()
     };
-    let file = sys::open_beneath(&root.dir, &root.real, &rel).map_err(|e| refused(e, &rel))?;
+    let file = root.open_file(&rel).map_err(|e| refused(e, &rel))?;
     let meta = file.metadata().map_err(|e| refused(e, &rel))?;
     if meta.is_dir() && !path.ends_with('/') {
         return Ok(Found::Redirect(format!("{}/", path::encode(path))));
@@ -464,6 +428,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn content_types_by_extension() {
@@ -813,16 +778,5 @@ mod tests {
             return;
         }
         serve_everything(true);
-    }
-
-    #[test]
-    fn a_root_must_be_a_directory() {
-        let dir = std::env::temp_dir();
-        let root = Root::open(&dir).unwrap();
-        assert_eq!(root.path(), std::fs::canonicalize(&dir).unwrap());
-        let err = Root::open(Path::new("/etc/passwd")).unwrap_err();
-        assert!(err.contains("not a directory"), "{err}");
-        let err = Root::open(Path::new("/no/such/dir")).unwrap_err();
-        assert!(err.contains("/no/such/dir"), "{err}");
     }
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::config::static_root::Root;
 use crate::config::{Backend as Server, Config, Group, Listen, Route, Target};
-use crate::conn::files::{FileRequest, Root, Served};
+use crate::conn::files::{FileRequest, Served};
 use crate::io::drain;
 use crate::io::frames::Frames;
 use crate::io::sweep::{Expiry, Phase, Tracked};

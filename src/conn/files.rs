@@ -20,8 +20,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::config::static_root::Root;
-use crate::io::sweep::Tracked;
-use crate::io::tunnel::{write_all, Peer, Scratch};
+use crate::io::tunnel::{Ctx, Peer};
+use crate::proto::http::date::{http_date, parse_http_date};
 use crate::proto::http::path;
 use crate::proto::http::status::{plain_answer, reason_of};
 
@@ -59,34 +59,28 @@ pub struct Served {
 /// chunk ([`CHUNK`]) of the file in memory. The caller closes the connection
 /// afterwards (every response says `Connection: close`, and a body cut
 /// short can only be told by the close).
-pub async fn serve(
-    client: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-    root: &Root,
-    req: &FileRequest<'_>,
-) -> Served {
+pub async fn serve(client: Peer<'_>, cx: Ctx<'_>, root: &Root, req: &FileRequest<'_>) -> Served {
     let head_only = match req.method {
         "GET" => false,
         "HEAD" => true,
         other => {
             let why = format!("method {other} on a static route");
             let out = small(405, "Allow: GET, HEAD\r\n", false);
-            return send_small(client, scratch, track, 405, out, why).await;
+            return send_small(client, cx, 405, out, why).await;
         }
     };
     let found = match find(root, req.path) {
         Ok(found) => found,
         Err(Refused { status, why }) => {
             let out = small(status, "", head_only);
-            return send_small(client, scratch, track, status, out, why).await;
+            return send_small(client, cx, status, out, why).await;
         }
     };
     let (file, meta, name) = match found {
         Found::Redirect(location) => {
             let extra = format!("Location: {location}\r\n");
             let out = small(301, &extra, head_only);
-            let sent = write_all(client, &out.bytes, scratch, track).await;
+            let sent = cx.write_all(client, &out.bytes).await;
             return Served {
                 status: 301,
                 bytes: if sent.is_ok() { out.body } else { 0 },
@@ -101,7 +95,7 @@ pub async fn serve(
         let head = format!(
             "HTTP/1.1 304 Not Modified\r\nLast-Modified: {last_modified}\r\nConnection: close\r\n\r\n"
         );
-        let sent = write_all(client, head.as_bytes(), scratch, track).await;
+        let sent = cx.write_all(client, head.as_bytes()).await;
         return Served {
             status: 304,
             bytes: 0,
@@ -118,14 +112,14 @@ pub async fn serve(
         bytes: 0,
         why: None,
     };
-    if let Err(e) = write_all(client, head.as_bytes(), scratch, track).await {
+    if let Err(e) = cx.write_all(client, head.as_bytes()).await {
         served.why = Some(gone(e));
         return served;
     }
     if head_only || size == 0 {
         return served;
     }
-    let (bytes, why) = send_body(client, scratch, track, file, size).await;
+    let (bytes, why) = send_body(client, cx, file, size).await;
     served.bytes = bytes;
     served.why = why;
     served
@@ -199,8 +193,7 @@ fn refused(err: io::Error, rel: &str) -> Refused {
 /// Returns the bytes sent and, if it stopped short, why.
 async fn send_body(
     client: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
+    cx: Ctx<'_>,
     file: std::fs::File,
     size: u64,
 ) -> (u64, Option<String>) {
@@ -225,7 +218,7 @@ async fn send_body(
             }
             Err(e) => return (sent, Some(format!("read failed after {sent} bytes: {e}"))),
         };
-        if let Err(e) = write_all(client, &buf[..n], scratch, track).await {
+        if let Err(e) = cx.write_all(client, &buf[..n]).await {
             return (sent, Some(gone(e)));
         }
         sent += n as u64;
@@ -254,15 +247,8 @@ fn small(status: u16, extra_headers: &str, head_only: bool) -> Small {
     }
 }
 
-async fn send_small(
-    client: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-    status: u16,
-    out: Small,
-    why: String,
-) -> Served {
-    match write_all(client, &out.bytes, scratch, track).await {
+async fn send_small(client: Peer<'_>, cx: Ctx<'_>, status: u16, out: Small, why: String) -> Served {
+    match cx.write_all(client, &out.bytes).await {
         Ok(()) => Served {
             status,
             bytes: out.body,
@@ -330,104 +316,10 @@ fn not_modified(mtime: i64, if_modified_since: Option<&[u8]>) -> bool {
         .is_some_and(|since| mtime <= since)
 }
 
-const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-/// 9999-12-31T23:59:59Z: the last second with a four-digit year.
-const LAST_DATE: i64 = 253_402_300_799;
-
-/// `secs` since the epoch as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
-/// GMT`), clamped to years 1970..=9999.
-fn http_date(secs: i64) -> String {
-    let secs = secs.clamp(0, LAST_DATE);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday.
-    let weekday = DAYS[(days + 4).rem_euclid(7) as usize];
-    format!(
-        "{weekday}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
-        MONTHS[month as usize - 1],
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// An IMF-fixdate (exactly `Www, DD Mon YYYY HH:MM:SS GMT`) as seconds since
-/// the epoch. The weekday must be a day's name but is not checked against
-/// the date; a second of 60 (a leap second) is accepted.
-fn parse_http_date(value: &[u8]) -> Option<i64> {
-    let v: &[u8; 29] = value.try_into().ok()?;
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        v[range].iter().try_fold(0i64, |acc, &b| {
-            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
-        })
-    };
-    let punct = [
-        (3, b','),
-        (4, b' '),
-        (7, b' '),
-        (11, b' '),
-        (16, b' '),
-        (19, b':'),
-        (22, b':'),
-    ];
-    if !punct.iter().all(|&(i, c)| v[i] == c) || &v[25..] != b" GMT" {
-        return None;
-    }
-    DAYS.iter().position(|d| d.as_bytes() == &v[..3])?;
-    let month = MONTHS.iter().position(|m| m.as_bytes() == &v[8..11])? as u32 + 1;
-    let (day, year) = (num(5..7)?, num(12..16)?);
-    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if day < 1 || day > i64::from(days_in_month(year, month)) {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day as u32);
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`: eras of 400 years, years starting in March).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400); // [0, 399]
-    let mp = i64::from((month + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`]: (year, month 1-12, day 1-31).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // March = 0
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::tunnel::Scratch;
     use std::path::PathBuf;
 
     #[test]
@@ -454,65 +346,6 @@ mod tests {
         );
         assert_eq!(content_type("dir.html/x"), "application/octet-stream");
         assert_eq!(content_type("x."), "application/octet-stream");
-    }
-
-    #[test]
-    fn dates_format_and_parse_on_known_values() {
-        let known = [
-            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
-            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
-            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
-            (951_868_799, "Tue, 29 Feb 2000 23:59:59 GMT"),
-            (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 GMT"),
-            (4_107_542_400, "Mon, 01 Mar 2100 00:00:00 GMT"),
-            (LAST_DATE, "Fri, 31 Dec 9999 23:59:59 GMT"),
-        ];
-        for (secs, text) in known {
-            assert_eq!(http_date(secs), text);
-            assert_eq!(parse_http_date(text.as_bytes()), Some(secs), "{text}");
-        }
-        assert_eq!(http_date(-5), "Thu, 01 Jan 1970 00:00:00 GMT", "clamped");
-        assert_eq!(
-            http_date(i64::MAX),
-            "Fri, 31 Dec 9999 23:59:59 GMT",
-            "clamped"
-        );
-        // Every day of a few centuries goes round.
-        for days in (-1000..200_000).step_by(7) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-    }
-
-    #[test]
-    fn only_imf_fixdate_parses() {
-        for bad in [
-            &b"Sunday, 06-Nov-94 08:49:37 GMT"[..], // RFC 850
-            b"Sun Nov  6 08:49:37 1994",            // asctime
-            b"Sun, 06 Nov 1994 08:49:37 UTC",
-            b"sun, 06 Nov 1994 08:49:37 GMT",
-            b"Sun, 06 nov 1994 08:49:37 GMT",
-            b"Sun, 6 Nov 1994 08:49:37 GMT",
-            b"Sun, 06 Nov 1994 08:49:37 GMT ",
-            b"Sun, 06 Nov 1994 8:49:37 GMT",
-            b"Sun, 31 Nov 1994 08:49:37 GMT",
-            b"Sun, 29 Feb 1900 08:49:37 GMT",
-            b"Sun, 00 Nov 1994 08:49:37 GMT",
-            b"Sun, 06 Nov 1994 24:00:00 GMT",
-            b"Sun, 06 Nov 1994 23:60:00 GMT",
-            b"Sun, 06 Nov 1994 23:59:61 GMT",
-            b"Sun, 06 Nov +994 08:49:37 GMT",
-            b"Sun; 06 Nov 1994 08:49:37 GMT",
-            b"",
-            b"yesterday",
-        ] {
-            assert_eq!(
-                parse_http_date(bad),
-                None,
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]
@@ -640,12 +473,16 @@ mod tests {
             let sweeper = std::rc::Rc::new(crate::io::sweep::Sweeper::new(s, s, s));
             let track = sweeper.register(stream.as_raw_fd());
             let scratch = Scratch::new(65536, false, false);
+            let cx = Ctx {
+                scratch: &scratch,
+                track: &track,
+            };
             let req = FileRequest {
                 method,
                 path,
                 if_modified_since: ims.map(str::as_bytes),
             };
-            serve(Peer::plain(&stream), &scratch, &track, root, &req).await
+            serve(Peer::plain(&stream), cx, root, &req).await
         };
         let served = if uring {
             monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()

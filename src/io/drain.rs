@@ -7,8 +7,7 @@
 //! deadline instead, as without the flag (`sweep::Expiry::Drain`).
 
 use crate::io::frames::{Finish, Watch};
-use crate::io::sweep::Tracked;
-use crate::io::tunnel::{close_write, read_some, write_all, Peer, PumpError, Scratch};
+use crate::io::tunnel::{Ctx, Peer, PumpError};
 use crate::proto::ws::tracker::{close_frame, GOING_AWAY, GOING_AWAY_REASON};
 
 /// The rest of a direction that stopped at a boundary: the Close frame
@@ -18,35 +17,34 @@ use crate::proto::ws::tracker::{close_frame, GOING_AWAY, GOING_AWAY_REASON};
 /// or it closes. The last direction through closes both sockets' writing
 /// halves. Returns the bytes written to `dst`.
 pub async fn close(
+    cx: Ctx<'_>,
     w: Watch<'_>,
     src: Peer<'_>,
     dst: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
 ) -> Result<u64, PumpError> {
     let mut sent = 0;
     if w.sends_close() {
         let mask = w.from_client().then(mask_key);
         let (frame, len) = close_frame(GOING_AWAY, GOING_AWAY_REASON, mask);
-        write_all(dst, &frame[..len], scratch, track)
+        cx.write_all(dst, &frame[..len])
             .await
             .map_err(PumpError::Write)?;
         sent = len as u64;
     }
     while !w.source_close_seen() {
-        let read = read_some(src, scratch, |data| w.skip(data));
+        let read = cx.read_some(src, |data| w.skip(data));
         match read.await.map_err(PumpError::Read)? {
-            Some(()) => track.touch(),
+            Some(()) => cx.track.touch(),
             None => break,
         }
     }
     match w.finish() {
         Finish::OtherPending => {}
         Finish::Both => {
-            close_write(dst, track).await;
-            close_write(src, track).await;
+            cx.close_write(dst).await;
+            cx.close_write(src).await;
         }
-        Finish::Destination => close_write(dst, track).await,
+        Finish::Destination => cx.close_write(dst).await,
     }
     Ok(sent)
 }

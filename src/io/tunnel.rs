@@ -233,7 +233,7 @@ async fn finish(peer: Peer<'_>, backlog: Backlog, track: &Tracked) -> io::Result
 }
 
 /// Wait until `peer`'s socket has taken every record waiting for it.
-pub async fn flush(peer: Peer<'_>, track: &Tracked) -> io::Result<()> {
+async fn flush(peer: Peer<'_>, track: &Tracked) -> io::Result<()> {
     let Some(tls) = peer.tls else {
         return Ok(());
     };
@@ -242,6 +242,15 @@ pub async fn flush(peer: Peer<'_>, track: &Tracked) -> io::Result<()> {
         track.touch();
     }
     Ok(())
+}
+
+/// What every transfer of one connection goes through: its core's scratch
+/// buffers, and its timeout slot (progress is activity, and an expiry shuts
+/// its sockets). Two references, copied into each call.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub scratch: &'a Scratch,
+    pub track: &'a Tracked,
 }
 
 /// How a TLS handshake failed.
@@ -254,106 +263,102 @@ pub enum HandshakeError {
     Failed(io::Error),
 }
 
-/// Run `peer`'s TLS handshake to its end (the deadline is the sweep's).
-pub async fn handshake(
-    peer: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-) -> Result<(), HandshakeError> {
-    let Some(tls) = peer.tls else {
-        return Ok(());
-    };
-    let failed = |e: io::Error| {
-        tls.borrow_mut().send_alert(peer.sock);
-        HandshakeError::Failed(e)
-    };
-    loop {
-        flush(peer, track).await.map_err(HandshakeError::Failed)?;
-        if !tls.borrow().is_handshaking() {
+impl Ctx<'_> {
+    /// Run `peer`'s TLS handshake to its end (the deadline is the sweep's).
+    pub async fn handshake(self, peer: Peer<'_>) -> Result<(), HandshakeError> {
+        let Ctx { scratch, track } = self;
+        let Some(tls) = peer.tls else {
             return Ok(());
+        };
+        let failed = |e: io::Error| {
+            tls.borrow_mut().send_alert(peer.sock);
+            HandshakeError::Failed(e)
+        };
+        loop {
+            flush(peer, track).await.map_err(HandshakeError::Failed)?;
+            if !tls.borrow().is_handshaking() {
+                return Ok(());
+            }
+            peer.sock
+                .readable(false)
+                .await
+                .map_err(HandshakeError::Failed)?;
+            let step = {
+                let mut buf = scratch.buf.borrow_mut();
+                tls.borrow_mut()
+                    .handshake_step(peer.sock, &mut buf, scratch.cap)
+            };
+            match step.map_err(failed)? {
+                Step::Progress => {}
+                Step::Eof => return Err(HandshakeError::Closed),
+                Step::PlainHttp => return Err(HandshakeError::PlainHttp),
+            }
         }
-        peer.sock
-            .readable(false)
-            .await
-            .map_err(HandshakeError::Failed)?;
-        let step = {
+    }
+
+    /// Close `peer`'s writing half: a close_notify first for TLS.
+    pub async fn close_write(self, peer: Peer<'_>) {
+        if let Some(tls) = peer.tls {
+            let queued = tls.borrow_mut().close_notify();
+            if queued.is_ok() {
+                let _ = Box::pin(flush(peer, self.track)).await;
+            }
+        }
+        sys::shutdown_raw(std::os::fd::AsRawFd::as_raw_fd(peer.sock), sys::Half::Write);
+    }
+
+    /// Read from `sock` and throw the bytes away, `budget` bytes at most, until
+    /// it closes. `Ok(true)`: it closed.
+    pub async fn discard(self, sock: &TcpStream, budget: usize) -> io::Result<bool> {
+        let mut left = budget;
+        while left > 0 {
+            sock.readable(false).await?;
+            let mut buf = self.scratch.buf.borrow_mut();
+            match sys::recv(sock, &mut buf)? {
+                Xfer::WouldBlock => {}
+                Xfer::Eof => return Ok(true),
+                Xfer::Done(n) => left = left.saturating_sub(n),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Wait until `src` has data, read it once and pass the plaintext to `f`.
+    /// `Ok(None)`: the peer closed its write side.
+    pub async fn read_some<R>(
+        self,
+        src: Peer<'_>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<Option<R>> {
+        let scratch = self.scratch;
+        loop {
+            readable(src, None).await?;
             let mut buf = scratch.buf.borrow_mut();
-            tls.borrow_mut()
-                .handshake_step(peer.sock, &mut buf, scratch.cap)
-        };
-        match step.map_err(failed)? {
-            Step::Progress => {}
-            Step::Eof => return Err(HandshakeError::Closed),
-            Step::PlainHttp => return Err(HandshakeError::PlainHttp),
-        }
-    }
-}
-
-/// Close `peer`'s writing half: a close_notify first for TLS.
-pub async fn close_write(peer: Peer<'_>, track: &Tracked) {
-    if let Some(tls) = peer.tls {
-        let queued = tls.borrow_mut().close_notify();
-        if queued.is_ok() {
-            let _ = Box::pin(flush(peer, track)).await;
-        }
-    }
-    sys::shutdown_raw(std::os::fd::AsRawFd::as_raw_fd(peer.sock), sys::Half::Write);
-}
-
-/// Read from `sock` and throw the bytes away, `budget` bytes at most, until
-/// it closes. `Ok(true)`: it closed.
-pub async fn discard(sock: &TcpStream, scratch: &Scratch, budget: usize) -> io::Result<bool> {
-    let mut left = budget;
-    while left > 0 {
-        sock.readable(false).await?;
-        let mut buf = scratch.buf.borrow_mut();
-        match sys::recv(sock, &mut buf)? {
-            Xfer::WouldBlock => {}
-            Xfer::Eof => return Ok(true),
-            Xfer::Done(n) => left = left.saturating_sub(n),
-        }
-    }
-    Ok(false)
-}
-
-/// Wait until `src` has data, read it once and pass the plaintext to `f`.
-/// `Ok(None)`: the peer closed its write side.
-pub async fn read_some<R>(
-    src: Peer<'_>,
-    scratch: &Scratch,
-    f: impl FnOnce(&[u8]) -> R,
-) -> io::Result<Option<R>> {
-    loop {
-        readable(src, None).await?;
-        let mut buf = scratch.buf.borrow_mut();
-        let mut aux = scratch.aux.borrow_mut();
-        match recv(src, &mut buf, &mut aux, scratch.cap)? {
-            Got::WouldBlock => continue,
-            Got::Eof => return Ok(None),
-            Got::Data { data, .. } => return Ok(Some(f(data))),
-        }
-    }
-}
-
-/// Write all of `buf` to `dst`, waiting for room whenever the socket is
-/// full. Each bit of progress counts as activity for the idle timeout.
-pub async fn write_all(
-    dst: Peer<'_>,
-    buf: &[u8],
-    scratch: &Scratch,
-    track: &Tracked,
-) -> io::Result<()> {
-    if dst.tls.is_none() {
-        return write_raw(dst.sock, buf, track).await;
-    }
-    for chunk in buf.chunks(scratch.cap) {
-        let backlog = {
             let mut aux = scratch.aux.borrow_mut();
-            send_now(dst, chunk, &mut aux)?
-        };
-        finish(dst, backlog, track).await?;
+            match recv(src, &mut buf, &mut aux, scratch.cap)? {
+                Got::WouldBlock => continue,
+                Got::Eof => return Ok(None),
+                Got::Data { data, .. } => return Ok(Some(f(data))),
+            }
+        }
     }
-    Ok(())
+
+    /// Write all of `buf` to `dst`, waiting for room whenever the socket is
+    /// full. Each bit of progress counts as activity for the idle timeout.
+    pub async fn write_all(self, dst: Peer<'_>, buf: &[u8]) -> io::Result<()> {
+        let Ctx { scratch, track } = self;
+        if dst.tls.is_none() {
+            return write_raw(dst.sock, buf, track).await;
+        }
+        for chunk in buf.chunks(scratch.cap) {
+            let backlog = {
+                let mut aux = scratch.aux.borrow_mut();
+                send_now(dst, chunk, &mut aux)?
+            };
+            finish(dst, backlog, track).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Write all of `buf` to the socket as it is.
@@ -397,97 +402,99 @@ impl<'a> Moved<'a> {
     }
 }
 
-/// Copy from `src` to `dst` until `src` reaches EOF or `framing` says the
-/// body is complete. From a plain socket nothing past the body's end is
-/// read; from TLS, plaintext past it (a pipelined request) is dropped.
-/// Counts the bytes in `moved`. Does not shut anything down: the caller
-/// decides what an end means. With a `watch` (a tunnel under
-/// `--drain-close-frames`) it follows the frames it copies and stops at a
-/// boundary when the drain asks ([`End::Stopped`]).
-pub async fn pump(
-    src: Peer<'_>,
-    dst: Peer<'_>,
-    scratch: &Scratch,
-    track: &Tracked,
-    watch: Option<Watch<'_>>,
-    framing: &mut Framing,
-    moved: &Moved<'_>,
-) -> Result<End, PumpError> {
-    // Since when this pump has been moving full buffers without a break.
-    let mut busy_since: Option<std::time::Instant> = None;
-    while !framing.is_done() {
-        let stop = watch.map(|w| (w, track));
-        readable(src, stop).await.map_err(PumpError::Read)?;
-        let mut burst = true;
-        for _ in 0..BUDGET {
-            if watch.is_some_and(|w| w.stop_now(track)) {
-                return Ok(End::Stopped);
-            }
-            let (raw, cap, backlog, stopped) = {
-                let mut buf = scratch.buf.borrow_mut();
-                let mut aux = scratch.aux.borrow_mut();
-                // A TLS read must be able to take a whole record, whatever
-                // is left of the body.
-                let cap = match src.tls {
-                    None => framing.cap(scratch.cap),
-                    Some(_) => scratch.cap,
-                };
-                let (data, spare, raw) =
-                    match recv(src, &mut buf, &mut aux, cap).map_err(PumpError::Read)? {
-                        Got::WouldBlock => {
-                            burst = false;
-                            break;
-                        }
-                        Got::Eof => return Ok(End::Eof),
-                        Got::Data { data, spare, raw } => (data, spare, raw),
+impl Ctx<'_> {
+    /// Copy from `src` to `dst` until `src` reaches EOF or `framing` says the
+    /// body is complete. From a plain socket nothing past the body's end is
+    /// read; from TLS, plaintext past it (a pipelined request) is dropped.
+    /// Counts the bytes in `moved`. Does not shut anything down: the caller
+    /// decides what an end means. With a `watch` (a tunnel under
+    /// `--drain-close-frames`) it follows the frames it copies and stops at a
+    /// boundary when the drain asks ([`End::Stopped`]).
+    pub async fn pump(
+        self,
+        src: Peer<'_>,
+        dst: Peer<'_>,
+        watch: Option<Watch<'_>>,
+        framing: &mut Framing,
+        moved: &Moved<'_>,
+    ) -> Result<End, PumpError> {
+        let Ctx { scratch, track } = self;
+        // Since when this pump has been moving full buffers without a break.
+        let mut busy_since: Option<std::time::Instant> = None;
+        while !framing.is_done() {
+            let stop = watch.map(|w| (w, track));
+            readable(src, stop).await.map_err(PumpError::Read)?;
+            let mut burst = true;
+            for _ in 0..BUDGET {
+                if watch.is_some_and(|w| w.stop_now(track)) {
+                    return Ok(End::Stopped);
+                }
+                let (raw, cap, backlog, stopped) = {
+                    let mut buf = scratch.buf.borrow_mut();
+                    let mut aux = scratch.aux.borrow_mut();
+                    // A TLS read must be able to take a whole record, whatever
+                    // is left of the body.
+                    let cap = match src.tls {
+                        None => framing.cap(scratch.cap),
+                        Some(_) => scratch.cap,
                     };
-                track.touch();
-                let (data, stopped) = match watch {
-                    None => (data, false),
-                    Some(w) => {
-                        let (upto, stopped) = w.follow(data, track);
-                        (&data[..upto], stopped)
-                    }
+                    let (data, spare, raw) =
+                        match recv(src, &mut buf, &mut aux, cap).map_err(PumpError::Read)? {
+                            Got::WouldBlock => {
+                                burst = false;
+                                break;
+                            }
+                            Got::Eof => return Ok(End::Eof),
+                            Got::Data { data, spare, raw } => (data, spare, raw),
+                        };
+                    track.touch();
+                    let (data, stopped) = match watch {
+                        None => (data, false),
+                        Some(w) => {
+                            let (upto, stopped) = w.follow(data, track);
+                            (&data[..upto], stopped)
+                        }
+                    };
+                    let used = framing.take(data).map_err(|e| {
+                        PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e))
+                    })?;
+                    moved.add(used as u64);
+                    let backlog = send_now(dst, &data[..used], spare).map_err(PumpError::Write)?;
+                    (raw, cap, backlog, stopped)
                 };
-                let used = framing
-                    .take(data)
-                    .map_err(|e| PumpError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-                moved.add(used as u64);
-                let backlog = send_now(dst, &data[..used], spare).map_err(PumpError::Write)?;
-                (raw, cap, backlog, stopped)
-            };
-            // Backpressure: this connection alone holds a buffer, until the
-            // destination has taken it. (Boxed: the rare wait must not make
-            // every idle tunnel's future larger.)
-            if !matches!(backlog, Backlog::Clear) {
-                Box::pin(finish(dst, backlog, track))
-                    .await
-                    .map_err(PumpError::Write)?;
+                // Backpressure: this connection alone holds a buffer, until the
+                // destination has taken it. (Boxed: the rare wait must not make
+                // every idle tunnel's future larger.)
+                if !matches!(backlog, Backlog::Clear) {
+                    Box::pin(finish(dst, backlog, track))
+                        .await
+                        .map_err(PumpError::Write)?;
+                }
+                if stopped {
+                    return Ok(End::Stopped);
+                }
+                if raw < cap || framing.is_done() {
+                    // A short read almost always means the socket is drained:
+                    // wait for readiness rather than pay for an EAGAIN.
+                    burst = false;
+                    break;
+                }
             }
-            if stopped {
-                return Ok(End::Stopped);
-            }
-            if raw < cap || framing.is_done() {
-                // A short read almost always means the socket is drained:
-                // wait for readiness rather than pay for an EAGAIN.
-                burst = false;
-                break;
-            }
-        }
-        if !burst || !scratch.yield_by_timer {
-            busy_since = None;
-            continue;
-        }
-        let now = std::time::Instant::now();
-        match busy_since {
-            None => busy_since = Some(now),
-            Some(t) if now - t >= MAX_BUSY => {
-                // Boxed: only a busy pump on epoll ever needs its room.
-                Box::pin(monoio::time::sleep(BURST_PAUSE)).await;
+            if !burst || !scratch.yield_by_timer {
                 busy_since = None;
+                continue;
             }
-            Some(_) => {}
+            let now = std::time::Instant::now();
+            match busy_since {
+                None => busy_since = Some(now),
+                Some(t) if now - t >= MAX_BUSY => {
+                    // Boxed: only a busy pump on epoll ever needs its room.
+                    Box::pin(monoio::time::sleep(BURST_PAUSE)).await;
+                    busy_since = None;
+                }
+                Some(_) => {}
+            }
         }
+        Ok(End::Complete)
     }
-    Ok(End::Complete)
 }

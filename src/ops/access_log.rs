@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::ops::ending::{Closed, Kind};
+use crate::proto::http::date::civil_from_days;
+
 /// A core hands its buffer to the writer once it holds this many bytes.
 pub const BUF_LIMIT: usize = 64 * 1024;
 
@@ -96,8 +99,8 @@ pub enum AccessLogError {
 /// connection's state for the time of [`CoreLog::record`].
 #[derive(Debug, Clone)]
 pub struct Entry<'a> {
-    /// What it was: "tunnel", "request", "file" or "refused".
-    pub kind: &'static str,
+    /// What it was.
+    pub kind: Kind,
     /// The TCP peer, or the PROXY-protocol source.
     pub client: SocketAddr,
     /// The address from trusted-proxy `X-Forwarded-For`, when it differs
@@ -119,10 +122,8 @@ pub struct Entry<'a> {
     pub up: u64,
     /// Bytes from the backend to the client.
     pub down: u64,
-    /// Why it closed, in words: "client closed", "backend closed", "idle
-    /// timeout", "closed at shutdown", "response complete", "refused",
-    /// "client error"...
-    pub closed: &'a str,
+    /// Why it closed.
+    pub closed: Closed,
     /// The error text behind `closed`, if any.
     pub detail: Option<&'a str>,
     /// The TLS version, e.g. "TLSv1_3", when the client spoke TLS.
@@ -455,7 +456,7 @@ fn reopen(out: &mut dyn Output) {
 fn format_text(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     push_time(out, time);
     out.push(b' ');
-    push_bare(out, e.kind);
+    push_bare(out, e.kind.as_str());
     // Writing to a Vec cannot fail.
     let _ = write!(out, " client={}", e.client);
     if let Some(ip) = e.real_ip {
@@ -481,7 +482,8 @@ fn format_text(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
         e.up,
         e.down,
     );
-    push_quoted(out, e.closed);
+    // Our own words: printable ASCII without quotes or backslashes.
+    let _ = write!(out, "{}", e.closed);
     if let Some(detail) = e.detail {
         out.extend_from_slice(b": ");
         push_quoted(out, detail);
@@ -499,7 +501,7 @@ fn format_json(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     push_time(out, time);
     out.extend_from_slice(b"\",\"kind\":");
-    push_json_str(out, e.kind);
+    push_json_str(out, e.kind.as_str());
     let _ = write!(out, ",\"client\":\"{}\",\"real_ip\":", e.client);
     match e.real_ip {
         Some(ip) => {
@@ -524,7 +526,7 @@ fn format_json(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
         e.up,
         e.down,
     );
-    push_json_str(out, e.closed);
+    let _ = write!(out, "\"{}\"", e.closed);
     out.extend_from_slice(b",\"detail\":");
     push_json_opt(out, e.detail);
     out.extend_from_slice(b",\"tls\":");
@@ -538,7 +540,7 @@ fn format_json(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
 fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     let _ = write!(
         out,
@@ -548,22 +550,6 @@ fn push_time(out: &mut Vec<u8>, time: SystemTime) {
         s % 60,
         since.subsec_millis(),
     );
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Count from 0000-03-01, so that the leap day ends each 4-year cycle.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097; // day of the 400-year era
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March year
-    let mp = (5 * doy + 2) / 153; // month, March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = era * 400 + yoe + u64::from(month <= 2);
-    (year, month, day)
 }
 
 fn push_hex(out: &mut Vec<u8>, b: u8) {
@@ -648,7 +634,7 @@ mod tests {
     /// The example entry of the module's documentation.
     fn example() -> Entry<'static> {
         Entry {
-            kind: "tunnel",
+            kind: Kind::Tunnel,
             client: "127.0.0.1:5555".parse().unwrap(),
             real_ip: Some("203.0.113.9".parse().unwrap()),
             route: Some("/ws/"),
@@ -659,7 +645,7 @@ mod tests {
             duration: Duration::from_millis(12_345),
             up: 100,
             down: 200,
-            closed: "client close",
+            closed: Closed::Client,
             detail: None,
             tls: Some("TLSv1_3"),
         }
@@ -704,36 +690,12 @@ mod tests {
     }
 
     #[test]
-    fn civil_from_days_agrees_with_counting_days() {
-        let (mut y, mut m, mut d) = (1970, 1, 1);
-        for days in 0..200_000 {
-            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
-            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = match m {
-                2 if leap => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            d += 1;
-            if d > len {
-                d = 1;
-                m += 1;
-                if m > 12 {
-                    m = 1;
-                    y += 1;
-                }
-            }
-        }
-    }
-
-    #[test]
     fn text_line_exact() {
         assert_eq!(
             text(&example()),
             "2026-11-21T10:00:00.123Z tunnel client=127.0.0.1:5555 real_ip=203.0.113.9 \
              route=/ws/ target=/ws/room?x=1 backend=chat/127.0.0.1:8080 status=101 \
-             handshake=0.002s duration=12.345s up=100 down=200 closed=\"client close\" \
+             handshake=0.002s duration=12.345s up=100 down=200 closed=\"client closed\" \
              tls=TLSv1_3\n"
         );
     }
@@ -741,14 +703,14 @@ mod tests {
     #[test]
     fn text_line_absent_fields_and_detail() {
         let e = Entry {
-            kind: "refused",
+            kind: Kind::Refused,
             client: "[2001:db8::1]:443".parse().unwrap(),
             real_ip: None,
             route: None,
             target: None,
             backend: None,
             status: 502,
-            closed: "error",
+            closed: Closed::Refused,
             detail: Some("connect to 10.0.0.1:80 failed: connection refused"),
             tls: None,
             ..example()
@@ -757,7 +719,7 @@ mod tests {
             text(&e),
             "2026-11-21T10:00:00.123Z refused client=[2001:db8::1]:443 route=- target=- \
              backend=- status=502 handshake=0.002s duration=12.345s up=100 down=200 \
-             closed=\"error: connect to 10.0.0.1:80 failed: connection refused\"\n"
+             closed=\"refused: connect to 10.0.0.1:80 failed: connection refused\"\n"
         );
     }
 
@@ -765,13 +727,13 @@ mod tests {
     fn text_escapes_so_a_line_cannot_be_split_or_forged() {
         let e = Entry {
             target: Some("/a b\"c\\d\ne\u{1b}\u{7f}\té"),
-            closed: "error",
+            closed: Closed::Refused,
             detail: Some("bad \"x\"\r\nfake line \\ é\0"),
             ..example()
         };
         let line = text(&e);
         assert!(line.contains(r#" target=/a%20b\"c\\d\x0ae\x1b\x7f\x09\xc3\xa9 "#));
-        assert!(line.contains(r#" closed="error: bad \"x\"\x0d\x0afake line \\ \xc3\xa9\x00" "#));
+        assert!(line.contains(r#" closed="refused: bad \"x\"\x0d\x0afake line \\ \xc3\xa9\x00" "#));
         // One line, printable ASCII only.
         assert_eq!(line.find('\n'), Some(line.len() - 1));
         assert!(line[..line.len() - 1]
@@ -793,7 +755,7 @@ mod tests {
              \"client\":\"127.0.0.1:5555\",\"real_ip\":\"203.0.113.9\",\"route\":\"/ws/\",\
              \"target\":\"/ws/room?x=1\",\"backend\":\"chat/127.0.0.1:8080\",\"status\":101,\
              \"handshake_s\":0.002,\"duration_s\":12.345,\"up\":100,\"down\":200,\
-             \"closed\":\"client close\",\"detail\":null,\"tls\":\"TLSv1_3\"}\n"
+             \"closed\":\"client closed\",\"detail\":null,\"tls\":\"TLSv1_3\"}\n"
         );
     }
 
@@ -884,7 +846,7 @@ mod tests {
             route: None,
             target: Some(nasty),
             detail: Some(nasty),
-            closed: "error",
+            closed: Closed::Refused,
             tls: None,
             ..example()
         };
@@ -904,7 +866,7 @@ mod tests {
         assert_eq!(map["duration_s"], Value::Num(12.345));
         assert_eq!(map["up"], Value::Num(100.0));
         assert_eq!(map["down"], Value::Num(200.0));
-        assert_eq!(map["closed"], s("error"));
+        assert_eq!(map["closed"], s("refused"));
         assert_eq!(map["detail"], s(nasty));
         assert_eq!(map["tls"], Value::Null);
         assert_eq!(map.len(), 15);

@@ -3,4 +3,5 @@
 //! log buffer; threads of their own read and write them, off the data path.
 
 pub mod access_log;
+pub mod ending;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! gives itself. An incomplete head is a state (`Ok(None)`), not an error.
 
 pub mod body;
+pub mod date;
 pub mod path;
 pub mod request;
 pub mod response;

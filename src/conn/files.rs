@@ -54,7 +54,7 @@ pub struct Served {
 }
 
 /// Answer one request from `root`: writes the whole response (head and body)
-/// to `client` with [`write_all`] (which handles TLS clients,
+/// to `client` with [`Ctx::write_all`] (which handles TLS clients,
 /// backpressure and the idle timer via `track`), never holding more than one
 /// chunk ([`CHUNK`]) of the file in memory. The caller closes the connection
 /// afterwards (every response says `Connection: close`, and a body cut

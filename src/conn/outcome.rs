@@ -453,3 +453,326 @@ impl Ended<'_> {
         Some(entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::metrics::CloseReason;
+    use crate::policy::balance::ServerParams;
+    use std::time::Duration;
+
+    fn server() -> Server {
+        Server {
+            name: "b1:8080".into(),
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: None,
+            params: ServerParams::default(),
+        }
+    }
+
+    fn ended<'a>(known: Known, outcome: Outcome<'a>, started: Instant) -> Ended<'a> {
+        Ended {
+            peer: "10.0.0.1:5000".parse().unwrap(),
+            started,
+            tls: None,
+            known,
+            outcome,
+        }
+    }
+
+    fn summary(server: &Server, upgraded: bool, closed: Closed) -> Summary<'_> {
+        Summary {
+            target: "/ws".into(),
+            server,
+            status: if upgraded { 101 } else { 200 },
+            upgrade_request: true,
+            upgraded,
+            up: 10,
+            down: 20,
+            closed,
+            error: None,
+            answered: None,
+        }
+    }
+
+    #[test]
+    fn statuses_by_fault() {
+        let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let cases: Vec<(Refusal, u16, &str)> = vec![
+            (
+                Refusal::Client(ClientFault::BadHead(BadHead::BadVersion)),
+                426,
+                "unsupported WebSocket version",
+            ),
+            (
+                Refusal::Client(ClientFault::HeadTimeout {
+                    completed_late: false,
+                }),
+                408,
+                "no complete request head within --handshake-timeout",
+            ),
+            (
+                Refusal::Client(ClientFault::BadPath(BadPath::Nul)),
+                400,
+                "refused path: NUL byte in path",
+            ),
+            (
+                Refusal::Client(ClientFault::PlainHttpOnTls),
+                400,
+                "plain HTTP request sent to a TLS port",
+            ),
+            (
+                Refusal::Policy(Policy::OverMaxConns { max: 7 }),
+                503,
+                "over --max-conns (7 connections open)",
+            ),
+            (
+                Refusal::Policy(Policy::NoRoute),
+                404,
+                "no route for this host and path",
+            ),
+            (
+                Refusal::Policy(Policy::OriginNotAllowed("https://evil".into())),
+                403,
+                "Origin https://evil is not in --allow-origin",
+            ),
+            (
+                Refusal::Policy(Policy::PerIpLimit {
+                    ip: "10.0.0.9".parse().unwrap(),
+                    tunnels: 3,
+                    status: 429,
+                }),
+                429,
+                "10.0.0.9 already has 3 tunnels (--limit-conn-per-ip)",
+            ),
+            (
+                Refusal::Backend(BackendFault::ConnectTimeout(addr)),
+                504,
+                "connect to 127.0.0.1:1 timed out",
+            ),
+            (
+                Refusal::Backend(BackendFault::ConnectFailed(addr, io())),
+                502,
+                "connect to 127.0.0.1:1 failed: connection refused",
+            ),
+            (
+                Refusal::Backend(BackendFault::NoServer {
+                    group: "chat".into(),
+                }),
+                503,
+                "no server of group chat is available: each is down or failed within its \
+                 fail_timeout",
+            ),
+            (
+                Refusal::Backend(BackendFault::NoAnswerInTime { idle: true }),
+                504,
+                "no answer from the backend within --idle-timeout",
+            ),
+            (
+                Refusal::Backend(BackendFault::BadAnswer(BadResponse::Malformed)),
+                502,
+                "invalid response head from backend",
+            ),
+            (
+                Refusal::Backend(BackendFault::TooManyInterim),
+                502,
+                "more than 16 interim (1xx) answers",
+            ),
+            (
+                Refusal::System(SystemFault::ShuttingDown),
+                503,
+                "shutting down",
+            ),
+        ];
+        for (refusal, status, words) in cases {
+            assert_eq!(refusal.status().code(), status, "{words}");
+            assert_eq!(refusal.to_string(), words);
+        }
+    }
+
+    #[test]
+    fn a_refused_upgrade_counts_as_a_handshake_error_and_logs_a_warning() {
+        let metrics = CoreMetrics::new();
+        let b = server();
+        let started = Instant::now();
+        let known = Known {
+            route: Some(0),
+            real_ip: Some("203.0.113.7".parse().unwrap()),
+            plain: false,
+        };
+        let e = ended(
+            known,
+            Outcome::Refused {
+                refusal: Refusal::Backend(BackendFault::ConnectTimeout(b.addr)),
+                target: Some("/ws?q=\"x\"".into()),
+                server: Some(&b),
+                answered: started + Duration::from_millis(5),
+            },
+            started,
+        );
+        e.count(&metrics);
+        assert_eq!(metrics.handshake_errors_with(504), 1);
+        assert_eq!(metrics.requests_with(504), 0);
+        assert_eq!(
+            e.warn_line(Some("/ws")).unwrap(),
+            "client=10.0.0.1:5000 real_ip=203.0.113.7 route=/ws target=/ws?q=\"x\" \
+             backend=b1:8080 status=504 reason=\"connect to 127.0.0.1:8080 timed out\""
+        );
+        let entry = e
+            .entry(Some("/ws"), None, started + Duration::from_millis(9))
+            .unwrap();
+        assert_eq!(entry.kind, Kind::Refused);
+        assert_eq!(entry.closed, Closed::Refused);
+        assert_eq!(entry.status, 504);
+        assert_eq!(entry.backend, Some("b1:8080"));
+        assert_eq!(entry.target, Some("/ws?q=\"x\""));
+        assert_eq!(entry.handshake, Duration::from_millis(5));
+        assert_eq!(entry.duration, Duration::from_millis(9));
+        assert_eq!(entry.real_ip, Some("203.0.113.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_refused_plain_request_counts_as_a_request() {
+        let metrics = CoreMetrics::new();
+        let started = Instant::now();
+        let known = Known {
+            plain: true,
+            // The client itself: not shown as real_ip.
+            real_ip: Some("10.0.0.1".parse().unwrap()),
+            ..Known::default()
+        };
+        let refusal = Refusal::Policy(Policy::NoRoute);
+        let e = ended(
+            known,
+            Outcome::Refused {
+                refusal,
+                target: None,
+                server: None,
+                answered: started,
+            },
+            started,
+        );
+        e.count(&metrics);
+        assert_eq!(metrics.requests_with(404), 1);
+        assert_eq!(metrics.handshake_errors_with(404), 0);
+        let line = e.warn_line(None).unwrap();
+        assert!(line.starts_with("client=10.0.0.1:5000 route=- target=- backend=- status=404"));
+        assert_eq!(e.entry(None, None, started).unwrap().real_ip, None);
+    }
+
+    #[test]
+    fn a_tunnel_counts_its_close_reason_and_logs_as_a_tunnel() {
+        let b = server();
+        let started = Instant::now();
+        for (closed, reason) in [
+            (Closed::Client, CloseReason::Client),
+            (Closed::Backend, CloseReason::Backend),
+            (Closed::Timeout(Timeout::Idle), CloseReason::IdleTimeout),
+            (Closed::Shutdown, CloseReason::Drain),
+            (Closed::Drained, CloseReason::Drain),
+            (
+                Closed::ClientError(io::ErrorKind::ConnectionReset),
+                CloseReason::Error,
+            ),
+        ] {
+            let metrics = CoreMetrics::new();
+            let mut s = summary(&b, true, closed);
+            s.answered = Some(started + Duration::from_millis(3));
+            let e = ended(Known::default(), Outcome::Done(s), started);
+            e.count(&metrics);
+            assert_eq!(metrics.closed_by(reason), 1, "{closed}");
+            assert_eq!(metrics.handshake_errors_with(101), 0);
+            assert!(e.warn_line(None).is_none());
+            let entry = e.entry(Some("/"), None, started).unwrap();
+            assert_eq!(entry.kind, Kind::Tunnel);
+            assert_eq!(entry.closed, closed);
+            assert_eq!((entry.up, entry.down, entry.status), (10, 20, 101));
+            assert_eq!(entry.handshake, Duration::from_millis(3));
+        }
+    }
+
+    #[test]
+    fn an_upgrade_answered_otherwise_is_a_handshake_error_a_plain_one_a_request() {
+        let b = server();
+        let started = Instant::now();
+        let metrics = CoreMetrics::new();
+        let mut s = summary(&b, false, Closed::Complete);
+        s.status = 403;
+        let e = ended(Known::default(), Outcome::Done(s), started);
+        e.count(&metrics);
+        assert_eq!(metrics.handshake_errors_with(403), 1);
+        assert_eq!(e.entry(None, None, started).unwrap().kind, Kind::Request);
+        let mut s = summary(&b, false, Closed::Complete);
+        s.upgrade_request = false;
+        s.error = Some(io::Error::other("boom"));
+        let e = ended(Known::default(), Outcome::Done(s), started);
+        e.count(&metrics);
+        assert_eq!(metrics.requests_with(200), 1);
+        assert_eq!(e.detail().as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn files_say_complete_refused_or_cut_short() {
+        let started = Instant::now();
+        for (status, why, closed) in [
+            (200, None, Closed::Complete),
+            (404, Some("no such file: x"), Closed::Refused),
+            (200, Some("client gone"), Closed::CutShort),
+        ] {
+            let metrics = CoreMetrics::new();
+            let served = Served {
+                status,
+                bytes: 5,
+                why: why.map(String::from),
+            };
+            let e = ended(
+                Known::default(),
+                Outcome::File {
+                    target: "/x".into(),
+                    served,
+                    answered: started,
+                },
+                started,
+            );
+            e.count(&metrics);
+            assert_eq!(metrics.requests_with(status), 1);
+            let detail = e.detail();
+            let entry = e.entry(None, detail.as_deref(), started).unwrap();
+            assert_eq!(
+                (entry.kind, entry.closed, entry.down),
+                (Kind::File, closed, 5)
+            );
+            assert_eq!(entry.detail, why);
+        }
+    }
+
+    #[test]
+    fn clients_gone_or_failing_tls_get_no_access_line() {
+        let metrics = CoreMetrics::new();
+        let started = Instant::now();
+        let e = ended(Known::default(), Outcome::Gone("closed"), started);
+        e.count(&metrics);
+        assert!(e.entry(None, None, started).is_none());
+        let e = ended(
+            Known::default(),
+            Outcome::TlsFailed(TlsFailure::Timeout),
+            started,
+        );
+        e.count(&metrics);
+        assert_eq!(metrics.tls_failures.get(), 1);
+        assert!(e.entry(None, None, started).is_none() && e.warn_line(None).is_none());
+    }
+
+    #[test]
+    fn expiries_become_timeouts_or_the_shutdown() {
+        assert_eq!(expired(Expiry::Idle), Closed::Timeout(Timeout::Idle));
+        assert_eq!(
+            expired(Expiry::Handshake),
+            Closed::Timeout(Timeout::Handshake)
+        );
+        assert_eq!(expired(Expiry::Connect), Closed::Timeout(Timeout::Connect));
+        assert_eq!(expired(Expiry::Linger), Closed::Timeout(Timeout::Linger));
+        assert_eq!(expired(Expiry::Drain), Closed::Shutdown);
+    }
+}

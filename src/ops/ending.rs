@@ -156,6 +156,24 @@ mod tests {
             assert_eq!(closed.to_string(), words);
             assert_eq!(closed.metric(), metric, "{words}");
         }
+        // The access log writes them unescaped: they must need none.
+        let kinds = [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Other,
+            io::ErrorKind::InvalidData,
+        ];
+        for kind in kinds {
+            for closed in [Closed::ClientError(kind), Closed::BackendError(kind)] {
+                let words = closed.to_string();
+                assert!(
+                    words
+                        .bytes()
+                        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'),
+                    "{words}"
+                );
+            }
+        }
         assert_eq!(Kind::Tunnel.as_str(), "tunnel");
         assert_eq!(Kind::Request.as_str(), "request");
         assert_eq!(Kind::File.as_str(), "file");

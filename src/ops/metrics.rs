@@ -357,6 +357,21 @@ impl CoreMetrics {
         m
     }
 
+    /// Upgrade handshakes answered `status` so far.
+    pub fn handshake_errors_with(&self, status: u16) -> u64 {
+        self.handshake_errors[status_index(status)].get()
+    }
+
+    /// Plain requests answered `status` so far.
+    pub fn requests_with(&self, status: u16) -> u64 {
+        self.request_status[status_index(status)].get()
+    }
+
+    /// Tunnels that ended for `why` so far.
+    pub fn closed_by(&self, why: CloseReason) -> u64 {
+        self.closed[why.index()].get()
+    }
+
     /// Handshakes refused: the sum of all error statuses.
     fn refused(&self) -> u64 {
         self.handshake_errors.iter().map(Counter::get).sum()

@@ -242,7 +242,13 @@ fn not_found(why: &str) -> Vec<u8> {
 /// fragmented messages come back fragmented), answer pings, echo the close.
 async fn echo_frames(s: &mut TcpStream, mut acc: Vec<u8>, mut chunk: Vec<u8>) -> io::Result<()> {
     loop {
-        while let Some(h) = ws::parse_header(&acc) {
+        loop {
+            let h = match ws::read_header(&acc) {
+                ws::Header::Complete(h) => h,
+                ws::Header::Incomplete => break,
+                // Not a WebSocket peer: nothing sensible to echo.
+                ws::Header::Invalid => return Ok(()),
+            };
             // Checked before adding: a frame may claim a length near u64::MAX.
             if h.len > MAX_BUFFERED as u64 {
                 return Ok(());

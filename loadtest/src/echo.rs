@@ -108,7 +108,13 @@ async fn serve(s: TcpStream, tls: Option<Arc<ServerConfig>>) -> Result<()> {
     loop {
         let mut at = 0;
         let mut closing = false;
-        while let Some(h) = ws::parse_header(&acc[at..]) {
+        loop {
+            let h = match ws::read_header(&acc[at..]) {
+                ws::Header::Complete(h) => h,
+                ws::Header::Incomplete => break,
+                // Not a WebSocket peer: close.
+                ws::Header::Invalid => return Ok(()),
+            };
             if h.len > MAX_FRAME {
                 return Ok(());
             }

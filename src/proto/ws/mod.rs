@@ -1,6 +1,8 @@
-//! The little of RFC 6455 that ringway itself speaks: the accept key and
-//! frame headers. The proxy never parses frames (it moves bytes); the demo
-//! echo backend and the load tools do.
+//! The little of RFC 6455 that ringway speaks: the accept key, and frame
+//! headers ([`read_header`], the one parser of them, and
+//! [`encode_header`]). A tunnel moves bytes without parsing them; only a
+//! drain with close frames follows its frame headers ([`tracker`]), and
+//! the demo echo backend and the load tools parse frames whole.
 
 pub mod tracker;
 
@@ -56,36 +58,87 @@ pub struct FrameHeader {
     pub header_len: usize,
 }
 
-/// Parse the frame header at the start of `buf`; `None` until it is whole.
-pub fn parse_header(buf: &[u8]) -> Option<FrameHeader> {
-    if buf.len() < 2 {
-        return None;
+/// The longest frame header: 2 bytes, an 8-byte extended length, a 4-byte
+/// masking key.
+pub const MAX_HEADER: usize = 14;
+
+/// The longest control frame payload (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// A frame header read from the start of some bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// The bytes end before the header does.
+    Incomplete,
+    /// No valid frame starts this way.
+    Invalid,
+    /// A whole, valid header.
+    Complete(FrameHeader),
+}
+
+/// The frame-header parser (RFC 6455 §5.2): reads the header at the start
+/// of `buf`, rejecting it as soon as the bytes present show that no valid
+/// frame has it: a reserved opcode (3-7, 11-15), a control frame that is
+/// fragmented or longer than 125 bytes, a 64-bit length with its top bit
+/// set. Only header bytes are looked at.
+pub fn read_header(buf: &[u8]) -> Header {
+    let Some(&b0) = buf.first() else {
+        return Header::Incomplete;
+    };
+    let opcode = b0 & 0x0F;
+    if matches!(opcode, 3..=7 | 11..=15) {
+        return Header::Invalid;
     }
-    let fin = buf[0] & 0x80 != 0;
-    let opcode = buf[0] & 0x0F;
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7F {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as u64,
-            4,
-        ),
-        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
-        n => (n as u64, 2),
+    let Some(&b1) = buf.get(1) else {
+        return Header::Incomplete;
     };
-    let mask = if masked {
-        let m: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
-        at += 4;
-        Some(m)
-    } else {
-        None
+    let fin = b0 & 0x80 != 0;
+    let len7 = b1 & 0x7F;
+    let control = opcode >= 8;
+    if control && (!fin || usize::from(len7) > MAX_CONTROL_PAYLOAD) {
+        return Header::Invalid;
+    }
+    let ext = match len7 {
+        126 => 2,
+        127 => 8,
+        _ => 0,
     };
-    Some(FrameHeader {
+    if ext == 8 && buf.get(2).is_some_and(|&top| top & 0x80 != 0) {
+        return Header::Invalid;
+    }
+    let masked = b1 & 0x80 != 0;
+    let header_len = 2 + ext + if masked { 4 } else { 0 };
+    if buf.len() < header_len {
+        return Header::Incomplete;
+    }
+    let len = match ext {
+        0 => u64::from(len7),
+        2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
+        _ => u64::from_be_bytes([
+            buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8], buf[9],
+        ]),
+    };
+    let mask = masked.then(|| {
+        let at = 2 + ext;
+        [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
+    });
+    Header::Complete(FrameHeader {
         fin,
         opcode,
         mask,
         len,
-        header_len: at,
+        header_len,
     })
+}
+
+/// The header at the start of `buf` once it is whole and valid
+/// ([`read_header`]); `None` while it is incomplete, and for one no valid
+/// frame has (callers that must tell the two apart use [`read_header`]).
+pub fn parse_header(buf: &[u8]) -> Option<FrameHeader> {
+    match read_header(buf) {
+        Header::Complete(h) => Some(h),
+        Header::Incomplete | Header::Invalid => None,
+    }
 }
 
 /// Append a frame header to `out`.
@@ -125,6 +178,26 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_incomplete_invalid_or_whole() {
+        assert_eq!(read_header(&[]), Header::Incomplete);
+        assert_eq!(read_header(&[0x82]), Header::Incomplete);
+        // Masked, 16-bit length: 8 bytes of header.
+        let h = [0x82, 0x80 | 126, 0x01, 0x00, 1, 2, 3, 4];
+        assert_eq!(read_header(&h[..7]), Header::Incomplete);
+        let Header::Complete(f) = read_header(&h) else {
+            panic!("whole")
+        };
+        assert_eq!((f.len, f.header_len, f.mask), (256, 8, Some([1, 2, 3, 4])));
+        // Seen invalid from the first bytes that show it.
+        assert_eq!(read_header(&[0x83]), Header::Invalid, "reserved opcode");
+        assert_eq!(read_header(&[0x09, 0]), Header::Invalid, "fragmented ping");
+        assert_eq!(read_header(&[0x89, 126]), Header::Invalid, "ping over 125");
+        assert_eq!(read_header(&[0x82, 127, 0x80]), Header::Invalid, "top bit");
+        assert_eq!(parse_header(&[0x83, 0]), None);
+        assert!(parse_header(&[0x88, 0]).is_some());
+    }
 
     #[test]
     fn rfc_accept_example() {

@@ -9,13 +9,8 @@
 //! framing for good, after which it never reports a boundary again.
 //! [`close_frame`] builds the Close frame to inject, masked or not.
 
-use crate::proto::ws::OP_CLOSE;
+use crate::proto::ws::{read_header, Header, MAX_CONTROL_PAYLOAD, MAX_HEADER, OP_CLOSE};
 
-/// The longest frame header: 2 bytes, an 8-byte extended length, a 4-byte
-/// masking key.
-const MAX_HEADER: usize = 14;
-/// The longest control frame payload (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
 /// The longest reason a Close frame carries after its 2-byte code.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 /// The longest frame [`close_frame`] builds: header with key, and payload.
@@ -57,62 +52,6 @@ pub struct Scan {
     pub consumed: usize,
     /// The scan stopped at a frame boundary (only with `stop_at_boundary`).
     pub stopped: bool,
-}
-
-/// A frame header read from the start of some bytes.
-enum Header {
-    /// The bytes end before the header does.
-    Incomplete,
-    /// No valid frame starts this way.
-    Invalid,
-    /// A whole header of `len` bytes, announcing `payload` bytes.
-    Complete {
-        len: usize,
-        payload: u64,
-        opcode: u8,
-    },
-}
-
-/// Reads the frame header at the start of `b`, rejecting it as soon as the
-/// bytes present show that no valid frame has it.
-fn parse_header(b: &[u8]) -> Header {
-    let Some(&b0) = b.first() else {
-        return Header::Incomplete;
-    };
-    let opcode = b0 & OPCODE_MASK;
-    if matches!(opcode, 3..=7 | 11..=15) {
-        return Header::Invalid;
-    }
-    let Some(&b1) = b.get(1) else {
-        return Header::Incomplete;
-    };
-    let len7 = b1 & 0x7F;
-    let control = opcode >= 8;
-    if control && (b0 & 0x80 == 0 || usize::from(len7) > MAX_CONTROL_PAYLOAD) {
-        return Header::Invalid;
-    }
-    let ext = match len7 {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    if ext == 8 && b.get(2).is_some_and(|&top| top & 0x80 != 0) {
-        return Header::Invalid;
-    }
-    let len = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
-    if b.len() < len {
-        return Header::Incomplete;
-    }
-    let payload = match ext {
-        0 => u64::from(len7),
-        2 => u64::from(u16::from_be_bytes([b[2], b[3]])),
-        _ => u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]),
-    };
-    Header::Complete {
-        len,
-        payload,
-        opcode,
-    }
 }
 
 impl FrameTracker {
@@ -158,14 +97,10 @@ impl FrameTracker {
                     return all;
                 }
                 // A new header, read in place when the chunk holds it whole.
-                match parse_header(&data[pos..]) {
-                    Header::Complete {
-                        len,
-                        payload,
-                        opcode,
-                    } => {
-                        pos += len;
-                        self.frame_started(payload, opcode);
+                match read_header(&data[pos..]) {
+                    Header::Complete(h) => {
+                        pos += h.header_len;
+                        self.frame_started(h.len, h.opcode);
                     }
                     Header::Incomplete => {
                         // Shorter than a header, so it fits in `head`.
@@ -188,15 +123,11 @@ impl FrameTracker {
                 let had = usize::from(self.head_len);
                 let take = (MAX_HEADER - had).min(data.len() - pos);
                 self.head[had..had + take].copy_from_slice(&data[pos..pos + take]);
-                match parse_header(&self.head[..had + take]) {
-                    Header::Complete {
-                        len,
-                        payload,
-                        opcode,
-                    } => {
-                        pos += len - had;
+                match read_header(&self.head[..had + take]) {
+                    Header::Complete(h) => {
+                        pos += h.header_len - had;
                         self.head_len = 0;
-                        self.frame_started(payload, opcode);
+                        self.frame_started(h.len, h.opcode);
                     }
                     Header::Incomplete => {
                         // Incomplete below MAX_HEADER bytes: `take` was all of

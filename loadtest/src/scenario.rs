@@ -532,7 +532,9 @@ async fn echo_conn(
 
 /// Read, or give up at `deadline` without losing bytes: the read is then
 /// cancelled and awaited, so data that raced the cancel is still returned
-/// (a dropped io_uring read can swallow it: see runtime-notes.md). `None`:
+/// (a dropped io_uring read can swallow it: its cancel reaches the kernel
+/// only at the next submission, and bytes that arrive meanwhile land in
+/// the abandoned buffer). `None`:
 /// the deadline passed and nothing was read.
 async fn read_until(
     rd: &mut ConnRead,

@@ -1,8 +1,11 @@
 //! Per-core timeouts: one last-activity stamp per connection, swept by one
 //! timer per core.
 //!
-//! No timer ever races an in-flight operation (see runtime-notes.md: a
-//! cancelled io_uring read can swallow bytes). Instead each connection
+//! No timer ever races an in-flight operation: dropping an in-flight
+//! io_uring read (the losing side of a `select!` or a timeout) queues a
+//! cancel that reaches the kernel only at the next submission, and bytes
+//! that arrive in between are read into the abandoned buffer and lost.
+//! Instead each connection
 //! registers a [`Slot`] holding its phase, a stamp and its socket numbers;
 //! [`Sweeper::tick`] finds the expired ones and `shutdown(2)`s their sockets,
 //! so the connection's own pending readiness waits complete, its next `recv`

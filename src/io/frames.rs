@@ -4,7 +4,7 @@
 //!
 //! [`Frames`] lives in the tunnel's state (two 24-byte trackers, no
 //! allocation); each direction sees it through a [`Watch`], which
-//! `tunnel::pump` consults between reads ([`Watch::should_stop`]) and on
+//! `Ctx::pump` consults between reads ([`Watch::should_stop`]) and on
 //! every chunk it copies ([`Watch::follow`]). Asked, a direction stops at
 //! the first boundary at which the other direction is at one too, or has
 //! stopped already: the tunnel's two Close frames are a pair, so neither
@@ -71,7 +71,7 @@ impl Frames {
     }
 }
 
-/// One direction's view of its tunnel's [`Frames`], for `tunnel::pump`
+/// One direction's view of its tunnel's [`Frames`], for `Ctx::pump`
 /// and, once stopped, for `io::drain::close`.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {

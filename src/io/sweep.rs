@@ -15,7 +15,7 @@
 //! With `--drain-close-frames` the drain also *asks* tunnels to close
 //! ([`Sweeper::ask`]): a flag in the slot, and a wake of the connection's
 //! task through the waker a tunnel leaves there when it opens
-//! ([`Tracked::set_waker`]); the tunnel then closes itself (`drain.rs`).
+//! ([`Tracked::set_waker`]); the tunnel then closes itself (`io::frames`, `io::drain`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;

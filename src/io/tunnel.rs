@@ -101,7 +101,7 @@ pub enum End {
     Complete,
     /// A drain asked, and the tunnel's frames allowed it: stopped at a frame
     /// boundary, everything before it forwarded, nothing after it (see
-    /// `drain.rs`).
+    /// `io::frames`).
     Stopped,
 }
 

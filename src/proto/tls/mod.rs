@@ -6,7 +6,7 @@
 //! shared by all cores. Each core builds its own `ServerConfig` (its own
 //! session cache, so no two cores contend for one lock) around the shared
 //! certificate resolver and the shared ticket key (so a ticket works on
-//! every core). A reload (`reload.rs`) loads them again into the new
+//! every core). A reload (`config::reload`) loads them again into the new
 //! configuration, keeping the ticket key and each core's session cache;
 //! live sessions keep what they started with.
 

@@ -13,7 +13,7 @@
 //!
 //! Both are released (no capacity kept) as soon as they empty, so an idle
 //! wss tunnel holds only rustls's connection state (keys and sequence
-//! numbers). The functions here never wait: `tunnel.rs` does the waiting.
+//! numbers). The functions here never wait: `io::tunnel` does the waiting.
 
 use std::io;
 use std::sync::Arc;

@@ -125,6 +125,8 @@ impl Generation {
 pub struct CoreParts {
     /// Worker index, for log lines.
     pub id: usize,
+    /// The configuration in force, and the start-up settings (the scratch
+    /// buffer's size).
     pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub metrics: Arc<CoreMetrics>,
@@ -153,7 +155,7 @@ impl Core {
             config.idle_timeout,
         ));
         let tls_cache = crate::proto::tls::session_cache();
-        let buffer_size = config.buffer_size;
+        let buffer_size = reloader.startup().buffer_size;
         let generation = Generation::new(config, version, &tls_cache, &metrics)?;
         Ok(Core {
             id,

@@ -2,7 +2,7 @@
 //! flags in [`ProxyArgs`]), each flag's value parser, the `DEFAULT_*`
 //! values, and [`parse_cli`], which puts the `--config` file's settings
 //! (`file.rs`) under the flags. Nothing here is checked against anything
-//! else; `Config::from_args` (`mod.rs`) does that.
+//! else; `Settings::from_args` (`mod.rs`) does that.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

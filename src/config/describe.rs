@@ -1,19 +1,21 @@
-//! What `ringway check` prints: the resolved configuration, in words (listeners, routes, groups and their servers, limits, timeouts,
+//! What `ringway check` prints: the resolved configuration, both parts, in
+//! words (listeners, routes, groups and their servers, limits, timeouts,
 //! operations). Read by people and by `tests/config_file.rs`.
 
 use std::fmt::Write as _;
 
-use crate::config::{Config, Target};
+use crate::config::{Settings, Target};
 use crate::ops::access_log;
 use crate::policy::balance::Method;
 use crate::proto::proxy_protocol;
 
-impl Config {
+impl Settings {
     /// What `ringway check` prints: the resolved configuration.
     pub fn describe(&self) -> String {
+        let Settings { startup, config } = self;
         let mut s = String::new();
         let _ = writeln!(s, "listeners:");
-        for l in &self.listen {
+        for l in &startup.listen {
             let _ = writeln!(
                 s,
                 "  {} {}{}",
@@ -27,9 +29,9 @@ impl Config {
             );
         }
         let _ = writeln!(s, "routes (first match wins, longest prefix first):");
-        for r in self.routes.iter() {
+        for r in config.routes.iter() {
             let target = match &r.target {
-                Target::Group(g) => format!("group {}", self.groups[*g].name),
+                Target::Group(g) => format!("group {}", config.groups[*g].name),
                 Target::Static(root) => format!("static files from {}", root.path().display()),
             };
             let _ = writeln!(
@@ -40,7 +42,7 @@ impl Config {
             );
         }
         let _ = writeln!(s, "groups:");
-        for g in &self.groups {
+        for g in &config.groups {
             let method = match g.method {
                 Method::RoundRobin => "round-robin",
                 Method::LeastConn => "least-conn",
@@ -72,13 +74,14 @@ impl Config {
             }
         }
         let none = || "none".to_string();
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
             "limits: per client address {} (answered {}), connections {}, tries per connection {}",
-            self.limit_conn_per_ip.map_or_else(none, |n| n.to_string()),
-            self.limit_conn_status,
-            self.max_conns.map_or_else(none, |n| n.to_string()),
-            match self.upstream_tries {
+            config.limit_conn_per_ip.map_or_else(none, |n| n.to_string()),
+            config.limit_conn_status,
+            config.max_conns.map_or_else(none, |n| n.to_string()),
+            match config.upstream_tries {
                 0 => "every server once".to_string(),
                 n => n.to_string(),
             },
@@ -87,34 +90,45 @@ impl Config {
         let _ = writeln!(
             s,
             "origins allowed: {}; trusted proxies: {}",
-            if self.allow_origin.is_empty() {
+            if config.allow_origin.is_empty() {
                 "any".to_string()
             } else {
-                list(self.allow_origin.iter().map(|o| o.to_string()).collect())
+                list(config.allow_origin.iter().map(|o| o.to_string()).collect())
             },
-            list(self.trusted_proxies.iter().map(|c| c.to_string()).collect()),
+            list(
+                config
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            ),
         );
         let _ = writeln!(
             s,
             "timeouts: connect {:?}, handshake {:?}, idle {:?}, drain {:?}; workers {}",
-            self.connect_timeout,
-            self.handshake_timeout,
-            self.idle_timeout,
-            self.drain_timeout,
-            self.workers
+            config.connect_timeout,
+            config.handshake_timeout,
+            config.idle_timeout,
+            config.drain_timeout,
+            startup.workers
         );
         let _ = writeln!(
             s,
             "operations: metrics {}, access log {} ({:?}), close frames at drain {}",
-            self.metrics_listen
+            startup
+                .metrics_listen
                 .map_or_else(|| "off".to_string(), |a| format!("on http://{a}/metrics")),
-            match &self.access_log {
+            match &startup.access_log {
                 access_log::Sink::Off => "off".to_string(),
                 access_log::Sink::Stderr => "stderr".to_string(),
                 access_log::Sink::File(p) => p.display().to_string(),
             },
-            self.access_log_format,
-            if self.drain_close_frames { "on" } else { "off" },
+            startup.access_log_format,
+            if config.drain_close_frames {
+                "on"
+            } else {
+                "off"
+            },
         );
         s
     }

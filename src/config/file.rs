@@ -82,7 +82,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::cli::{parse_cli, CliError, Command};
-    use crate::config::{Config, ConfigError};
+    use crate::config::{ConfigError, Settings};
 
     /// A TOML file in a fresh temp directory.
     fn toml_file(name: &str, text: &str) -> PathBuf {
@@ -106,9 +106,12 @@ mod tests {
         );
         let f = file.to_str().unwrap();
         let cli = parse_cli(["ringway", "--config", f]).unwrap();
-        let c = Config::from_args(&cli.proxy, 4).unwrap();
+        let Settings {
+            startup: s,
+            config: c,
+        } = Settings::from_args(&cli.proxy, 4).unwrap();
         assert_eq!(c.idle_timeout, Duration::from_secs(7200));
-        assert_eq!((c.workers, c.pin), (3, false));
+        assert_eq!((s.workers, s.pin), (3, false));
         assert_eq!(c.groups[0].servers.len(), 2);
         // A flag replaces the file's setting of the same name, lists whole.
         let cli = parse_cli([
@@ -121,7 +124,7 @@ mod tests {
             "chat=127.0.0.1:9100",
         ])
         .unwrap();
-        let c = Config::from_args(&cli.proxy, 4).unwrap();
+        let c = Settings::from_args(&cli.proxy, 4).unwrap().config;
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.groups[0].servers.len(), 1);
         assert_eq!(c.groups[0].servers[0].addr.port(), 9100);

@@ -1,8 +1,16 @@
-//! The configuration: flags (and the `--config` file) validated into a
-//! read-only [`Config`], which can no longer be wrong: at least one listener and one
+//! The configuration: flags (and the `--config` file) validated into
+//! [`Settings`], which can no longer be wrong: at least one listener and one
 //! backend, every timeout non-zero, sizes in range, backend names resolved,
-//! routes to groups that exist, certificates loaded. Each worker reads it
-//! through an `Arc`.
+//! routes to groups that exist, certificates loaded.
+//!
+//! [`Settings`] is two parts. [`Startup`] is what is bound when ringway
+//! starts (listeners, workers, the ring, the metrics and access-log
+//! destinations): the server reads it once. [`Config`] is everything a
+//! connection reads (certificates, groups, routes, limits, timeouts): each
+//! worker reads it through an `Arc`, and a reload (`reload.rs`) replaces it
+//! whole. A reload publishes only a `Config`, so it cannot express a
+//! start-up change; one that would need one is refused
+//! ([`Startup::changed_from`]).
 //!
 //! The folder, lowest first: `error.rs` (every message), `file.rs` (the
 //! TOML file as arguments), `cli.rs` (clap's types, `parse_cli`),
@@ -52,11 +60,40 @@ pub struct Listen {
     pub proxy_protocol: bool,
 }
 
-/// The validated configuration. Built once, read-only, shared by `Arc`.
+/// The validated configuration, both parts: what [`Settings::from_args`]
+/// builds, at start and at each reload.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Settings {
+    /// Fixed while ringway runs.
+    pub startup: Startup,
+    /// What a reload may replace.
+    pub config: Config,
+}
+
+/// What is fixed when ringway starts: what it binds and opens, and how its
+/// workers run. The server reads it once; a reload that would change it is
+/// refused.
+#[derive(Debug, Clone)]
+pub struct Startup {
     /// ws:// listeners first, then wss://, each in flag order.
     pub listen: Vec<Listen>,
+    pub workers: usize,
+    pub pin: bool,
+    pub driver: Driver,
+    pub ring_entries: u32,
+    pub backlog: u32,
+    /// The per-core scratch buffer's size.
+    pub buffer_size: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub access_log: access_log::Sink,
+    pub access_log_format: access_log::Format,
+}
+
+/// What a reload may replace: everything a connection reads. Read-only,
+/// shared by `Arc`; each connection keeps the one it was accepted under
+/// until it ends.
+#[derive(Debug, Clone)]
+pub struct Config {
     /// The TLS listeners' certificates (when there are TLS listeners).
     pub tls: Option<Arc<ServerTls>>,
     pub groups: Vec<Group>,
@@ -70,29 +107,21 @@ pub struct Config {
     pub max_conns: Option<usize>,
     pub allow_origin: Vec<OriginPattern>,
     pub trusted_proxies: Vec<Cidr>,
-    pub workers: usize,
-    pub pin: bool,
-    pub driver: Driver,
-    pub ring_entries: u32,
-    pub backlog: u32,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Read when the drain begins: the configuration in force then.
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
-    pub buffer_size: usize,
-    pub metrics_listen: Option<SocketAddr>,
-    pub access_log: access_log::Sink,
-    pub access_log_format: access_log::Format,
     pub drain_close_frames: bool,
 }
 
 /// Most worker threads accepted.
 const MAX_WORKERS: usize = 1024;
 
-impl Config {
+impl Settings {
     /// Validate flags. `available_cores` is the default worker count.
-    pub fn from_args(args: &ProxyArgs, available_cores: usize) -> Result<Config, ConfigError> {
+    pub fn from_args(args: &ProxyArgs, available_cores: usize) -> Result<Settings, ConfigError> {
         if args.upstream.is_empty() && args.static_dirs.is_empty() {
             return Err(ConfigError::NoUpstream);
         }
@@ -212,42 +241,85 @@ impl Config {
                 ServerTls::load(cert_files).map_err(TlsError::Certificates)?,
             ))
         };
-        Ok(Config {
-            listen,
-            tls,
-            groups,
-            routes,
-            upstream_tls,
-            upstream_tries: args.upstream_tries,
-            limit_conn_per_ip: args.limit_conn_per_ip,
-            limit_conn_status: args.limit_conn_status,
-            max_conns: args.max_conns,
-            allow_origin: args.allow_origin.clone(),
-            trusted_proxies: args.trusted_proxy.clone(),
-            workers,
-            pin: !args.no_pin,
-            driver: args.driver,
-            ring_entries: args.ring_entries,
-            backlog: args.backlog,
-            connect_timeout: args.connect_timeout,
-            handshake_timeout: args.handshake_timeout,
-            idle_timeout: args.idle_timeout,
-            drain_timeout: args.drain_timeout,
-            max_header_bytes: args.max_header_bytes,
-            buffer_size: args.buffer_size,
-            metrics_listen: args.metrics_listen,
-            access_log: args.access_log.clone(),
-            access_log_format: args.access_log_format,
-            drain_close_frames: args.drain_close_frames,
+        Ok(Settings {
+            startup: Startup {
+                listen,
+                workers,
+                pin: !args.no_pin,
+                driver: args.driver,
+                ring_entries: args.ring_entries,
+                backlog: args.backlog,
+                buffer_size: args.buffer_size,
+                metrics_listen: args.metrics_listen,
+                access_log: args.access_log.clone(),
+                access_log_format: args.access_log_format,
+            },
+            config: Config {
+                tls,
+                groups,
+                routes,
+                upstream_tls,
+                upstream_tries: args.upstream_tries,
+                limit_conn_per_ip: args.limit_conn_per_ip,
+                limit_conn_status: args.limit_conn_status,
+                max_conns: args.max_conns,
+                allow_origin: args.allow_origin.clone(),
+                trusted_proxies: args.trusted_proxy.clone(),
+                connect_timeout: args.connect_timeout,
+                handshake_timeout: args.handshake_timeout,
+                idle_timeout: args.idle_timeout,
+                drain_timeout: args.drain_timeout,
+                max_header_bytes: args.max_header_bytes,
+                drain_close_frames: args.drain_close_frames,
+            },
         })
     }
+}
 
+impl Startup {
     /// The listeners' addresses of one kind.
     pub fn listen_addrs(&self, tls: bool) -> impl Iterator<Item = SocketAddr> + '_ {
         self.listen
             .iter()
             .filter(move |l| l.tls == tls)
             .map(|l| l.addr)
+    }
+
+    /// The flags (by name) whose setting differs from `old`'s: what a
+    /// reload to `self` would need a restart for. Empty when none does.
+    pub fn changed_from(&self, old: &Startup) -> Vec<&'static str> {
+        // Every field by name, so that a new one cannot be left unchecked.
+        let Startup {
+            listen,
+            workers,
+            pin,
+            driver,
+            ring_entries,
+            backlog,
+            buffer_size,
+            metrics_listen,
+            access_log,
+            access_log_format,
+        } = self;
+        [
+            ("listen/tls-listen", *listen == old.listen),
+            ("workers", *workers == old.workers),
+            ("no-pin", *pin == old.pin),
+            ("driver", *driver == old.driver),
+            ("ring-entries", *ring_entries == old.ring_entries),
+            ("backlog", *backlog == old.backlog),
+            ("buffer-size", *buffer_size == old.buffer_size),
+            ("metrics-listen", *metrics_listen == old.metrics_listen),
+            ("access-log", *access_log == old.access_log),
+            (
+                "access-log-format",
+                *access_log_format == old.access_log_format,
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 
@@ -265,20 +337,23 @@ mod tests {
     }
 
     /// Those flags validated, with 4 cores.
-    pub(crate) fn config(extra: &[&str]) -> Result<Config, ConfigError> {
-        Config::from_args(&args(extra).unwrap(), 4)
+    pub(crate) fn config(extra: &[&str]) -> Result<Settings, ConfigError> {
+        Settings::from_args(&args(extra).unwrap(), 4)
     }
 
     #[test]
     fn defaults() {
-        let c = config(&["--upstream", "127.0.0.1:9000"]).unwrap();
+        let Settings {
+            startup: s,
+            config: c,
+        } = config(&["--upstream", "127.0.0.1:9000"]).unwrap();
         assert_eq!(
-            c.listen_addrs(false).collect::<Vec<_>>(),
+            s.listen_addrs(false).collect::<Vec<_>>(),
             vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()]
         );
-        assert_eq!(c.workers, 4);
-        assert!(c.pin);
-        assert_eq!(c.driver, Driver::Auto);
+        assert_eq!(s.workers, 4);
+        assert!(s.pin);
+        assert_eq!(s.driver, Driver::Auto);
         assert_eq!(c.connect_timeout, Duration::from_secs(60));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(3600));
@@ -298,7 +373,10 @@ mod tests {
 
     #[test]
     fn every_flag_parses() {
-        let c = config(&[
+        let Settings {
+            startup: s,
+            config: c,
+        } = config(&[
             "--listen",
             "127.0.0.1:1",
             "--listen",
@@ -332,17 +410,17 @@ mod tests {
             "8192",
         ])
         .unwrap();
-        assert_eq!(c.listen.len(), 2);
+        assert_eq!(s.listen.len(), 2);
         assert_eq!(c.groups[0].servers.len(), 2);
         assert_eq!(c.groups[0].servers[0].name, "127.0.0.1:9000");
-        assert_eq!((c.workers, c.pin, c.driver), (3, false, Driver::Legacy));
-        assert_eq!((c.ring_entries, c.backlog), (256, 128));
+        assert_eq!((s.workers, s.pin, s.driver), (3, false, Driver::Legacy));
+        assert_eq!((s.ring_entries, s.backlog), (256, 128));
         assert_eq!(c.idle_timeout, Duration::from_secs(86400));
         assert_eq!(
             c.groups[0].servers[0].params.fail_timeout,
             Duration::from_secs(1)
         );
-        assert_eq!((c.max_header_bytes, c.buffer_size), (4096, 8192));
+        assert_eq!((c.max_header_bytes, s.buffer_size), (4096, 8192));
     }
 
     #[test]
@@ -396,7 +474,7 @@ mod tests {
 
     #[test]
     fn listen_options_and_limits() {
-        let c = config(&[
+        let settings = config(&[
             "--upstream",
             "127.0.0.1:1",
             "--listen",
@@ -415,14 +493,15 @@ mod tests {
             "*.example.org",
         ])
         .unwrap();
-        assert!(c.listen[0].proxy_protocol && !c.listen[0].tls);
+        let (s, c) = (&settings.startup, &settings.config);
+        assert!(s.listen[0].proxy_protocol && !s.listen[0].tls);
         assert_eq!(c.trusted_proxies.len(), 1);
         assert_eq!(
             (c.limit_conn_per_ip, c.limit_conn_status, c.max_conns),
             (Some(3), 429, Some(100))
         );
         assert_eq!(c.allow_origin.len(), 2);
-        let text = c.describe();
+        let text = settings.describe();
         assert!(text.contains("PROXY protocol required"), "{text}");
         assert!(
             text.contains("per client address 3 (answered 429)"),

@@ -205,7 +205,8 @@ mod tests {
             "--static",
             &stat,
         ])
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(target_of(&c, Some("x"), "/ws/room"), "chat");
         assert_eq!(target_of(&c, Some("x"), "/ws/api/v1"), "api");
         assert_eq!(target_of(&c, Some("x"), "/wsx"), "static");
@@ -227,9 +228,11 @@ mod tests {
             "*.w.test is subdomains only"
         );
         assert_eq!(target_of(&c, Some("[::1]:80"), "/ws/"), "chat");
-        let only = config(&["--upstream", "127.0.0.1:1", "--route", "/ws/=default"]).unwrap();
+        let only = config(&["--upstream", "127.0.0.1:1", "--route", "/ws/=default"])
+            .unwrap()
+            .config;
         assert_eq!(target_of(&only, None, "/other"), "404");
-        let implicit = config(&["--upstream", "127.0.0.1:1"]).unwrap();
+        let implicit = config(&["--upstream", "127.0.0.1:1"]).unwrap().config;
         assert_eq!(target_of(&implicit, None, "/anything"), "default");
     }
 

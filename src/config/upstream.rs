@@ -238,7 +238,8 @@ mod tests {
             "--upstream-tries",
             "2",
         ])
-        .unwrap();
+        .unwrap()
+        .config;
         assert_eq!(c.groups.len(), 2);
         let chat = &c.groups[0];
         assert_eq!(

@@ -36,7 +36,8 @@ pub struct WorkerSpec {
     pub cpu: Option<core_affinity::CoreId>,
     /// Each with what it was configured as.
     pub listeners: Vec<(std::net::TcpListener, Listen)>,
-    /// The configuration (its settings fixed at start are read from it).
+    /// The configuration in force, and the start-up settings
+    /// (`Reloader::startup`: the driver, the ring, the buffer size).
     pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
@@ -78,9 +79,9 @@ pub fn run(
         }
     }
     let id = spec.id;
-    let (_, config) = spec.reloader.current();
-    let entries = config.ring_entries;
-    let want_uring = match config.driver {
+    let startup = spec.reloader.startup();
+    let (driver, entries) = (startup.driver, startup.ring_entries);
+    let want_uring = match driver {
         Driver::Uring => true,
         Driver::Legacy => false,
         Driver::Auto => monoio::utils::detect_uring(),
@@ -91,7 +92,7 @@ pub fn run(
                 ready(Ok("io_uring"));
                 return rt.block_on(main(spec, mode));
             }
-            Err(e) if config.driver == Driver::Uring => {
+            Err(e) if driver == Driver::Uring => {
                 ready(Err(e.to_string()));
                 return Err(WorkerError::Runtime {
                     id,

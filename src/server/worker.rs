@@ -17,7 +17,7 @@ use crate::config::{Driver, Listen};
 use crate::io::sweep::Expiry;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::CoreMetrics;
-use crate::percore::{Core, CoreParts};
+use crate::percore::{Core, CoreParts, TlsSetupError};
 use crate::policy::limits::Shared;
 use crate::server::shutdown::Shutdown;
 use crate::sys::{self, Half};
@@ -58,7 +58,7 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     #[error("worker {id}: cannot set up TLS: {why}")]
-    Tls { id: usize, why: String },
+    Tls { id: usize, why: TlsSetupError },
     #[error("worker {id}: cannot register a listener: {source}")]
     Listener {
         id: usize,

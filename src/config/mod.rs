@@ -5,7 +5,7 @@
 //!
 //! [`Settings`] is two parts. [`Startup`] is what is bound when ringway
 //! starts (listeners, workers, the ring, the metrics and access-log
-//! destinations): the server reads it once. [`Config`] is everything a
+//! destinations): the server reads it at start. [`Config`] is everything a
 //! connection reads (certificates, groups, routes, limits, timeouts): each
 //! worker reads it through an `Arc`, and a reload (`reload.rs`) replaces it
 //! whole. A reload publishes only a `Config`, so it cannot express a
@@ -71,8 +71,8 @@ pub struct Settings {
 }
 
 /// What is fixed when ringway starts: what it binds and opens, and how its
-/// workers run. The server reads it once; a reload that would change it is
-/// refused.
+/// workers run. The server and its workers read it at start; a reload that
+/// would change it is refused.
 #[derive(Debug, Clone)]
 pub struct Startup {
     /// ws:// listeners first, then wss://, each in flag order.
@@ -110,7 +110,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Read when the drain begins: the configuration in force then.
+    /// Read by each worker when the drain begins, from the configuration it
+    /// holds then.
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_close_frames: bool,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::{Cli, Config, DemoArgs};
+use crate::config::{Cli, DemoArgs, Settings};
 use crate::proto::ws;
 
 /// Largest message the demo backend buffers.
@@ -72,9 +72,9 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
     proxy.cert = Some(certs.cert.clone());
     proxy.key = Some(certs.key.clone());
     proxy.workers = args.workers.or(Some(cores.min(2)));
-    let config = Config::from_args(&proxy, cores)?;
+    let settings = Settings::from_args(&proxy, cores)?;
     let shutdown = crate::server::shutdown::Shutdown::new();
-    let server = crate::server::start(config, shutdown.clone())?;
+    let server = crate::server::start(settings, shutdown.clone())?;
     let (at, tls_at) = (server.local_addrs()[0], server.local_addrs()[1]);
     let tls_port = tls_at.port();
     let ca = certs.ca.display();

@@ -1,8 +1,8 @@
-//! `ringway`: flags (and --config file) -> Config -> run -> exit code.
+//! `ringway`: flags (and --config file) -> Settings -> run -> exit code.
 
 use std::process::ExitCode;
 
-use ringway::config::{self, CliError, Command, Config};
+use ringway::config::{self, CliError, Command, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,9 +22,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Demo(args)) => ringway::demo::run(&args, cores),
         Some(Command::Check(args)) => {
-            return match Config::from_args(&args.proxy, cores) {
-                Ok(config) => {
-                    print!("configuration OK\n{}", config.describe());
+            return match Settings::from_args(&args.proxy, cores) {
+                Ok(settings) => {
+                    print!("configuration OK\n{}", settings.describe());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -33,8 +33,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => match Config::from_args(&cli.proxy, cores) {
-            Ok(config) => ringway::server::run(config, argv, cores).map_err(Into::into),
+        None => match Settings::from_args(&cli.proxy, cores) {
+            Ok(settings) => ringway::server::run(settings, argv, cores).map_err(Into::into),
             Err(e) => {
                 eprintln!("ringway: {e}");
                 return ExitCode::from(2);

@@ -67,15 +67,22 @@ pub struct Generation {
     pub servers: Vec<Vec<Arc<ServerMetrics>>>,
 }
 
+/// Why a core cannot serve a configuration: its TLS server configuration
+/// could not be built from the certificates (loaded and checked already, so
+/// the fault is the system's or the build's, not the user's files).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsSetupError(pub String);
+
 impl Generation {
     fn new(
         config: Arc<Config>,
         version: u64,
         cache: &SessionCache,
         metrics: &CoreMetrics,
-    ) -> Result<Generation, String> {
+    ) -> Result<Generation, TlsSetupError> {
         let tls = match &config.tls {
-            Some(shared) => Some(CoreTls::new(shared, cache.clone())?),
+            Some(shared) => Some(CoreTls::new(shared, cache.clone()).map_err(TlsSetupError)?),
             None => None,
         };
         // Counters are found by label, so that a reload keeps counting on
@@ -125,6 +132,8 @@ impl Generation {
 pub struct CoreParts {
     /// Worker index, for log lines.
     pub id: usize,
+    /// The configuration in force, and the start-up settings (the scratch
+    /// buffer's size).
     pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub metrics: Arc<CoreMetrics>,
@@ -137,7 +146,7 @@ impl Core {
     /// This core's state, with the first generation built from the
     /// configuration in force. Fails when its TLS configuration cannot be
     /// built.
-    pub fn new(parts: CoreParts) -> Result<Core, String> {
+    pub fn new(parts: CoreParts) -> Result<Core, TlsSetupError> {
         let CoreParts {
             id,
             reloader,
@@ -153,7 +162,7 @@ impl Core {
             config.idle_timeout,
         ));
         let tls_cache = crate::proto::tls::session_cache();
-        let buffer_size = config.buffer_size;
+        let buffer_size = reloader.startup().buffer_size;
         let generation = Generation::new(config, version, &tls_cache, &metrics)?;
         Ok(Core {
             id,

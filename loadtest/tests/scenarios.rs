@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::{Pki, TempDir};
-use ringway::config::{Cli, Config};
+use ringway::config::{Cli, Settings};
 use ringway::server::shutdown::Shutdown;
 use ringway_load::client::Target;
 use ringway_load::report::Report;
@@ -77,9 +77,9 @@ fn ringway(listen: &[&str], backend: SocketAddr) -> (ringway::server::Server, Sh
     args.extend(listen);
     args.extend(["--upstream", &backend, "--workers", "1", "--no-pin"]);
     let cli = Cli::try_parse_from(args).unwrap();
-    let config = Config::from_args(&cli.proxy, 1).unwrap();
+    let settings = Settings::from_args(&cli.proxy, 1).unwrap();
     let shutdown = Shutdown::new();
-    let server = ringway::server::start(config, shutdown.clone()).unwrap();
+    let server = ringway::server::start(settings, shutdown.clone()).unwrap();
     (server, shutdown)
 }
 

@@ -10,38 +10,68 @@
 //! under until it ends, so live tunnels keep their routes, their backend and
 //! their place in its balancer's counts, and nothing lingers once they end.
 //!
-//! Settings bound when ringway starts (listeners, workers, the ring, the
-//! metrics and access-log destinations) cannot change this way: a file that
-//! changes one is refused whole, like any invalid file, and the old
-//! configuration stays in force.
+//! Only a [`Config`] is published: the settings bound when ringway starts
+//! ([`Startup`]: listeners, workers, the ring, the metrics and access-log
+//! destinations) stay those it started with. A file whose `Startup` differs
+//! from them is refused whole, like any invalid file
+//! ([`ReloadError::NeedsRestart`]), and the old configuration stays in
+//! force.
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{self, CliError, Config};
+use crate::config::cli::{self, CliError};
+use crate::config::error::ConfigError;
+use crate::config::{Config, Settings, Startup};
 
 /// The configuration in force, and how to read it again.
 #[derive(Debug)]
 pub struct Reloader {
-    /// The command line ringway was started with (`None`: started from a
-    /// `Config` built in code, which has nothing to read again).
+    /// The command line ringway was started with (`None`: started from
+    /// `Settings` built in code, which has nothing to read again).
     argv: Option<Vec<OsString>>,
     /// The default worker count the start-up configuration was built with.
     cores: usize,
+    /// The start-up settings in force: never replaced, and what a new file
+    /// must agree with.
+    startup: Startup,
     current: Mutex<Arc<Config>>,
     /// Bumped after `current` changes; 0 is the start-up configuration.
     version: AtomicU64,
 }
 
+/// Why a reload was refused (the configuration in force stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("started without a command line to read again")]
+    NoCommandLine,
+    /// The command line (or its file) no longer parses.
+    #[error("{}", cli::usage_reason(.0))]
+    Usage(clap::Error),
+    /// It parses but is not a valid configuration.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// It is valid but changes these start-up settings (by flag name).
+    #[error("{} cannot change without a restart", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+}
+
 impl Reloader {
-    pub fn new(config: Arc<Config>, argv: Option<Vec<OsString>>, cores: usize) -> Reloader {
+    pub fn new(settings: Settings, argv: Option<Vec<OsString>>, cores: usize) -> Reloader {
+        let Settings { startup, config } = settings;
         Reloader {
             argv,
             cores,
-            current: Mutex::new(config),
+            startup,
+            current: Mutex::new(Arc::new(config)),
             version: AtomicU64::new(0),
         }
+    }
+
+    /// The start-up settings, fixed for the life of the process.
+    pub fn startup(&self) -> &Startup {
+        &self.startup
     }
 
     /// The version of the configuration in force (cheap: one load).
@@ -66,17 +96,23 @@ impl Reloader {
     /// again. On success the new configuration is in force for every
     /// connection accepted from now on, and a summary is returned; on any
     /// error nothing changes and the error says why.
-    pub fn reload(&self) -> Result<String, String> {
+    pub fn reload(&self) -> Result<String, ReloadError> {
         let Some(argv) = &self.argv else {
-            return Err("started without a command line to read again".into());
+            return Err(ReloadError::NoCommandLine);
         };
-        let cli = config::parse_cli(argv.iter().cloned()).map_err(|e| match e {
-            CliError::Usage(e) => config::usage_reason(&e),
-            CliError::Config(e) => e.to_string(),
+        let cli = cli::parse_cli(argv.iter().cloned()).map_err(|e| match e {
+            CliError::Usage(e) => ReloadError::Usage(e),
+            CliError::Config(e) => ReloadError::Invalid(e),
         })?;
-        let mut new = Config::from_args(&cli.proxy, self.cores).map_err(|e| e.to_string())?;
+        let Settings {
+            startup,
+            config: mut new,
+        } = Settings::from_args(&cli.proxy, self.cores)?;
         let mut current = self.lock();
-        fixed_settings_unchanged(&current, &new)?;
+        let changed = startup.changed_from(&self.startup);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed));
+        }
         if let (Some(tls), Some(old)) = (new.tls.as_mut(), current.tls.as_deref()) {
             if let Some(tls) = Arc::get_mut(tls) {
                 tls.keep_ticket_key_of(old);
@@ -95,37 +131,6 @@ impl Reloader {
         *current = Arc::new(new);
         self.version.fetch_add(1, Ordering::AcqRel);
         Ok(summary)
-    }
-}
-
-/// Refuse a new configuration that changes what only a restart can.
-fn fixed_settings_unchanged(old: &Config, new: &Config) -> Result<(), String> {
-    let mut changed = Vec::new();
-    let mut check = |name: &'static str, same: bool| {
-        if !same {
-            changed.push(name);
-        }
-    };
-    check("listen/tls-listen", old.listen == new.listen);
-    check("workers", old.workers == new.workers);
-    check("no-pin", old.pin == new.pin);
-    check("driver", old.driver == new.driver);
-    check("ring-entries", old.ring_entries == new.ring_entries);
-    check("backlog", old.backlog == new.backlog);
-    check("buffer-size", old.buffer_size == new.buffer_size);
-    check("metrics-listen", old.metrics_listen == new.metrics_listen);
-    check("access-log", old.access_log == new.access_log);
-    check(
-        "access-log-format",
-        old.access_log_format == new.access_log_format,
-    );
-    if changed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} cannot change without a restart",
-            changed.join(", ")
-        ))
     }
 }
 
@@ -153,9 +158,9 @@ mod tests {
     }
 
     fn start(file: &std::path::Path) -> Reloader {
-        let cli = config::parse_cli(argv(file)).unwrap();
-        let config = Config::from_args(&cli.proxy, 1).unwrap();
-        Reloader::new(Arc::new(config), Some(argv(file)), 1)
+        let cli = cli::parse_cli(argv(file)).unwrap();
+        let settings = Settings::from_args(&cli.proxy, 1).unwrap();
+        Reloader::new(settings, Some(argv(file)), 1)
     }
 
     #[test]
@@ -190,7 +195,7 @@ mod tests {
             &file,
             "upstream = [\"a=127.0.0.1:9001\"]\nroute = [\"/=nope\"]\n",
         );
-        let why = r.reload().unwrap_err();
+        let why = r.reload().unwrap_err().to_string();
         assert!(why.contains("no group nope"), "{why}");
         // Not TOML at all.
         write(&file, "upstream = [\n");
@@ -200,7 +205,7 @@ mod tests {
             &file,
             "upstream = [\"a=127.0.0.1:9001\"]\nbuffer-size = 8192\n",
         );
-        let why = r.reload().unwrap_err();
+        let why = r.reload().unwrap_err().to_string();
         assert_eq!(why, "buffer-size cannot change without a restart");
         let (version, config) = r.current();
         assert_eq!(version, 1, "no failed reload is published");
@@ -210,9 +215,9 @@ mod tests {
 
     #[test]
     fn without_a_command_line_there_is_nothing_to_read() {
-        let cli = config::parse_cli(["ringway", "--upstream", "127.0.0.1:9"]).unwrap();
-        let config = Config::from_args(&cli.proxy, 1).unwrap();
-        let r = Reloader::new(Arc::new(config), None, 1);
+        let cli = cli::parse_cli(["ringway", "--upstream", "127.0.0.1:9"]).unwrap();
+        let settings = Settings::from_args(&cli.proxy, 1).unwrap();
+        let r = Reloader::new(settings, None, 1);
         assert!(r.reload().is_err());
         assert_eq!(r.version(), 0);
     }

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use crate::config::reload::Reloader;
-use crate::config::{Config, Listen};
+use crate::config::{Listen, Settings, Startup};
 use crate::ops::access_log::{AccessLog, AccessLogError};
 use crate::ops::metrics::{self, Metrics, State};
 use crate::policy::limits::Shared;
@@ -140,11 +140,11 @@ const FD_RESERVE: u64 = 64;
 const FEW_TUNNELS: u64 = 10_000;
 
 /// Raise the open-files limit as far as allowed, and say what it allows.
-fn check_fd_limit(config: &Config) {
+fn check_fd_limit(startup: &Startup) {
     match crate::sys::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let listeners = config.listen.len();
-            let fixed = FD_RESERVE + (listeners * config.workers) as u64;
+            let listeners = startup.listen.len();
+            let fixed = FD_RESERVE + (listeners * startup.workers) as u64;
             let tunnels = soft.saturating_sub(fixed) / 2;
             if tunnels < FEW_TUNNELS {
                 log::warn!(
@@ -162,20 +162,18 @@ fn check_fd_limit(config: &Config) {
 
 /// Bind, steer, and start the workers, with a configuration that cannot be
 /// reloaded (it was not read from a command line).
-pub fn start(config: Config, shutdown: Shutdown) -> Result<Server, ServerError> {
-    let cores = config.workers;
-    start_with(
-        Arc::new(Reloader::new(Arc::new(config), None, cores)),
-        shutdown,
-    )
+pub fn start(settings: Settings, shutdown: Shutdown) -> Result<Server, ServerError> {
+    let cores = settings.startup.workers;
+    start_with(Arc::new(Reloader::new(settings, None, cores)), shutdown)
 }
 
-/// Bind, steer, and start the workers with the reloader's configuration.
+/// Bind, steer, and start the workers with the reloader's start-up
+/// settings (the workers take its configuration in force).
 pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server, ServerError> {
-    let (_, config) = reloader.current();
-    check_fd_limit(&config);
-    let n = config.workers;
-    let cores = if config.pin {
+    let startup = reloader.startup();
+    check_fd_limit(startup);
+    let n = startup.workers;
+    let cores = if startup.pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
         Vec::new()
@@ -187,16 +185,16 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     let shared = Arc::new(Shared::default());
-    let access = AccessLog::start(config.access_log.clone(), config.access_log_format)?;
+    let access = AccessLog::start(startup.access_log.clone(), startup.access_log_format)?;
     let metrics = Arc::new(Metrics::new(n));
-    let metrics_addr = match config.metrics_listen {
+    let metrics_addr = match startup.metrics_listen {
         Some(addr) => Some(metrics_endpoint(
             addr, &metrics, &access, &shared, &shutdown,
         )?),
         None => None,
     };
-    for &listen in &config.listen {
-        let (group, bound) = listener::bind_group(listen.addr, n, config.backlog)?;
+    for &listen in &startup.listen {
+        let (group, bound) = listener::bind_group(listen.addr, n, startup.backlog)?;
         // Steering maps a CPU to one socket: with more workers than cores,
         // the extra workers would never get a connection, so leave it to
         // the kernel's hash then.
@@ -300,12 +298,12 @@ fn metrics_endpoint(
 }
 
 /// Start, drain on the first SIGTERM/SIGINT (close at once on a second),
-/// reload on SIGHUP (reading `argv` again, the command line `config` was
+/// reload on SIGHUP (reading `argv` again, the command line `settings` were
 /// built from, with `cores` the default worker count), and return when every
 /// worker has stopped.
-pub fn run(config: Config, argv: Vec<OsString>, cores: usize) -> Result<(), ServerError> {
+pub fn run(settings: Settings, argv: Vec<OsString>, cores: usize) -> Result<(), ServerError> {
     let shutdown = Shutdown::new();
-    let reloader = Arc::new(Reloader::new(Arc::new(config), Some(argv), cores));
+    let reloader = Arc::new(Reloader::new(settings, Some(argv), cores));
     // Signals are handled from before the start, SIGHUP once it is done,
     // on a thread of its own: a slow reload (names to resolve, files to
     // read) must not hold up a SIGTERM behind it.

@@ -17,7 +17,7 @@ use crate::config::{Driver, Listen};
 use crate::io::sweep::Expiry;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::CoreMetrics;
-use crate::percore::{Core, CoreParts};
+use crate::percore::{Core, CoreParts, TlsSetupError};
 use crate::policy::limits::Shared;
 use crate::server::shutdown::Shutdown;
 use crate::sys::{self, Half};
@@ -36,7 +36,8 @@ pub struct WorkerSpec {
     pub cpu: Option<core_affinity::CoreId>,
     /// Each with what it was configured as.
     pub listeners: Vec<(std::net::TcpListener, Listen)>,
-    /// The configuration (its settings fixed at start are read from it).
+    /// The configuration in force, and the start-up settings
+    /// (`Reloader::startup`: the driver, the ring, the buffer size).
     pub reloader: Arc<Reloader>,
     pub shared: Arc<Shared>,
     pub shutdown: Shutdown,
@@ -57,7 +58,7 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     #[error("worker {id}: cannot set up TLS: {why}")]
-    Tls { id: usize, why: String },
+    Tls { id: usize, why: TlsSetupError },
     #[error("worker {id}: cannot register a listener: {source}")]
     Listener {
         id: usize,
@@ -78,9 +79,9 @@ pub fn run(
         }
     }
     let id = spec.id;
-    let (_, config) = spec.reloader.current();
-    let entries = config.ring_entries;
-    let want_uring = match config.driver {
+    let startup = spec.reloader.startup();
+    let (driver, entries) = (startup.driver, startup.ring_entries);
+    let want_uring = match driver {
         Driver::Uring => true,
         Driver::Legacy => false,
         Driver::Auto => monoio::utils::detect_uring(),
@@ -91,7 +92,7 @@ pub fn run(
                 ready(Ok("io_uring"));
                 return rt.block_on(main(spec, mode));
             }
-            Err(e) if config.driver == Driver::Uring => {
+            Err(e) if driver == Driver::Uring => {
                 ready(Err(e.to_string()));
                 return Err(WorkerError::Runtime {
                     id,

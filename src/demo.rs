@@ -91,7 +91,7 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
          about it unless {ca} is imported as a trusted authority.\n\
          Ctrl-C stops it.\n"
     );
-    crate::server::install_signal_handler(shutdown);
+    crate::server::signals::install_drain_only(shutdown);
     let stopped = server.wait();
     certs.remove();
     stopped?;

@@ -1994,7 +1994,7 @@ pub fn run(o: Options) -> Result<()> {
     let started = SystemTime::now();
     let (date, stamp) = utc_stamp(started);
     let stop = Shutdown::new();
-    ringway::server::install_signal_handler(stop.clone());
+    ringway::server::signals::install_drain_only(stop.clone());
     let plan = Plan::new(&o)?;
     let bins = Binaries::resolve(&o)?;
     let (cpu_model, ncpu, kernel) = machine();

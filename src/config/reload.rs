@@ -5,7 +5,7 @@
 //! The [`Reloader`] holds the configuration in force and a version number.
 //! A worker compares the version with its own when it accepts a connection
 //! (one atomic load of a line that only a reload writes) and, when it moved,
-//! builds its per-core state for the new configuration (`worker.rs`,
+//! builds its per-core state for the new configuration (`percore`,
 //! `Generation`). Each connection keeps the generation it was accepted
 //! under until it ends, so live tunnels keep their routes, their backend and
 //! their place in its balancer's counts, and nothing lingers once they end.

@@ -1,15 +1,70 @@
-//! The asks of a drain with close frames (`--drain-close-frames`): at
-//! SIGTERM each core asks the connections it had when the drain began to
-//! close themselves, a few at a time, spread over the first half of
-//! `--drain-timeout`, so that their clients do not all reconnect at once.
-//! A tunnel that follows its frames (`io::frames`) closes itself at a frame
-//! boundary with a Close 1001 to both sides; any other connection ignores
-//! the ask and is closed at the deadline.
+//! One core's drain at shutdown ([`drain`]): stop accepting, let the
+//! connections finish until `--drain-timeout`, then close the rest.
+//!
+//! With `--drain-close-frames` the core also asks the connections it had
+//! when the drain began to close themselves ([`ask_spread`]), a few at a
+//! time, spread over the first half of `--drain-timeout`, so that their
+//! clients do not all reconnect at once. A tunnel that follows its frames
+//! (`io::frames`) closes itself at a frame boundary with a Close 1001 to
+//! both sides; any other connection ignores the ask and is closed at the
+//! deadline.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::io::sweep::Sweeper;
+use monoio::net::TcpListener;
+
+use crate::io::sweep::{Expiry, Sweeper};
+use crate::percore::Core;
+use crate::server::shutdown::Shutdown;
+use crate::sys::{self, Half};
+
+/// How long connections get to finish once the drain deadline has shut their
+/// sockets down (they normally need one loop turn).
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// One core's drain at shutdown: stop accepting at once, let its
+/// connections finish (asking its tunnels to close with close frames, under
+/// `--drain-close-frames`) until `--drain-timeout` or a second signal, then
+/// shut the rest down and give them [`FORCED_CLOSE_GRACE`] to end.
+pub async fn drain(core: &Core, listeners: &[Rc<TcpListener>], shutdown: &Shutdown) {
+    // Shutting a listener down wakes its pending accept with an error, and
+    // its accept loop ends and closes it. The worker holds every listener
+    // until it returns, so these always name open sockets of ours.
+    for listener in listeners {
+        sys::shutdown_raw(listener.as_raw_fd(), Half::Read);
+    }
+    let sweeper = &core.sweeper;
+    let config = core.config();
+    let deadline = Instant::now() + config.drain_timeout;
+    if config.drain_close_frames {
+        // Tunnels close themselves with close frames, spread over the
+        // first half of the drain; the rest close at the deadline.
+        monoio::spawn(ask_spread(sweeper.clone(), config.drain_timeout / 2));
+    }
+    let poll = Duration::from_millis(20);
+    while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {
+        monoio::time::sleep(poll).await;
+    }
+    let open = sweeper.len();
+    if open > 0 {
+        let why = if shutdown.is_forced() {
+            "on a second signal"
+        } else {
+            "at the drain deadline"
+        };
+        log::info!(
+            "worker {}: closing {open} connection(s) still open {why}",
+            core.id
+        );
+        sweeper.expire_all(Expiry::Drain);
+        let grace = Instant::now() + FORCED_CLOSE_GRACE;
+        while !sweeper.is_empty() && Instant::now() < grace {
+            monoio::time::sleep(poll).await;
+        }
+    }
+}
 
 /// How often [`ask_spread`] asks the next connections.
 const ASK_EVERY: Duration = Duration::from_millis(20);

@@ -1,13 +1,17 @@
-//! Start one pinned worker per core, hand each its listeners, wait for them.
+//! The process: start one pinned worker per core, hand each its listeners,
+//! wait for them. The folder: `listener` (SO_REUSEPORT groups, steering),
+//! `worker` (one core's runtime and tasks), `drain` (one core's shutdown),
+//! `shutdown` (the cross-thread drain signal), `signals`.
 //!
 //! Listeners are bound here, on the calling thread, before any worker runs
-//! (see `listener.rs` for why). [`start`] returns once every worker has built
+//! (see `server::listener` for why). [`start`] returns once every worker has built
 //! its runtime, so a caller (a test, `main`) can use the bound addresses at
 //! once; [`Server::wait`] joins the workers after a shutdown.
 
 pub mod drain;
 pub mod listener;
 pub mod shutdown;
+pub mod signals;
 pub mod worker;
 
 use std::ffi::OsString;
@@ -74,7 +78,7 @@ impl Server {
         self.metrics_addr
     }
 
-    /// What SIGHUP does: read the configuration again (see `reload.rs`),
+    /// What SIGHUP does: read the configuration again (see `config::reload`),
     /// reopen the access log, and count the outcome.
     pub fn operations(&self) -> Operations {
         Operations {
@@ -308,7 +312,7 @@ pub fn run(settings: Settings, argv: Vec<OsString>, cores: usize) -> Result<(), 
     // on a thread of its own: a slow reload (names to resolve, files to
     // read) must not hold up a SIGTERM behind it.
     let (hup_tx, hup_rx) = std::sync::mpsc::channel::<()>();
-    install_signals(
+    signals::install(
         shutdown.clone(),
         Box::new(move || {
             let _ = hup_tx.send(());
@@ -327,43 +331,4 @@ pub fn run(settings: Settings, argv: Vec<OsString>, cores: usize) -> Result<(), 
         log::error!("cannot start the reload thread ({e}); SIGHUP will not reload");
     }
     server.wait()
-}
-
-/// SIGTERM/SIGINT drain through `shutdown`; SIGHUP is logged and ignored.
-pub fn install_signal_handler(shutdown: Shutdown) {
-    install_signals(
-        shutdown,
-        Box::new(|| log::info!("SIGHUP: nothing to reload")),
-    );
-}
-
-/// SIGTERM/SIGINT drain through `shutdown`; SIGHUP calls `on_hup`.
-pub fn install_signals(shutdown: Shutdown, on_hup: Box<dyn Fn() + Send>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers ({e}); SIGTERM will not drain");
-            return;
-        }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("ringway-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if sig == SIGHUP {
-                    on_hup();
-                    continue;
-                }
-                if shutdown.is_triggered() {
-                    log::warn!("signal {sig} again: closing every connection now");
-                } else {
-                    log::info!("signal {sig}: no longer accepting; draining live tunnels");
-                }
-                shutdown.trigger();
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the signal thread ({e}); SIGTERM will not drain");
-    }
 }

@@ -1,30 +1,28 @@
-//! One worker: a thread pinned to one core, its own monoio runtime, its own
-//! listener per `--listen` address, and all per-core state ([`Core`]).
+//! One worker: a thread pinned to one core, its own monoio runtime (io_uring,
+//! or epoll), its own listener per `--listen` address, its per-core state
+//! ([`Core`], `percore`), and the tasks that run on it: one accept loop per
+//! listener (each accepted client becomes a `conn::serve` task), the
+//! timeout sweep, the access log's flush, and at shutdown the drain
+//! (`server::drain`).
 //!
 //! Nothing here is shared with other workers but the read-only `Config`
-//! (and the [`Reloader`] that publishes new ones), the limits' counts and
+//! (and the `Reloader` that publishes new ones), the limits' counts and
 //! the `Shutdown` signal.
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::net::TcpListener;
 
 use crate::config::reload::Reloader;
 use crate::config::{Driver, Listen};
-use crate::io::sweep::Expiry;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::CoreMetrics;
 use crate::percore::{Core, CoreParts, TlsSetupError};
 use crate::policy::limits::Shared;
+use crate::server::drain;
 use crate::server::shutdown::Shutdown;
-use crate::sys::{self, Half};
-
-/// How long connections get to finish once the drain deadline has shut their
-/// sockets down (they normally need one loop turn).
-const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How often a core hands its access-log lines to the writer thread (and
 /// at its end).
@@ -175,11 +173,10 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         shared,
         metrics,
         log,
-        // With the epoll driver a busy pump pauses now and then (tunnel.rs).
+        // With the epoll driver a busy pump pauses now and then (io::tunnel).
         yield_by_timer: driver == "epoll",
     };
     let core = Rc::new(Core::new(parts).map_err(|why| WorkerError::Tls { id, why })?);
-    let sweeper = core.sweeper.clone();
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
     let mut held: Vec<Rc<TcpListener>> = Vec::new();
@@ -223,36 +220,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
     });
 
     shutdown.triggered().await;
-    // Stop accepting at once: shutting a listener down wakes its pending
-    // accept with an error, and its accept loop ends and closes it.
-    for listener in &held {
-        sys::shutdown_raw(listener.as_raw_fd(), Half::Read);
-    }
-    let deadline = Instant::now() + core.config().drain_timeout;
-    if core.config().drain_close_frames {
-        // Tunnels close themselves with close frames, spread over the
-        // first half of the drain (drain.rs); the rest close at the deadline.
-        let spread = core.config().drain_timeout / 2;
-        monoio::spawn(crate::server::drain::ask_spread(sweeper.clone(), spread));
-    }
-    let poll = Duration::from_millis(20);
-    while !sweeper.is_empty() && Instant::now() < deadline && !shutdown.is_forced() {
-        monoio::time::sleep(poll).await;
-    }
-    let open = sweeper.len();
-    if open > 0 {
-        let why = if shutdown.is_forced() {
-            "on a second signal"
-        } else {
-            "at the drain deadline"
-        };
-        log::info!("worker {id}: closing {open} connection(s) still open {why}");
-        sweeper.expire_all(Expiry::Drain);
-        let grace = Instant::now() + FORCED_CLOSE_GRACE;
-        while !sweeper.is_empty() && Instant::now() < grace {
-            monoio::time::sleep(poll).await;
-        }
-    }
+    drain::drain(&core, &held, &shutdown).await;
     drop(sweep);
     drop(flush);
     core.log.flush();

@@ -1,15 +1,15 @@
 //! One client connection, start to end, one phase per file:
 //!
-//! 1. [`proxy_header`]: a PROXY protocol header, on listeners that require
+//! 1. `proxy_header`: a PROXY protocol header, on listeners that require
 //!    one.
-//! 2. [`front`]: the client's TLS handshake, its request head, the route,
+//! 2. `front`: the client's TLS handshake, its request head, the route,
 //!    the limits; ringway's own error answers ([`Refusal`]).
-//! 3. [`upstream`]: a server of the route's group, connected (and spoken
+//! 3. `upstream`: a server of the route's group, connected (and spoken
 //!    TLS to, for wss://), retried on the next one as nginx does.
-//! 4. [`exchange`]: the request's body, the backend's answer; a 101 opens
+//! 4. `exchange`: the request's body, the backend's answer; a 101 opens
 //!    the tunnel, anything else is streamed to its end.
-//! 5. [`relay`]: one direction of an open tunnel.
-//! 6. [`outcome`]: how it ended: counted, and logged in one access-log line
+//! 5. `relay`: one direction of an open tunnel.
+//! 6. `outcome`: how it ended: counted, and logged in one access-log line
 //!    (and a WARN line for a refusal).
 //!
 //! Static routes answer from [`files`] instead of 3-5.

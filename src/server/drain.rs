@@ -27,7 +27,7 @@ const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// One core's drain at shutdown: stop accepting at once, let its
 /// connections finish (asking its tunnels to close with close frames, under
 /// `--drain-close-frames`) until `--drain-timeout` or a second signal, then
-/// shut the rest down and give them [`FORCED_CLOSE_GRACE`] to end.
+/// shut the rest down and give them `FORCED_CLOSE_GRACE` to end.
 pub async fn drain(core: &Core, listeners: &[Rc<TcpListener>], shutdown: &Shutdown) {
     // Shutting a listener down wakes its pending accept with an error, and
     // its accept loop ends and closes it. The worker holds every listener

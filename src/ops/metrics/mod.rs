@@ -1,6 +1,6 @@
 //! Metrics: per-core counters ([`CoreMetrics`], here), their Prometheus
-//! and stub_status-like rendering ([`render`]), and the small HTTP endpoint
-//! that serves them ([`endpoint`]).
+//! and stub_status-like rendering (`render`), and the small HTTP endpoint
+//! that serves them (`endpoint`).
 //!
 //! Each core owns a [`CoreMetrics`] and is its only writer; any thread may
 //! read it. A write is a Relaxed load then a Relaxed store (plain moves on

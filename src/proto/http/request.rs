@@ -53,8 +53,8 @@ pub struct Prepared {
     /// A `HEAD` request: its response has no body whatever it says.
     pub head_method: bool,
     /// What routing and static files need; boxed, so that a connection's
-    /// state keeps one pointer for it, and dropped (see [`Facts::release`])
-    /// before a tunnel opens, so that an idle tunnel keeps none of it.
+    /// state keeps one pointer for it, and emptied by the connection before
+    /// it connects upstream, so that an idle tunnel keeps none of it.
     pub facts: Box<Facts>,
     /// The client after the trusted-proxy rules: `ip`, or the address its
     /// trusted proxies named in `X-Forwarded-For` (X-Real-IP, limits, ip-hash).

@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Outcome of one non-blocking transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,82 @@ pub fn shutdown_raw(fd: RawFd, how: Half) {
     unsafe {
         libc::shutdown(fd, how);
     }
+}
+
+/// A non-blocking eventfd, for the completion ring to signal its worker.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; on success the new descriptor is ours alone and
+    // is wrapped at once in an OwnedFd that closes it.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd(2) and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A second descriptor for the file `fd` refers to (close-on-exec).
+pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; `fd` is open for the call (the caller owns it);
+    // the new descriptor is ours alone and is wrapped at once.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` was just returned by fcntl(F_DUPFD_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// A non-blocking pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a local array of two ints that pipe2 fills.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Non-blocking `splice(2)` of at most `len` bytes from `from` to `to`
+/// (one of them a pipe). `WouldBlock`: nothing to move, or no room.
+/// Needs both descriptors non-blocking (see [`set_nonblocking`]):
+/// `SPLICE_F_NONBLOCK` covers only the pipe.
+pub fn splice(from: &impl AsRawFd, to: &impl AsRawFd, len: usize) -> io::Result<Xfer> {
+    // SAFETY: no user memory; both descriptors are open for the call (the
+    // caller owns or borrows them); null offsets: sockets and pipes have
+    // none.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    xfer(n)
+}
+
+/// Make `fd` non-blocking (`O_NONBLOCK`), as splice needs its sockets.
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: no pointers; plain fcntl calls on a descriptor the caller
+    // keeps open for the call.
+    let r = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || fl & libc::O_NONBLOCK != 0 {
+            fl
+        } else {
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK)
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Attach a classic BPF program to a SO_REUSEPORT group that sends each new

@@ -3,5 +3,6 @@
 
 pub mod drain;
 pub mod frames;
+pub mod ring;
 pub mod sweep;
 pub mod tunnel;

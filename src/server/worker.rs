@@ -120,7 +120,7 @@ pub fn run(
     }
 }
 
-type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+pub type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
 /// Build an io_uring runtime whose completions do not interrupt the worker:
 /// `DEFER_TASKRUN` (kernel 6.1+) runs completion work only when the worker
@@ -128,7 +128,7 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriv
 /// syscall, without an IPI. Measured on the echo load (`ringway-load echo`,
 /// 100 connections, 64 B): 29.6 µs of proxy CPU per echo with neither,
 /// 18.0 with COOP, 14.8 with DEFER. Older kernels get the plain ring.
-fn build_uring(entries: u32) -> std::io::Result<(UringRuntime, &'static str)> {
+pub fn build_uring(entries: u32) -> std::io::Result<(UringRuntime, &'static str)> {
     type SetupFlags = fn(&mut io_uring::Builder);
     let attempts: [(&str, SetupFlags); 3] = [
         ("io_uring (defer taskrun)", |b| {

@@ -8,12 +8,14 @@
 //! [`Reloader`] that publishes new ones, the limits' counts and this core's
 //! counters (which the metrics thread reads).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::reload::Reloader;
 use crate::config::Config;
+use crate::io::meter::TunnelHook;
+use crate::io::ring::Reactor;
 use crate::io::sweep::Sweeper;
 use crate::io::tunnel::Scratch;
 use crate::ops::access_log::CoreLog;
@@ -45,6 +47,10 @@ pub struct Core {
     pub metrics: Arc<CoreMetrics>,
     /// This core's access-log buffer.
     pub log: CoreLog,
+    /// The completion ring ws:// tunnels ride (io_uring driver, `--tunnel-io`
+    /// not `readiness`), set once by the worker; unset: every tunnel moves
+    /// by readiness.
+    pub ring: OnceCell<Rc<Reactor<TunnelHook>>>,
 }
 
 /// What one configuration gives this core: the configuration, this core's
@@ -176,7 +182,13 @@ impl Core {
             tls_cache,
             metrics,
             log,
+            ring: OnceCell::new(),
         })
+    }
+
+    /// Where new configurations come from (and the start-up settings).
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// The generation for a connection accepted now: the configuration in

@@ -171,18 +171,6 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A second descriptor for the file `fd` refers to (close-on-exec).
-pub fn dup(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; `fd` is open for the call (the caller owns it);
-    // the new descriptor is ours alone and is wrapped at once.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `n` was just returned by fcntl(F_DUPFD_CLOEXEC).
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 /// A non-blocking pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -36,6 +36,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// Default `--ring-entries`: io_uring submission queue size per worker.
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
+/// Default `--recv-buffers`: buffers in each core's receive buffer ring.
+pub const DEFAULT_RECV_BUFFERS: u16 = 1024;
+/// Default `--recv-buffer-size`: bytes per receive buffer.
+pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
 /// Default `--backlog`: listen queue length per worker listener.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default `--fail-timeout`: nginx's `fail_timeout` for servers that set none.
@@ -256,6 +260,43 @@ pub struct ProxyArgs {
     /// frame boundary; tunnels not at one by the deadline are closed then.
     #[arg(long)]
     pub drain_close_frames: bool,
+    /// How tunnel bytes move with the io_uring driver: completion
+    /// (multishot receives into a per-core buffer ring, sends submitted in
+    /// batches: no system call per message), readiness (a readiness wait,
+    /// then recv and send through the scratch buffer), or auto (completion
+    /// where the kernel offers buffer rings). The epoll driver always uses
+    /// readiness.
+    #[arg(long, value_enum, default_value_t = TunnelIo::Auto)]
+    pub tunnel_io: TunnelIo,
+    /// Buffers in each core's receive buffer ring (completion only): bytes
+    /// in flight take one each until they are sent on; an idle tunnel none.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RECV_BUFFERS)]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer, in bytes (completion only).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RECV_BUFFER_SIZE)]
+    pub recv_buffer_size: u32,
+    /// Move ws:// tunnel bytes socket -> pipe -> socket with splice(2),
+    /// never copying them through ringway: on, off, or auto (ringway
+    /// decides per direction: see the README). TLS tunnels, and tunnels
+    /// that follow their frames for --drain-close-frames, always copy.
+    #[arg(long, value_enum, default_value_t = Splice::Auto)]
+    pub splice: Splice,
+}
+
+/// `--tunnel-io`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TunnelIo {
+    Auto,
+    Completion,
+    Readiness,
+}
+
+/// `--splice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Splice {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

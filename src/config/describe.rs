@@ -130,6 +130,11 @@ impl Settings {
                 "off"
             },
         );
+        let _ = writeln!(
+            s,
+            "tunnel bytes: {:?} io ({} receive buffers of {} bytes per core), splice {:?}",
+            startup.tunnel_io, startup.recv_buffers, startup.recv_buffer_size, config.splice,
+        );
         s
     }
 }

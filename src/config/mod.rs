@@ -35,10 +35,10 @@ use rustls::ClientConfig;
 
 pub use crate::config::cli::{
     parse_cli, parse_duration, usage_reason, CheckArgs, Cli, CliError, Command, DemoArgs, Driver,
-    ListenArg, ProxyArgs, RouteArg, DEFAULT_BACKLOG, DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_GROUP, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LIMIT_CONN_STATUS, DEFAULT_LISTEN, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_RING_ENTRIES,
+    ListenArg, ProxyArgs, RouteArg, Splice, TunnelIo, DEFAULT_BACKLOG, DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_GROUP,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIMIT_CONN_STATUS, DEFAULT_LISTEN,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE, DEFAULT_RING_ENTRIES,
 };
 pub use crate::config::error::ConfigError;
 pub use crate::config::routes::{Route, Routes, Target};
@@ -84,6 +84,11 @@ pub struct Startup {
     pub backlog: u32,
     /// The per-core scratch buffer's size.
     pub buffer_size: usize,
+    /// How tunnel bytes move with io_uring (`--tunnel-io`).
+    pub tunnel_io: TunnelIo,
+    /// Each core's receive buffer ring: how many buffers, of what size.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
     pub metrics_listen: Option<SocketAddr>,
     pub access_log: access_log::Sink,
     pub access_log_format: access_log::Format,
@@ -115,6 +120,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_close_frames: bool,
+    /// When ws:// tunnels splice (`--splice`).
+    pub splice: Splice,
 }
 
 /// Most worker threads accepted.
@@ -202,6 +209,18 @@ impl Settings {
                 "between 4096 and 16777216",
             ));
         }
+        if !(1..=32768).contains(&args.recv_buffers) {
+            return Err(ConfigError::OutOfRange(
+                "recv-buffers",
+                "between 1 and 32768",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&args.recv_buffer_size) {
+            return Err(ConfigError::OutOfRange(
+                "recv-buffer-size",
+                "between 1024 and 1048576",
+            ));
+        }
         if args.upstream_tries > 1000 {
             return Err(ConfigError::OutOfRange("upstream-tries", "at most 1000"));
         }
@@ -251,6 +270,9 @@ impl Settings {
                 ring_entries: args.ring_entries,
                 backlog: args.backlog,
                 buffer_size: args.buffer_size,
+                tunnel_io: args.tunnel_io,
+                recv_buffers: args.recv_buffers,
+                recv_buffer_size: args.recv_buffer_size,
                 metrics_listen: args.metrics_listen,
                 access_log: args.access_log.clone(),
                 access_log_format: args.access_log_format,
@@ -272,6 +294,7 @@ impl Settings {
                 drain_timeout: args.drain_timeout,
                 max_header_bytes: args.max_header_bytes,
                 drain_close_frames: args.drain_close_frames,
+                splice: args.splice,
             },
         })
     }
@@ -298,6 +321,9 @@ impl Startup {
             ring_entries,
             backlog,
             buffer_size,
+            tunnel_io,
+            recv_buffers,
+            recv_buffer_size,
             metrics_listen,
             access_log,
             access_log_format,
@@ -310,6 +336,12 @@ impl Startup {
             ("ring-entries", *ring_entries == old.ring_entries),
             ("backlog", *backlog == old.backlog),
             ("buffer-size", *buffer_size == old.buffer_size),
+            ("tunnel-io", *tunnel_io == old.tunnel_io),
+            ("recv-buffers", *recv_buffers == old.recv_buffers),
+            (
+                "recv-buffer-size",
+                *recv_buffer_size == old.recv_buffer_size,
+            ),
             ("metrics-listen", *metrics_listen == old.metrics_listen),
             ("access-log", *access_log == old.access_log),
             (

@@ -9,9 +9,12 @@
 //!   else is streamed to its end and both sides closed.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::task::{Poll, Waker};
 use std::time::Instant;
+
+use monoio::net::TcpStream;
 
 use crate::config::Backend as Server;
 use crate::io::sweep::{Expiry, Phase};
@@ -26,7 +29,7 @@ pub(super) use super::flow::Meters;
 use super::flow::{shutdown_both, Flow, Side};
 use super::front::linger;
 use super::outcome::{expired, BackendFault, Outcome, Refusal, Summary, MAX_INTERIM};
-use super::relay::relay;
+use super::relay::{relay, ring_tunnel};
 use super::Conn;
 
 /// What the exchange keeps of the request once its head has gone upstream.
@@ -51,7 +54,8 @@ enum AnswerError {
     ClientGone,
 }
 
-/// Down tells up whether the tunnel opened, once the answer is known.
+/// Down tells up, once the answer is known, whether up relays the client's
+/// bytes.
 #[derive(Default)]
 struct Answered {
     state: Cell<Option<bool>>,
@@ -70,7 +74,26 @@ impl Answered {
         self.state.get()
     }
 
-    /// Wait for the answer: `true` if the tunnel opened.
+    /// Wait until `sock` is readable (`Some`), or until the answer is in
+    /// (`None`), whichever comes first. A readiness wait holds no data, so
+    /// giving it up for the answer loses nothing.
+    async fn or_readable(&self, sock: &TcpStream) -> Option<std::io::Result<()>> {
+        let mut ready = std::pin::pin!(sock.readable(false));
+        std::future::poll_fn(|cx| {
+            if self.state.get().is_some() {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(r) = ready.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Wait for the answer: `true` if `up` relays the client's bytes (a
+    /// tunnel that opened on the readiness path).
     fn wait(&self) -> impl std::future::Future<Output = bool> + '_ {
         std::future::poll_fn(move |cx| match self.state.get() {
             Some(upgraded) => Poll::Ready(upgraded),
@@ -150,10 +173,14 @@ impl<'a> Conn<'a> {
                 // the socket itself tells whether more came, or an end (unless
                 // its close_notify came with them).
                 let closed = client.tls.is_some_and(|t| t.borrow().peer_closed());
-                let gone = closed || {
-                    let ready = client.sock.readable(false).await;
-                    ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)))
-                };
+                let gone = closed
+                    || match answered.or_readable(client.sock).await {
+                        // Answered first: nothing to watch any more.
+                        None => false,
+                        Some(ready) => {
+                            ready.is_err() || !matches!(sys::peek(client.sock), Ok(Xfer::Done(_)))
+                        }
+                    };
                 if gone && answered.get().is_none() {
                     flow.closed(Closed::Client);
                     flow.client_gone.set(true);
@@ -220,8 +247,21 @@ impl<'a> Conn<'a> {
                         flow.frames.open(&early, cx.track).await;
                     }
                     drop(early);
-                    answered.set(true);
-                    relay(cx, Side::Backend, client, backend, &flow).await;
+                    // A ws:// tunnel rides the core's completion ring, both
+                    // directions at once; any other is relayed by readiness,
+                    // one direction here, the other in `up`.
+                    let ring = self.core.ring.get();
+                    match ring.filter(|_| client.tls.is_none() && backend.tls.is_none()) {
+                        Some(ring) => {
+                            answered.set(false);
+                            let totals = &self.core.metrics;
+                            ring_tunnel(cx, ring, totals, client, backend, &flow).await;
+                        }
+                        None => {
+                            answered.set(true);
+                            relay(cx, Side::Backend, client, backend, &flow).await;
+                        }
+                    }
                     return;
                 }
                 answered.set(false);

@@ -12,7 +12,8 @@
 //! that never reaches such a boundary (a frame that never ends, framing
 //! lost to bytes no frame has, a source that closed) never stops.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
+use std::rc::Rc;
 use std::task::Poll;
 
 use crate::io::sweep::Tracked;
@@ -34,16 +35,40 @@ enum State {
 }
 
 /// Both directions of one tunnel, followed frame by frame while
-/// `--drain-close-frames` is on (index 0: from the client, 1: from the
-/// backend). Lives in the tunnel's state, costs no allocation.
+/// `--drain-close-frames` is on. One pointer in the tunnel's state, empty
+/// until the tunnel opens under the flag; the [`Pair`] it then holds is
+/// shared with the completion ring's hook while the ring moves the
+/// tunnel's bytes (`io::meter`).
 #[derive(Default)]
-pub struct Frames {
+pub struct Frames(OnceCell<Rc<Pair>>);
+
+/// The two directions' trackers and states (index 0: from the client, 1:
+/// from the backend).
+#[derive(Default)]
+pub struct Pair {
     trackers: [Cell<FrameTracker>; 2],
     states: [Cell<State>; 2],
-    /// A tunnel that tracks its frames (set when it opens).
-    on: Cell<bool>,
     /// A direction has stopped: the other stops at its next boundary.
     closing: Cell<bool>,
+    /// The completion ring moves this direction's bytes (its hook follows
+    /// them, [`Pair::follow_in_ring`]): no direction may stop while either
+    /// is there, since the ring forwards whole chunks and cannot stop at a
+    /// boundary.
+    in_ring: [Cell<bool>; 2],
+}
+
+impl Pair {
+    /// Follow bytes the completion ring forwards on direction `d`.
+    pub fn follow_in_ring(&self, d: usize, data: &[u8]) {
+        let mut tracker = self.trackers[d].take();
+        tracker.scan(data, false);
+        self.trackers[d].set(tracker);
+    }
+
+    /// Direction `d` enters (`true`) or leaves the completion ring.
+    pub fn set_in_ring(&self, d: usize, on: bool) {
+        self.in_ring[d].set(on);
+    }
 }
 
 impl Frames {
@@ -53,19 +78,26 @@ impl Frames {
     pub async fn open(&self, early: &[u8], track: &Tracked) {
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         track.set_waker(waker);
-        self.on.set(true);
-        Watch {
-            frames: self,
-            dir: 0,
-        }
-        .with(|t| t.scan(early, false));
+        let pair = Rc::new(Pair::default());
+        pair.follow_in_ring(0, early);
+        let _ = self.0.set(pair);
+    }
+
+    /// Whether the tunnel follows its frames (it opened under the flag).
+    pub fn is_on(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// The pair, for the completion ring's hook.
+    pub fn shared(&self) -> Option<Rc<Pair>> {
+        self.0.get().cloned()
     }
 
     /// The watch of the direction coming from the client (`true`) or the
     /// backend; `None` when frames are not tracked.
     pub fn watch(&self, from_client: bool) -> Option<Watch<'_>> {
-        self.on.get().then_some(Watch {
-            frames: self,
+        self.0.get().map(|pair| Watch {
+            frames: pair,
             dir: usize::from(!from_client),
         })
     }
@@ -75,7 +107,7 @@ impl Frames {
 /// and, once stopped, for `io::drain::close`.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
-    frames: &'a Frames,
+    frames: &'a Pair,
     /// 0: from the client (masked frames), 1: from the backend.
     dir: usize,
 }
@@ -111,6 +143,9 @@ impl Watch<'_> {
     /// can stop there too, at once).
     fn may_stop(&self, track: &Tracked) -> bool {
         if !track.asked() || self.state() != State::Running {
+            return false;
+        }
+        if self.frames.in_ring.iter().any(Cell::get) {
             return false;
         }
         let other = self.other();
@@ -251,8 +286,12 @@ mod tests {
 
     fn on() -> Frames {
         let f = Frames::default();
-        f.on.set(true);
+        let _ = f.0.set(Rc::new(Pair::default()));
         f
+    }
+
+    fn pair(f: &Frames) -> &Pair {
+        f.0.get().unwrap()
     }
 
     #[test]
@@ -287,7 +326,7 @@ mod tests {
         // The frame ends inside the next chunk; what follows is not sent.
         bytes.extend(frame(2));
         assert_eq!(up.follow(&bytes[4..], &t), (8, true));
-        assert!(f.closing.get());
+        assert!(pair(&f).closing.get());
         // Now down stops at once (it is at a boundary).
         assert!(down.stop_now(&t));
         assert!(!up.should_stop(&t), "stops once");
@@ -305,7 +344,7 @@ mod tests {
         up.follow(&bytes[..4], &t);
         sw.ask(0);
         assert!(!down.stop_now(&t));
-        f.closing.set(true);
+        pair(&f).closing.set(true);
         bytes.extend(close);
         assert_eq!(up.follow(&bytes[4..], &t), (8, true));
         assert!(up.with(|t| t.close_seen()));
@@ -359,7 +398,24 @@ mod tests {
         sw.ask(0);
         assert!(!down.should_stop(&t) && !up.should_stop(&t));
         assert_eq!(down.follow(&[0x82, 0], &t), (2, false));
-        assert!(f.trackers[1].take().is_lost());
+        assert!(pair(&f).trackers[1].take().is_lost());
+    }
+
+    #[test]
+    fn no_direction_stops_while_either_is_in_the_ring() {
+        let (sw, t, _c, _l) = tracked();
+        let f = on();
+        let (up, down) = (f.watch(true).unwrap(), f.watch(false).unwrap());
+        // The ring moves down's bytes: the header of a 3-byte frame so far.
+        pair(&f).set_in_ring(1, true);
+        pair(&f).follow_in_ring(1, &frame(3)[..2]);
+        sw.ask(0);
+        assert!(!up.should_stop(&t), "down is in the ring");
+        // Down leaves the ring mid-frame: up still waits for its boundary.
+        pair(&f).set_in_ring(1, false);
+        assert!(!up.should_stop(&t), "down is mid-frame");
+        assert_eq!(down.follow(&frame(3)[2..], &t), (3, true));
+        assert!(up.stop_now(&t));
     }
 
     #[test]

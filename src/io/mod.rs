@@ -3,6 +3,7 @@
 
 pub mod drain;
 pub mod frames;
+pub mod meter;
 pub mod ring;
 pub mod sweep;
 pub mod tunnel;

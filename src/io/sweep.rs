@@ -171,6 +171,12 @@ impl Sweeper {
         Duration::from_millis((shortest / 10).clamp(10, 1000))
     }
 
+    /// Move the coarse clock to now (the completion ring does, once per
+    /// turn, so that the stamps its hooks leave are this turn's).
+    pub fn refresh_clock(&self) {
+        self.refresh();
+    }
+
     fn refresh(&self) -> u64 {
         let now = self.start.elapsed().as_millis() as u64;
         self.now.set(now);
@@ -354,6 +360,32 @@ impl Tracked {
     /// The drain has asked this connection to close.
     pub fn asked(&self) -> bool {
         self.slot.asked.get()
+    }
+
+    /// A handle on this connection's activity stamp.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            sweeper: self.sweeper.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+/// A connection's activity stamp, touched from outside its task: the
+/// completion ring's hook stamps each chunk it moves (`io::meter`). Holds
+/// the slot, not its registration: touching it after the connection ended
+/// does nothing harmful.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    sweeper: Rc<Sweeper>,
+    slot: Rc<Slot>,
+}
+
+impl Stamp {
+    /// A byte moved: as [`Tracked::touch`].
+    #[inline]
+    pub fn touch(&self) {
+        self.slot.stamp.set(self.sweeper.now.get());
     }
 }
 

@@ -400,6 +400,12 @@ impl<'a> Moved<'a> {
     pub fn get(&self) -> u64 {
         self.count.get()
     }
+
+    /// Bytes moved that the core's total counted already (the completion
+    /// ring's hook counts them as they move): this direction's own count.
+    pub fn add_own(&self, n: u64) {
+        self.count.set(self.count.get() + n);
+    }
 }
 
 impl Ctx<'_> {

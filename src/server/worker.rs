@@ -16,7 +16,10 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 
 use crate::config::reload::Reloader;
-use crate::config::{Driver, Listen};
+use crate::config::{Driver, Listen, TunnelIo};
+use crate::io::meter::TunnelHook;
+use crate::io::ring::{self, Reactor};
+use crate::io::sweep::Sweeper;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::CoreMetrics;
 use crate::percore::{Core, CoreParts, TlsSetupError};
@@ -57,6 +60,12 @@ pub enum WorkerError {
     },
     #[error("worker {id}: cannot set up TLS: {why}")]
     Tls { id: usize, why: TlsSetupError },
+    #[error("worker {id}: cannot set up the completion ring (--tunnel-io completion): {source}")]
+    Ring {
+        id: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("worker {id}: cannot register a listener: {source}")]
     Listener {
         id: usize,
@@ -156,6 +165,36 @@ pub fn build_uring(entries: u32) -> std::io::Result<(UringRuntime, &'static str)
     Err(last.unwrap_or_else(|| std::io::Error::other("no io_uring setup worked")))
 }
 
+/// The core's completion ring, as `--tunnel-io` asks: none with the epoll
+/// driver or `readiness`; with `auto`, none (and a warning) where the
+/// kernel cannot make one; with `completion`, that is an error.
+fn completion_ring(
+    id: usize,
+    reloader: &Reloader,
+    epoll: bool,
+    sweeper: Rc<Sweeper>,
+) -> Result<Option<Rc<Reactor<TunnelHook>>>, WorkerError> {
+    let startup = reloader.startup();
+    if epoll || startup.tunnel_io == TunnelIo::Readiness {
+        return Ok(None);
+    }
+    let settings = ring::Settings {
+        entries: startup.ring_entries,
+        buffers: startup.recv_buffers,
+        buffer_size: startup.recv_buffer_size,
+    };
+    match Reactor::new(settings, move || sweeper.refresh_clock()) {
+        Ok(ring) => Ok(Some(ring)),
+        Err(source) if startup.tunnel_io == TunnelIo::Completion => {
+            Err(WorkerError::Ring { id, source })
+        }
+        Err(e) => {
+            log::warn!("worker {id}: no completion ring ({e}); tunnel bytes move by readiness");
+            Ok(None)
+        }
+    }
+}
+
 async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError> {
     let WorkerSpec {
         id,
@@ -177,6 +216,15 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         yield_by_timer: driver == "epoll",
     };
     let core = Rc::new(Core::new(parts).map_err(|why| WorkerError::Tls { id, why })?);
+    let ring = completion_ring(id, core.reloader(), driver == "epoll", core.sweeper.clone())?;
+    let tunnel_io = match ring {
+        Some(ring) => {
+            monoio::spawn(ring.clone().run());
+            let _ = core.ring.set(ring);
+            "completion"
+        }
+        None => "readiness",
+    };
     // The worker holds every listener until it returns, so shutting them down
     // below always names open sockets of ours.
     let mut held: Vec<Rc<TcpListener>> = Vec::new();
@@ -194,7 +242,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
         ));
     }
     log::info!(
-        "worker {id} started: core {}, {driver} driver",
+        "worker {id} started: core {}, {driver} driver, {tunnel_io} tunnel io",
         cpu.map_or("unpinned".to_string(), |c| c.id.to_string())
     );
 

@@ -126,6 +126,8 @@ struct Tunnel<H> {
     flags: u8,
     /// The first failure: errno and the operation.
     err: Option<(i32, Op)>,
+    /// The direction whose EOF was passed on first (0 or 1), if any.
+    first_eof: Option<u8>,
     waker: Option<Waker>,
     hook: H,
 }
@@ -206,6 +208,7 @@ impl<H: Hook> Machine<H> {
             ops: 0,
             flags: 0,
             err: None,
+            first_eof: None,
             waker: None,
             hook,
         });
@@ -564,6 +567,7 @@ impl<H: Hook> Machine<H> {
         {
             sys::shutdown_raw(t.fds[1 - d], Half::Write);
             t.dirs[d].flags |= ENDED;
+            t.first_eof.get_or_insert(d as u8);
         }
     }
 
@@ -741,6 +745,13 @@ impl<H: Hook> Machine<H> {
             self.drop_queue(idx, d);
         }
         self.settle(idx);
+    }
+
+    /// The direction whose EOF was passed on first, if any.
+    pub fn first_eof(&self, idx: u32, gen: u32) -> Option<usize> {
+        debug_assert!(self.check(idx, gen));
+        let t = self.slots[idx as usize].t.as_ref().expect("live");
+        t.first_eof.map(usize::from)
     }
 
     /// Look at a live tunnel's hook.

@@ -114,23 +114,30 @@ pub struct Reactor<H> {
     /// turn (an SQE waits to be submitted).
     waker: Cell<Option<Waker>>,
     kicked: Cell<bool>,
-    eventfd: std::os::fd::OwnedFd,
+    /// The eventfd registered on our ring, as a file monoio reads; taken by
+    /// [`Reactor::run`]. (The registration holds its own reference.)
+    eventfd: RefCell<Option<monoio::fs::File>>,
+    /// Called at the start of every turn (the core refreshes its coarse
+    /// clock there, so that the hooks' activity stamps are this turn's).
+    on_turn: Box<dyn Fn()>,
 }
 
 impl<H: Hook + 'static> Reactor<H> {
     /// The ring, its buffers and its eventfd. Fails where io_uring or a
     /// buffer ring (kernel 5.19+) is not available.
-    pub fn new(settings: Settings) -> io::Result<Rc<Reactor<H>>> {
+    pub fn new(settings: Settings, on_turn: impl Fn() + 'static) -> io::Result<Rc<Reactor<H>>> {
         let (ring, taskrun_flag, defer) = machine::build_ring(settings.entries)?;
         let bufs = BufRing::new(settings.buffers, settings.buffer_size, 0)?;
         bufs.register(&ring.submitter())?;
         let eventfd = crate::sys::eventfd()?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let eventfd = monoio::fs::File::from_std(std::fs::File::from(eventfd))?;
         Ok(Rc::new(Reactor {
             machine: RefCell::new(Machine::new(ring, bufs, taskrun_flag, defer)),
             waker: Cell::new(None),
             kicked: Cell::new(false),
-            eventfd,
+            eventfd: RefCell::new(Some(eventfd)),
+            on_turn: Box::new(on_turn),
         }))
     }
 
@@ -180,19 +187,8 @@ impl<H: Hook + 'static> Reactor<H> {
     /// (`monoio::spawn(reactor.clone().run())`); it runs as long as the
     /// runtime does.
     pub async fn run(self: Rc<Self>) {
-        let eventfd = match crate::sys::dup(&self.eventfd) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::error!("completion ring: cannot wait for its eventfd: {e}");
-                return;
-            }
-        };
-        let file = match monoio::fs::File::from_std(std::fs::File::from(eventfd)) {
-            Ok(f) => f,
-            Err(e) => {
-                log::error!("completion ring: cannot wait for its eventfd: {e}");
-                return;
-            }
+        let Some(file) = self.eventfd.borrow_mut().take() else {
+            return;
         };
         let mut buf: Vec<u8> = Vec::with_capacity(8);
         loop {
@@ -233,9 +229,23 @@ impl<H: Hook + 'static> Reactor<H> {
     /// Turns until there is no work left, yielding to the core's other
     /// tasks between turns that stopped at their round limit.
     async fn turns(&self) {
-        while self.machine.borrow_mut().turn() {
+        loop {
+            (self.on_turn)();
+            if !self.machine.borrow_mut().turn() {
+                return;
+            }
             YieldNow(false).await;
         }
+    }
+}
+
+impl<H> std::fmt::Debug for Reactor<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.machine.borrow();
+        f.debug_struct("Reactor")
+            .field("live", &m.live)
+            .field("stats", &m.stats)
+            .finish()
     }
 }
 
@@ -281,6 +291,12 @@ impl<H: Hook + 'static> Tunnel<H> {
             .borrow_mut()
             .release(self.idx, self.gen, d);
         self.reactor.kick();
+    }
+
+    /// The direction whose source closed first (its EOF passed on first),
+    /// if one has: the order of ends that reach the owner together.
+    pub fn first_eof(&self) -> Option<usize> {
+        self.reactor.machine.borrow().first_eof(self.idx, self.gen)
     }
 
     /// Look at the hook while the tunnel rides the ring.

@@ -155,7 +155,7 @@ where
         return;
     };
     rt.block_on(async move {
-        let r = match Reactor::<Seen>::new(settings) {
+        let r = match Reactor::<Seen>::new(settings, || {}) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("no completion ring here ({e}); skipped");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::io::meter::TunnelHook;
+use crate::io::pipes::Pipes;
 use crate::io::ring::Reactor;
 use crate::io::sweep::Sweeper;
 use crate::io::tunnel::Scratch;
@@ -51,6 +52,8 @@ pub struct Core {
     /// not `readiness`), set once by the worker; unset: every tunnel moves
     /// by readiness.
     pub ring: OnceCell<Rc<Reactor<TunnelHook>>>,
+    /// Pipes for --splice, made at start.
+    pub pipes: Pipes,
 }
 
 /// What one configuration gives this core: the configuration, this core's
@@ -169,6 +172,7 @@ impl Core {
         ));
         let tls_cache = crate::proto::tls::session_cache();
         let buffer_size = reloader.startup().buffer_size;
+        let pipes = Pipes::new(reloader.startup().splice_pipes);
         let generation = Generation::new(config, version, &tls_cache, &metrics)?;
         Ok(Core {
             id,
@@ -183,6 +187,7 @@ impl Core {
             metrics,
             log,
             ring: OnceCell::new(),
+            pipes,
         })
     }
 

@@ -40,6 +40,8 @@ pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 pub const DEFAULT_RECV_BUFFERS: u16 = 1024;
 /// Default `--recv-buffer-size`: bytes per receive buffer.
 pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
+/// Default `--splice-pipes`: pipes in each core's pool for splice.
+pub const DEFAULT_SPLICE_PIPES: usize = 8;
 /// Default `--backlog`: listen queue length per worker listener.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default `--fail-timeout`: nginx's `fail_timeout` for servers that set none.
@@ -281,6 +283,11 @@ pub struct ProxyArgs {
     /// that follow their frames for --drain-close-frames, always copy.
     #[arg(long, value_enum, default_value_t = Splice::Auto)]
     pub splice: Splice,
+    /// Pipes in each core's pool for --splice, made at start (2 descriptors
+    /// each): at most this many directions splice at once per core, the
+    /// rest copy.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SPLICE_PIPES)]
+    pub splice_pipes: usize,
 }
 
 /// `--tunnel-io`.

@@ -132,8 +132,13 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "tunnel bytes: {:?} io ({} receive buffers of {} bytes per core), splice {:?}",
-            startup.tunnel_io, startup.recv_buffers, startup.recv_buffer_size, config.splice,
+            "tunnel bytes: {:?} io ({} receive buffers of {} bytes per core), splice {:?} \
+             ({} pipes per core)",
+            startup.tunnel_io,
+            startup.recv_buffers,
+            startup.recv_buffer_size,
+            config.splice,
+            startup.splice_pipes,
         );
         s
     }

@@ -89,6 +89,8 @@ pub struct Startup {
     /// Each core's receive buffer ring: how many buffers, of what size.
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    /// Pipes in each core's pool for splice.
+    pub splice_pipes: usize,
     pub metrics_listen: Option<SocketAddr>,
     pub access_log: access_log::Sink,
     pub access_log_format: access_log::Format,
@@ -221,6 +223,9 @@ impl Settings {
                 "between 1024 and 1048576",
             ));
         }
+        if args.splice_pipes > 1024 {
+            return Err(ConfigError::OutOfRange("splice-pipes", "at most 1024"));
+        }
         if args.upstream_tries > 1000 {
             return Err(ConfigError::OutOfRange("upstream-tries", "at most 1000"));
         }
@@ -273,6 +278,7 @@ impl Settings {
                 tunnel_io: args.tunnel_io,
                 recv_buffers: args.recv_buffers,
                 recv_buffer_size: args.recv_buffer_size,
+                splice_pipes: args.splice_pipes,
                 metrics_listen: args.metrics_listen,
                 access_log: args.access_log.clone(),
                 access_log_format: args.access_log_format,
@@ -324,6 +330,7 @@ impl Startup {
             tunnel_io,
             recv_buffers,
             recv_buffer_size,
+            splice_pipes,
             metrics_listen,
             access_log,
             access_log_format,
@@ -342,6 +349,7 @@ impl Startup {
                 "recv-buffer-size",
                 *recv_buffer_size == old.recv_buffer_size,
             ),
+            ("splice-pipes", *splice_pipes == old.splice_pipes),
             ("metrics-listen", *metrics_listen == old.metrics_listen),
             ("access-log", *access_log == old.access_log),
             (

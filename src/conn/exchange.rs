@@ -16,7 +16,12 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use crate::config::Backend as Server;
+use std::rc::Rc;
+
+use crate::config::{Backend as Server, Splice};
+use crate::io::meter::TunnelHook;
+use crate::io::ring::Reactor;
+use crate::io::splice;
 use crate::io::sweep::{Expiry, Phase};
 use crate::io::tunnel::{End, Peer, PumpError};
 use crate::ops::ending::Closed;
@@ -44,6 +49,26 @@ struct Sent<'a> {
     /// The request target, for the log line.
     target: Box<str>,
     server: &'a Server,
+}
+
+/// Whole receive buffers in a row after which `--splice auto` hands a
+/// direction from the completion ring to splice (256 KiB with the default
+/// 16 KiB buffers): a message that large is bulk, which one splice per
+/// 64 KiB moves with less work than a ring turn per buffer (README,
+/// Performance).
+const BULK_AFTER: u16 = 16;
+
+/// How an opened tunnel's bytes move.
+enum Path<'a> {
+    /// Both directions through the core's completion ring; a direction
+    /// that receives `bulk_after` whole buffers in a row (0: never) is
+    /// handed to splice.
+    Ring {
+        ring: &'a Rc<Reactor<TunnelHook>>,
+        bulk_after: u16,
+    },
+    /// Each direction by readiness (copying, or splicing).
+    Relay,
 }
 
 /// Why no final answer reaches the client.
@@ -247,17 +272,15 @@ impl<'a> Conn<'a> {
                         flow.frames.open(&early, cx.track).await;
                     }
                     drop(early);
-                    // A ws:// tunnel rides the core's completion ring, both
-                    // directions at once; any other is relayed by readiness,
-                    // one direction here, the other in `up`.
-                    let ring = self.core.ring.get();
-                    match ring.filter(|_| client.tls.is_none() && backend.tls.is_none()) {
-                        Some(ring) => {
+                    match self.tunnel_path(client, backend, &flow) {
+                        Path::Ring { ring, bulk_after } => {
                             answered.set(false);
                             let totals = &self.core.metrics;
-                            ring_tunnel(cx, ring, totals, client, backend, &flow).await;
+                            let ends = (client, backend);
+                            ring_tunnel(cx, ring, bulk_after, totals, ends, &flow).await;
                         }
-                        None => {
+                        Path::Relay => {
+                            // One direction here, the other in `up`.
                             answered.set(true);
                             relay(cx, Side::Backend, client, backend, &flow).await;
                         }
@@ -315,6 +338,38 @@ impl<'a> Conn<'a> {
                 error: flow.error.take(),
                 answered: flow.answered.get(),
             })
+        }
+    }
+
+    /// How an opened tunnel's bytes move: a ws:// tunnel (neither side TLS)
+    /// splices under `--splice on` (unless it follows its frames, which
+    /// needs to see its bytes), else rides the core's completion ring when
+    /// there is one, which under `--splice auto` hands a direction that
+    /// moves bulk over to splice; anything else is relayed by readiness,
+    /// copying.
+    fn tunnel_path(&self, client: Peer<'_>, backend: Peer<'_>, flow: &Flow<'_>) -> Path<'a> {
+        if client.tls.is_some() || backend.tls.is_some() {
+            return Path::Relay;
+        }
+        // Splice cannot follow frames: it never sees the bytes.
+        let splice = !flow.frames.is_on() && self.gen.config.splice == Splice::On;
+        if splice {
+            match splice::prepare(client.sock, backend.sock) {
+                Ok(()) => {
+                    flow.splice[0].set(true);
+                    flow.splice[1].set(true);
+                    return Path::Relay;
+                }
+                Err(e) => log::debug!("client={}: cannot splice ({e}); copying", self.peer),
+            }
+        }
+        let bulk = !flow.frames.is_on() && self.gen.config.splice == Splice::Auto;
+        match self.core.ring.get() {
+            Some(ring) => Path::Ring {
+                ring,
+                bulk_after: if bulk { BULK_AFTER } else { 0 },
+            },
+            None => Path::Relay,
         }
     }
 

@@ -473,9 +473,11 @@ mod tests {
             let sweeper = std::rc::Rc::new(crate::io::sweep::Sweeper::new(s, s, s));
             let track = sweeper.register(stream.as_raw_fd());
             let scratch = Scratch::new(65536, false, false);
+            let pipes = crate::io::pipes::Pipes::new(0);
             let cx = Ctx {
                 scratch: &scratch,
                 track: &track,
+                pipes: &pipes,
             };
             let req = FileRequest {
                 method,

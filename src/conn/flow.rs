@@ -77,6 +77,9 @@ pub(super) struct Flow<'a> {
     pub error: Cell<Option<io::Error>>,
     /// A tunnel's frames, followed under --drain-close-frames.
     pub frames: Frames,
+    /// Directions of a ws:// tunnel that splice (`--splice`; 0: from the
+    /// client).
+    pub splice: [Cell<bool>; 2],
 }
 
 impl<'a> Flow<'a> {
@@ -93,6 +96,7 @@ impl<'a> Flow<'a> {
             client_gone: Cell::default(),
             error: Cell::default(),
             frames: Frames::default(),
+            splice: Default::default(),
         }
     }
 

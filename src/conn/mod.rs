@@ -118,6 +118,7 @@ pub fn serve(
             cx: Ctx {
                 scratch: &core.scratch,
                 track: &track,
+                pipes: &core.pipes,
             },
         };
         let (known, outcome) = conn.run().await;

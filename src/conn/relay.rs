@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::io::drain;
 use crate::io::meter::TunnelHook;
 use crate::io::ring::{DirEnd, Op, Reactor};
+use crate::io::splice;
 use crate::io::tunnel::{Ctx, End, Moved, Peer, PumpError};
 use crate::ops::ending::Closed;
 use crate::ops::metrics::CoreMetrics;
@@ -38,9 +39,13 @@ pub(super) fn relay<'a>(
     async move {
         let (src, dst, moved) = ends(from, client, backend, flow);
         let watch = flow.frames.watch(from == Side::Client);
-        let end = cx
-            .pump(src, dst, watch, &mut Framing::UntilClose, moved)
-            .await;
+        let end = if flow.splice[usize::from(from == Side::Backend)].get() {
+            // Boxed: most tunnels never splice.
+            Box::pin(cx.splice(src.sock, dst.sock, moved)).await
+        } else {
+            cx.pump(src, dst, watch, &mut Framing::UntilClose, moved)
+                .await
+        };
         let (src, dst, moved) = ends(from, client, backend, flow);
         let watch = flow.frames.watch(from == Side::Client);
         match (end, watch) {
@@ -91,14 +96,16 @@ fn ends<'a>(
 /// when its source closes (half-close passed on by the ring), when the
 /// tunnel fails, or when it is released to the readiness path: a drain
 /// that asks a tunnel following its frames to close releases both, so
-/// that each can stop at a frame boundary (`relay`).
+/// that each can stop at a frame boundary (`relay`); with `bulk_after`,
+/// the ring itself releases a direction that moves bulk, which then
+/// splices.
 #[allow(clippy::manual_async_fn)]
 pub(super) fn ring_tunnel<'a>(
     cx: Ctx<'a>,
     ring: &'a Rc<Reactor<TunnelHook>>,
+    bulk_after: u16,
     totals: &'a Arc<CoreMetrics>,
-    client: Peer<'a>,
-    backend: Peer<'a>,
+    (client, backend): (Peer<'a>, Peer<'a>),
     flow: &'a Flow<'a>,
 ) -> impl std::future::Future<Output = ()> + 'a {
     async move {
@@ -108,7 +115,8 @@ pub(super) fn ring_tunnel<'a>(
             pair.set_in_ring(1, true);
         }
         let hook = TunnelHook::new(totals.clone(), cx.track.stamp(), frames);
-        let tunnel = ring.open(client.sock.as_raw_fd(), backend.sock.as_raw_fd(), hook);
+        let (c, b) = (client.sock.as_raw_fd(), backend.sock.as_raw_fd());
+        let tunnel = ring.open(c, b, bulk_after, hook);
         let t = &tunnel;
         let direction = |from: Side| async move {
             let d = usize::from(from == Side::Backend);
@@ -135,7 +143,14 @@ pub(super) fn ring_tunnel<'a>(
             let watch = flow.frames.watch(from == Side::Client);
             match end {
                 DirEnd::Released => {
-                    // Boxed: only a drain (or a fallback) needs its room.
+                    // Boxed: only a drain needs its room.
+                    return Box::pin(relay(cx, from, client, backend, flow)).await;
+                }
+                DirEnd::Bulk => {
+                    // Splice from here on (copy, if the sockets cannot).
+                    if splice::prepare(client.sock, backend.sock).is_ok() {
+                        flow.splice[d].set(true);
+                    }
                     return Box::pin(relay(cx, from, client, backend, flow)).await;
                 }
                 DirEnd::Eof => flow.closed(closer(from)),

@@ -21,6 +21,7 @@ use std::io;
 use monoio::net::TcpStream;
 
 use crate::io::frames::Watch;
+use crate::io::pipes::Pipes;
 use crate::io::sweep::Tracked;
 use crate::ops::metrics::Counter;
 use crate::proto::http::body::Framing;
@@ -245,12 +246,14 @@ async fn flush(peer: Peer<'_>, track: &Tracked) -> io::Result<()> {
 }
 
 /// What every transfer of one connection goes through: its core's scratch
-/// buffers, and its timeout slot (progress is activity, and an expiry shuts
-/// its sockets). Two references, copied into each call.
+/// buffers (and pipes), and its timeout slot (progress is activity, and an
+/// expiry shuts its sockets). Three references, copied into each call.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
     pub scratch: &'a Scratch,
     pub track: &'a Tracked,
+    /// The core's pipes, for a tunnel that splices (`io::splice`).
+    pub pipes: &'a Pipes,
 }
 
 /// How a TLS handshake failed.
@@ -266,7 +269,7 @@ pub enum HandshakeError {
 impl Ctx<'_> {
     /// Run `peer`'s TLS handshake to its end (the deadline is the sweep's).
     pub async fn handshake(self, peer: Peer<'_>) -> Result<(), HandshakeError> {
-        let Ctx { scratch, track } = self;
+        let Ctx { scratch, track, .. } = self;
         let Some(tls) = peer.tls else {
             return Ok(());
         };
@@ -346,7 +349,7 @@ impl Ctx<'_> {
     /// Write all of `buf` to `dst`, waiting for room whenever the socket is
     /// full. Each bit of progress counts as activity for the idle timeout.
     pub async fn write_all(self, dst: Peer<'_>, buf: &[u8]) -> io::Result<()> {
-        let Ctx { scratch, track } = self;
+        let Ctx { scratch, track, .. } = self;
         if dst.tls.is_none() {
             return write_raw(dst.sock, buf, track).await;
         }
@@ -424,7 +427,7 @@ impl Ctx<'_> {
         framing: &mut Framing,
         moved: &Moved<'_>,
     ) -> Result<End, PumpError> {
-        let Ctx { scratch, track } = self;
+        let Ctx { scratch, track, .. } = self;
         // Since when this pump has been moving full buffers without a break.
         let mut busy_since: Option<std::time::Instant> = None;
         while !framing.is_done() {

@@ -119,6 +119,11 @@ impl BufRing {
         self.count
     }
 
+    /// Bytes per buffer.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
     /// Give buffer `bid` back to the kernel (visible after `publish`).
     pub fn push(&mut self, bid: u16) {
         debug_assert!(bid < self.count);

@@ -87,6 +87,10 @@ struct Dir {
     flags: u8,
     /// Its end was reported to the owner.
     reported: bool,
+    /// Whole buffers received in a row.
+    full_run: u16,
+    /// Released because it moves bulk ([`DirEnd::Bulk`]).
+    bulk: bool,
 }
 
 impl Dir {
@@ -97,6 +101,8 @@ impl Dir {
             queued: 0,
             flags: 0,
             reported: false,
+            full_run: 0,
+            bulk: false,
         }
     }
 
@@ -128,6 +134,9 @@ struct Tunnel<H> {
     err: Option<(i32, Op)>,
     /// The direction whose EOF was passed on first (0 or 1), if any.
     first_eof: Option<u8>,
+    /// Release a direction as bulk after this many whole buffers in a row
+    /// (0: never).
+    bulk_after: u16,
     waker: Option<Waker>,
     hook: H,
 }
@@ -193,7 +202,7 @@ impl<H: Hook> Machine<H> {
     /// A new tunnel over `fds` ([client, backend]): both receives armed
     /// (submitted at the reactor's next turn). Returns its slot and
     /// generation.
-    pub fn open(&mut self, fds: [RawFd; 2], hook: H) -> (u32, u32) {
+    pub fn open(&mut self, fds: [RawFd; 2], bulk_after: u16, hook: H) -> (u32, u32) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -209,6 +218,7 @@ impl<H: Hook> Machine<H> {
             flags: 0,
             err: None,
             first_eof: None,
+            bulk_after,
             waker: None,
             hook,
         });
@@ -464,6 +474,21 @@ impl<H: Hook> Machine<H> {
             return;
         }
         t.hook.chunk(d, self.bufs.slice(bid, 0, len));
+        let dir = &mut t.dirs[d];
+        dir.full_run = if len == self.bufs.size() {
+            dir.full_run.saturating_add(1)
+        } else {
+            0
+        };
+        if t.bulk_after > 0 && dir.full_run >= t.bulk_after && !dir.has(RELEASING) {
+            // Bulk: the owner moves it better (splice, or one copy per
+            // large read, without a turn per buffer).
+            dir.bulk = true;
+            dir.flags |= RELEASING;
+            dir.flags &= !(WAIT_BUF | PAUSED);
+            self.stats.bulk += 1;
+            self.cancel_recv(idx, d);
+        }
         self.meta[bid as usize] = BufMeta {
             next: NONE,
             len,
@@ -625,7 +650,11 @@ impl<H: Hook> Machine<H> {
             return Some(DirEnd::Eof);
         }
         if dir.has(RELEASING) && dir.quiet() {
-            return Some(DirEnd::Released);
+            return Some(if dir.bulk {
+                DirEnd::Bulk
+            } else {
+                DirEnd::Released
+            });
         }
         None
     }

@@ -79,6 +79,9 @@ pub enum DirEnd {
     /// Released: everything it received was sent; what it did not receive
     /// is still in its source socket.
     Released,
+    /// Released by the ring itself, as [`DirEnd::Released`], because it
+    /// moves bulk: whole buffers in a row (see [`Reactor::open`]).
+    Bulk,
 }
 
 /// A core's ring settings.
@@ -105,6 +108,8 @@ pub struct RingStats {
     pub enobufs: u64,
     /// Directions that stopped receiving until their queue drained.
     pub pauses: u64,
+    /// Directions released as bulk.
+    pub bulk: u64,
 }
 
 /// One core's completion ring and its tunnels.
@@ -143,9 +148,19 @@ impl<H: Hook + 'static> Reactor<H> {
 
     /// Start moving bytes between `client` and `backend` (descriptors the
     /// caller keeps open until [`Tunnel::finish`]); `hook` sees every
-    /// chunk.
-    pub fn open(self: &Rc<Self>, client: RawFd, backend: RawFd, hook: H) -> Tunnel<H> {
-        let (idx, gen) = self.machine.borrow_mut().open([client, backend], hook);
+    /// chunk. With `bulk_after` > 0, a direction that receives that many
+    /// whole buffers in a row is released as [`DirEnd::Bulk`].
+    pub fn open(
+        self: &Rc<Self>,
+        client: RawFd,
+        backend: RawFd,
+        bulk_after: u16,
+        hook: H,
+    ) -> Tunnel<H> {
+        let (idx, gen) = self
+            .machine
+            .borrow_mut()
+            .open([client, backend], bulk_after, hook);
         self.kick();
         Tunnel {
             reactor: self.clone(),
@@ -234,7 +249,7 @@ impl<H: Hook + 'static> Reactor<H> {
             if !self.machine.borrow_mut().turn() {
                 return;
             }
-            YieldNow(false).await;
+            crate::io::yield_now().await;
         }
     }
 }
@@ -246,21 +261,6 @@ impl<H> std::fmt::Debug for Reactor<H> {
             .field("live", &m.live)
             .field("stats", &m.stats)
             .finish()
-    }
-}
-
-/// Yield once to the scheduler.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 

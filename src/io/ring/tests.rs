@@ -100,7 +100,7 @@ fn ends(l: &TcpListener) -> Ends {
 }
 
 fn open(r: &Rc<Reactor<Seen>>, e: &Ends, hook: Seen) -> Tunnel<Seen> {
-    r.open(e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd(), hook)
+    r.open(e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd(), 0, hook)
 }
 
 /// Write `len` bytes of stream `id` in random fragments, then shut the
@@ -193,10 +193,21 @@ fn settings(buffers: u16, size: u32) -> Settings {
 
 #[test]
 fn byte_exact_both_ways_at_every_size() {
+    byte_exact(7, false);
+}
+
+/// A tunnel whose sockets were made non-blocking (for splice, which a
+/// direction released as bulk does while the other still rides the ring).
+#[test]
+fn byte_exact_on_non_blocking_sockets() {
+    byte_exact(4, true);
+}
+
+fn byte_exact(rounds: u64, non_blocking: bool) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     with_reactor(settings(64, 16 * 1024), |r| async move {
         let mut rng = Rng(7);
-        for k in 0..7u64 {
+        for k in 0..rounds {
             let (up, down) = match k {
                 0 => (0, 0),
                 1 => (1, 3),
@@ -204,6 +215,9 @@ fn byte_exact_both_ways_at_every_size() {
                 _ => (rng.below(4 << 20) as usize, rng.below(4 << 20) as usize),
             };
             let e = ends(&l);
+            for s in &e.inside {
+                s.set_nonblocking(non_blocking).unwrap();
+            }
             let hook = Seen {
                 check: Some([2 * k, 2 * k + 1]),
                 ..Seen::default()
@@ -462,5 +476,52 @@ fn a_dropped_handle_is_cancelled_and_freed() {
         drop(e.backend);
         assert_eq!(both_ends(&t).await, [DirEnd::Eof, DirEnd::Eof]);
         t.finish();
+    });
+}
+
+/// A direction that receives whole buffers in a row is released as bulk
+/// (the connection splices it from there); the other stays in the ring.
+/// Nothing is lost either way.
+#[test]
+fn bulk_is_released_and_small_messages_stay() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    with_reactor(settings(32, 4096), |r| async move {
+        let e = ends(&l);
+        let t = r.open(
+            e.inside[0].as_raw_fd(),
+            e.inside[1].as_raw_fd(),
+            4,
+            Seen::default(),
+        );
+        let (up, down) = (2 << 20, 100);
+        let hs = [
+            writer(e.client.try_clone().unwrap(), 1, up, 3),
+            writer(e.backend.try_clone().unwrap(), 2, down, 4),
+        ];
+        let br = reader(e.backend.try_clone().unwrap(), 1);
+        let cr = reader(e.client.try_clone().unwrap(), 2);
+        let got = both_ends(&t).await;
+        let seen = t.finish();
+        assert_eq!(got, [DirEnd::Bulk, DirEnd::Eof]);
+        assert!(seen.bytes[0] < up as u64, "released before the end");
+        assert_eq!(seen.bytes[1], down as u64);
+        // The rest of the bulk direction, as the connection would move it.
+        let (mut src, mut dst) = (
+            e.inside[0].try_clone().unwrap(),
+            e.inside[1].try_clone().unwrap(),
+        );
+        let rest = std::thread::spawn(move || {
+            let n = std::io::copy(&mut src, &mut dst).unwrap();
+            dst.shutdown(Shutdown::Write).unwrap();
+            n
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.bytes[0] + rest, up as u64);
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!((br.join().unwrap(), cr.join().unwrap()), (up, down));
+        assert!(r.stats().bulk >= 1);
     });
 }

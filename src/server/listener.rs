@@ -29,7 +29,8 @@ pub enum ListenError {
 }
 
 /// Bind `count` listeners that share `addr`, all non-blocking (monoio's epoll
-/// driver needs that), in group order. Returns them and the bound address
+/// driver needs that) and with TCP_NODELAY (which the sockets they accept
+/// inherit), in group order. Returns them and the bound address
 /// (port 0 resolved).
 pub fn bind_group(
     addr: SocketAddr,
@@ -44,6 +45,9 @@ pub fn bind_group(
             Some(Protocol::TCP),
         )?;
         s.set_reuse_address(true)?;
+        // Inherited by every accepted socket (as nginx's tcp_nodelay): one
+        // setsockopt per listener instead of one per connection.
+        s.set_nodelay(true)?;
         if addr.is_ipv6() {
             // Like nginx's ipv6only=on: [::] does not also take IPv4.
             s.set_only_v6(true)?;
@@ -119,6 +123,16 @@ pub fn steer(group: &[std::net::TcpListener], cpus: &[usize]) -> Steering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_tcp_nodelay() {
+        let (group, bound) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let _c = std::net::TcpStream::connect(bound).unwrap();
+        let l = &group[0];
+        l.set_nonblocking(false).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.nodelay().unwrap(), "no per-connection setsockopt needed");
+    }
 
     #[test]
     fn port_zero_gives_one_port_to_the_whole_group() {

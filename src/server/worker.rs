@@ -291,9 +291,7 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                if let Err(e) = stream.set_nodelay(true) {
-                    log::debug!("client={peer}: TCP_NODELAY: {e}");
-                }
+                // TCP_NODELAY comes from the listener (server::listener).
                 let core = core.clone();
                 monoio::spawn(async move { crate::conn::serve(&core, stream, peer, listen).await });
             }

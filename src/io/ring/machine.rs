@@ -42,6 +42,7 @@ const MAX_ROUNDS: u32 = 16;
 const K_RECV: u64 = 1;
 const K_SEND: u64 = 2;
 const K_CANCEL: u64 = 3;
+const K_SHUT: u64 = 4;
 const GEN_MASK: u32 = 0xFF_FFFF;
 
 #[inline]
@@ -91,6 +92,8 @@ struct Dir {
     full_run: u16,
     /// Released because it moves bulk ([`DirEnd::Bulk`]).
     bulk: bool,
+    /// The shutdown of its destination's writing half is in flight.
+    shutting: bool,
 }
 
 impl Dir {
@@ -103,6 +106,7 @@ impl Dir {
             reported: false,
             full_run: 0,
             bulk: false,
+            shutting: false,
         }
     }
 
@@ -113,7 +117,7 @@ impl Dir {
 
     /// Nothing of its own is in flight or queued.
     fn quiet(&self) -> bool {
-        !self.has(ARMED | SENDING | WAIT_BUF) && self.head == NONE
+        !self.has(ARMED | SENDING | WAIT_BUF) && self.head == NONE && !self.shutting
     }
 }
 
@@ -367,6 +371,7 @@ impl<H: Hook> Machine<H> {
         match kind {
             K_RECV => self.on_recv(idx, d, res, flags),
             K_SEND => self.on_send(idx, d, res),
+            K_SHUT => self.on_shut(idx, d),
             _ => {}
         }
         self.settle(idx);
@@ -581,19 +586,36 @@ impl<H: Hook> Machine<H> {
     }
 
     /// If `d` saw EOF and everything before it was sent, shut the
-    /// destination's write side.
+    /// destination's write side: a submission of its own, batched with the
+    /// turn's others, not a system call.
     fn pass_eof(&mut self, idx: u32, d: usize) {
+        let gen = self.slots[idx as usize].gen;
         let t = self.t(idx);
         let dir = &t.dirs[d];
-        if dir.has(EOF_SEEN)
-            && !dir.has(ENDED | SENDING)
-            && dir.head == NONE
-            && t.flags & (T_FAILED | T_GONE) == 0
+        if !dir.has(EOF_SEEN)
+            || dir.has(ENDED | SENDING)
+            || dir.shutting
+            || dir.head != NONE
+            || t.flags & (T_FAILED | T_GONE) != 0
         {
-            sys::shutdown_raw(t.fds[1 - d], Half::Write);
-            t.dirs[d].flags |= ENDED;
-            t.first_eof.get_or_insert(d as u8);
+            return;
         }
+        t.dirs[d].shutting = true;
+        t.ops += 1;
+        let e = opcode::Shutdown::new(types::Fd(t.fds[1 - d]), libc::SHUT_WR)
+            .build()
+            .user_data(ud(idx, gen, K_SHUT, d));
+        self.push_sqe(&e);
+    }
+
+    /// The destination's writing half is shut (or could not be, being
+    /// reset already: the other direction reports that): `d` has ended.
+    fn on_shut(&mut self, idx: u32, d: usize) {
+        let t = self.t(idx);
+        t.ops -= 1;
+        t.dirs[d].shutting = false;
+        t.dirs[d].flags |= ENDED;
+        t.first_eof.get_or_insert(d as u8);
     }
 
     /// Give back every queued buffer of `d` except one a send is using.

@@ -191,6 +191,19 @@ impl Core {
         })
     }
 
+    /// Copy the completion ring's counts into this core's metrics (at each
+    /// sweep: off the data path).
+    pub fn publish_ring_stats(&self) {
+        if let Some(ring) = self.ring.get() {
+            let stats = ring.stats();
+            self.metrics.ring_buffer_waits.set(stats.enobufs);
+            self.metrics.ring_bulk_handoffs.set(stats.bulk);
+            self.metrics
+                .ring_buffers_free
+                .set(i64::from(ring.buffers_free()));
+        }
+    }
+
     /// Where new configurations come from (and the start-up settings).
     pub fn reloader(&self) -> &Reloader {
         &self.reloader

@@ -138,35 +138,6 @@ fn a_bad_file_is_refused_whole_and_the_old_configuration_stays() {
     assert_eq!(requests(&two), 1);
 }
 
-/// The metrics endpoint's address, from its start-up line.
-fn metrics_addr(proxy: &Proxy) -> std::net::SocketAddr {
-    let line = proxy
-        .wait_log("metrics on http://", PATIENCE)
-        .expect("the metrics endpoint's line");
-    let rest = line.split("metrics on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
-
-/// GET `path` from the metrics endpoint: status and body.
-fn scrape(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let resp = raw_exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: metrics\r\n\r\n").as_bytes(),
-    );
-    let text = String::from_utf8(resp).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
-
-/// The value of one series (`name{labels}` exactly as rendered), if shown.
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let (s, v) = l.rsplit_once(' ')?;
-        (s == series).then(|| v.parse().unwrap())
-    })
-}
-
 /// Scrape until `series` has `want` (the counters are summed from every
 /// core at each scrape; a tunnel's end is counted when its task finishes).
 fn wait_value(addr: std::net::SocketAddr, series: &str, want: f64) -> String {

@@ -254,6 +254,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
                 monoio::time::sleep(core.sweeper.tick_interval()).await;
                 core.refresh();
                 core.sweeper.tick();
+                core.publish_ring_stats();
             }
         })
     };

@@ -1364,3 +1364,35 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The metrics endpoint.
+
+/// The metrics endpoint's address, from its start-up line.
+pub fn metrics_addr(proxy: &Proxy) -> std::net::SocketAddr {
+    let line = proxy
+        .wait_log("metrics on http://", PATIENCE)
+        .expect("the metrics endpoint's line");
+    let rest = line.split("metrics on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// GET `path` from the metrics endpoint: status and body.
+pub fn scrape(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let resp = raw_exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: metrics\r\n\r\n").as_bytes(),
+    );
+    let text = String::from_utf8(resp).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// The value of one series (`name{labels}` exactly as rendered), if shown.
+pub fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().unwrap())
+    })
+}

@@ -43,6 +43,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Copy a count kept elsewhere on the owning core (the completion
+    /// ring's). Only the owning core may call it.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
 
 /// A level (open tunnels) one core raises and lowers: same single-writer
@@ -66,6 +72,11 @@ impl Gauge {
     /// The level now.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Set the level. Only the owning core may call it.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
     }
 }
 
@@ -243,6 +254,14 @@ pub struct CoreMetrics {
     pub bytes_up: Counter,
     /// Bytes backend -> client, counted as they move.
     pub bytes_down: Counter,
+    /// The completion ring's receives that found no buffer free, and
+    /// waited for one (copied from the ring at each sweep).
+    pub ring_buffer_waits: Counter,
+    /// Tunnel directions the completion ring handed over to splice as bulk.
+    pub ring_bulk_handoffs: Counter,
+    /// The completion ring's buffers free (waiting for bytes) at the last
+    /// sweep; 0 without a ring.
+    pub ring_buffers_free: Gauge,
     /// Backend connect latency.
     pub connect: Histogram,
     /// Registered routes; they live as long as the process, so that their
@@ -282,6 +301,9 @@ impl Default for CoreMetrics {
             closed: Default::default(),
             bytes_up: Counter::default(),
             bytes_down: Counter::default(),
+            ring_buffer_waits: Counter::default(),
+            ring_bulk_handoffs: Counter::default(),
+            ring_buffers_free: Gauge::default(),
             connect: Histogram::default(),
             routes: Mutex::new(Vec::new()),
             servers: Mutex::new(Vec::new()),

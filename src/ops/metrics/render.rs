@@ -191,6 +191,27 @@ impl Metrics {
             "TLS handshakes with clients that failed.",
             self.sum(|c| c.tls_failures.get()),
         );
+        o.single(
+            "ringway_ring_buffers_free",
+            "gauge",
+            "Receive buffers of the completion rings waiting for bytes (all cores).",
+            self.cores
+                .iter()
+                .map(|c| c.ring_buffers_free.get())
+                .fold(0, i64::wrapping_add),
+        );
+        o.single(
+            "ringway_ring_buffer_waits_total",
+            "counter",
+            "Receives of the completion rings that found no buffer free and waited.",
+            self.sum(|c| c.ring_buffer_waits.get()),
+        );
+        o.single(
+            "ringway_ring_bulk_handoffs_total",
+            "counter",
+            "Tunnel directions the completion rings handed over to splice as bulk.",
+            self.sum(|c| c.ring_bulk_handoffs.get()),
+        );
         o.family(
             "ringway_tunnels_closed_total",
             "counter",

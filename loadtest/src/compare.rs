@@ -80,6 +80,10 @@ pub struct Options {
     /// The ringway binary [next to this one].
     #[arg(long)]
     pub ringway: Option<PathBuf>,
+    /// An extra flag for ringway, appended to its command line (repeatable),
+    /// for A/B runs of its options: `--ringway-arg=--tunnel-io=readiness`.
+    #[arg(long = "ringway-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub ringway_arg: Vec<String>,
     /// The ringway-load binary [next to this one].
     #[arg(long)]
     pub load: Option<PathBuf>,
@@ -332,6 +336,8 @@ pub struct Plan {
     pub rate: f64,
     pub concurrency: usize,
     pub idle_connections: usize,
+    /// `--ringway-arg`s: appended to ringway's command line.
+    pub ringway_extra: Vec<String>,
     /// Count the proxies' system calls (`perf stat`, in `ringway-load`).
     pub count_syscalls: bool,
 }
@@ -389,9 +395,43 @@ impl Plan {
                 .idle_connections
                 .unwrap_or(if o.quick { 2000 } else { 8000 })
                 .max(1),
+            ringway_extra: o.ringway_arg.clone(),
             count_syscalls: !o.no_perf,
         };
         Ok(plan)
+    }
+
+    /// ringway's command line after the binary: listen, upstream, the
+    /// fixed flags, then the `--ringway-arg`s.
+    pub fn ringway_args(&self, port: u16, upstream: &str) -> Vec<String> {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".to_string(),
+            upstream.to_string(),
+        ];
+        args.extend(self.ringway_flags());
+        args
+    }
+
+    /// ringway's flags besides --listen and --upstream: the fixed ones,
+    /// then the `--ringway-arg`s.
+    pub fn ringway_flags(&self) -> Vec<String> {
+        RINGWAY_ARGS
+            .iter()
+            .map(|a| a.to_string())
+            .chain(self.ringway_extra.iter().cloned())
+            .collect()
+    }
+
+    /// `ringway` or `ringway --tunnel-io=readiness`: what ringway ran with,
+    /// beyond the fixed flags (table and chart headings).
+    pub fn ringway_words(&self) -> String {
+        if self.ringway_extra.is_empty() {
+            "ringway".to_string()
+        } else {
+            format!("ringway {}", self.ringway_extra.join(" "))
+        }
     }
 
     /// The idle hold needs no long window: memory is read at its end.
@@ -1542,13 +1582,12 @@ impl Lab<'_> {
             self.dir().to_path_buf(),
         );
         let upstream = format!("127.0.0.1:{}", self.echo_port());
+        let plan = self.plan;
         let running = start_on_free_port("ringway", true, |port| {
             let log = dir.join("ringway.log");
             let child = spawn_pinned(
                 Command::new(&bin)
-                    .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--upstream", &upstream])
-                    .args(RINGWAY_ARGS)
+                    .args(plan.ringway_args(port, &upstream))
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(File::create(&log)?))
@@ -2331,9 +2370,15 @@ impl Summary<'_> {
         }
     }
 
+    /// The line above the table: what ran against what,
+    /// `ringway --tunnel-io=readiness vs nginx/1.22.1 (...)`.
+    fn heading(&self) -> String {
+        format!("{} vs {}", self.plan.ringway_words(), self.nginx_words())
+    }
+
     fn print(&self) {
         println!();
-        println!("ringway vs {}", self.nginx_words());
+        println!("{}", self.heading());
         println!("{}", self.header());
         println!("{}", self.settings_line());
         for sc in &self.plan.scenarios {
@@ -2435,7 +2480,8 @@ impl Summary<'_> {
                     "description": plan.describe(*s),
                     "ringway_load_args": plan.scenario_args(*s),
                 })).collect::<Vec<_>>(),
-                "ringway_args": RINGWAY_ARGS,
+                "ringway_args": plan.ringway_flags(),
+                "ringway_extra_args": plan.ringway_extra,
                 "count_syscalls": plan.count_syscalls,
             },
             "nginx": {
@@ -2466,7 +2512,7 @@ impl Summary<'_> {
         };
         let subtitle = [
             self.header(),
-            format!("{}; {}", self.nginx_words(), self.settings_line()),
+            format!("{}; {}", self.heading(), self.settings_line()),
         ];
         let footer = [
             format!(
@@ -2859,19 +2905,52 @@ mod tests {
     }
 
     #[test]
-    fn no_perf_flag() {
-        assert!(plan().count_syscalls);
+    fn ringway_args_are_appended() {
+        let o = Options::parse_from([
+            "ringway-compare",
+            "--quick",
+            "--ringway-arg=--tunnel-io=readiness",
+            "--ringway-arg",
+            "--recv-buffers=64",
+        ]);
+        assert_eq!(
+            o.ringway_arg,
+            ["--tunnel-io=readiness", "--recv-buffers=64"]
+        );
+        let p = Plan::new(&o).unwrap();
+        let args = p.ringway_args(8080, "127.0.0.1:9000");
+        assert_eq!(
+            args[..4],
+            ["--listen", "127.0.0.1:8080", "--upstream", "127.0.0.1:9000"]
+        );
+        assert!(
+            args.join(" ").ends_with(
+                "--workers 1 --idle-timeout 1h --log-level warn --tunnel-io=readiness --recv-buffers=64"
+            ),
+            "{args:?}"
+        );
+        assert_eq!(
+            p.ringway_words(),
+            "ringway --tunnel-io=readiness --recv-buffers=64"
+        );
+        assert_eq!(p.ringway_flags().len(), RINGWAY_ARGS.len() + 2);
+        // Without: ringway as before.
+        let p = plan();
+        assert_eq!(p.ringway_words(), "ringway");
+        assert_eq!(p.ringway_flags(), RINGWAY_ARGS);
+        assert!(p.count_syscalls);
         let o = Options::parse_from(["ringway-compare", "--no-perf"]);
         assert!(!Plan::new(&o).unwrap().count_syscalls);
     }
 
     #[test]
-    fn json_carries_syscalls() {
+    fn json_and_headings_carry_ringway_args_and_syscalls() {
         let plan = Plan::new(&Options::parse_from([
             "ringway-compare",
             "--quick",
             "--scenarios",
             "echo",
+            "--ringway-arg=--tunnel-io=readiness",
         ]))
         .unwrap();
         let recs = vec![
@@ -2897,8 +2976,24 @@ mod tests {
             total_s: 1.0,
             interrupted: false,
         };
+        assert!(
+            summary
+                .heading()
+                .starts_with("ringway --tunnel-io=readiness vs nginx/1.22.1"),
+            "{}",
+            summary.heading()
+        );
         let v = summary.json();
-        assert_eq!(v["settings"]["count_syscalls"], true);
+        let settings = &v["settings"];
+        assert_eq!(
+            settings["ringway_extra_args"],
+            json!(["--tunnel-io=readiness"])
+        );
+        assert_eq!(
+            settings["ringway_args"].as_array().unwrap().last().unwrap(),
+            "--tunnel-io=readiness"
+        );
+        assert_eq!(settings["count_syscalls"], true);
         let fig = |key: &str| {
             v["figures"]
                 .as_array()
@@ -2919,6 +3014,7 @@ mod tests {
         assert!(uring["ringway_over_nginx"].is_null());
         assert!(uring["direct"].is_null());
         let svg = summary.svg("x.json");
+        assert!(svg.contains("ringway --tunnel-io=readiness vs nginx/1.22.1"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
     }
 

@@ -152,13 +152,14 @@ fn without_perf_the_counts_are_absent_and_the_run_goes_on() {
 }
 
 #[test]
-fn compare_takes_no_perf() {
+fn compare_takes_ringway_args_and_no_perf() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringway-compare"))
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--ringway-arg <ARG>"), "{help}");
     assert!(help.contains("--no-perf"), "{help}");
 }
 

@@ -104,8 +104,13 @@ pub struct Options {
     /// Do not install nginx with apt-get when it is missing.
     #[arg(long)]
     pub no_install: bool,
-    /// Directory of the default output files.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    /// Directory of the default output files (given twice, the last wins:
+    /// loadtest/compare passes loadtest/results before the caller's flags).
+    #[arg(
+        long,
+        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"),
+        overrides_with = "results_dir"
+    )]
     pub results_dir: PathBuf,
     /// JSON output [RESULTS_DIR/compare-<UTC time>.json].
     #[arg(long)]
@@ -2941,6 +2946,19 @@ mod tests {
         assert!(p.count_syscalls);
         let o = Options::parse_from(["ringway-compare", "--no-perf"]);
         assert!(!Plan::new(&o).unwrap().count_syscalls);
+    }
+
+    #[test]
+    fn the_last_results_dir_wins() {
+        // loadtest/compare passes its own before the caller's flags.
+        let o = Options::parse_from([
+            "ringway-compare",
+            "--results-dir",
+            "/repo/loadtest/results",
+            "--results-dir",
+            "/tmp/load-check",
+        ]);
+        assert_eq!(o.results_dir, PathBuf::from("/tmp/load-check"));
     }
 
     #[test]

@@ -229,7 +229,11 @@ impl Watch {
                 Ok(line) if is_ack(&line) => return,
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.failed = Some(format!("perf did not acknowledge {cmd:?} in time"));
+                    self.failed = Some(format!(
+                        "perf stat on pid {} did not acknowledge {cmd:?} in time ({})",
+                        self.pid,
+                        perf_said(&self.err)
+                    ));
                     return;
                 }
                 Err(RecvTimeoutError::Disconnected) => {

@@ -80,6 +80,10 @@ pub struct Options {
     /// The ringway binary [next to this one].
     #[arg(long)]
     pub ringway: Option<PathBuf>,
+    /// An extra flag for ringway, appended to its command line (repeatable),
+    /// for A/B runs of its options: `--ringway-arg=--tunnel-io=readiness`.
+    #[arg(long = "ringway-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub ringway_arg: Vec<String>,
     /// The ringway-load binary [next to this one].
     #[arg(long)]
     pub load: Option<PathBuf>,
@@ -100,8 +104,13 @@ pub struct Options {
     /// Do not install nginx with apt-get when it is missing.
     #[arg(long)]
     pub no_install: bool,
-    /// Directory of the default output files.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    /// Directory of the default output files (given twice, the last wins:
+    /// loadtest/compare passes loadtest/results before the caller's flags).
+    #[arg(
+        long,
+        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"),
+        overrides_with = "results_dir"
+    )]
     pub results_dir: PathBuf,
     /// JSON output [RESULTS_DIR/compare-<UTC time>.json].
     #[arg(long)]
@@ -112,6 +121,10 @@ pub struct Options {
     /// Keep the temporary directory (nginx config and logs, raw reports).
     #[arg(long)]
     pub keep_temp: bool,
+    /// Do not count the proxies' system calls (`ringway-load --no-perf`):
+    /// the CPU figures then carry no `perf stat` at all.
+    #[arg(long)]
+    pub no_perf: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -220,6 +233,10 @@ pub enum Metric {
     ProxyCpu,
     /// RSS growth per held connection of the watched proxy, KiB.
     ProxyRss,
+    /// System calls per unit of work of the watched proxy (`perf stat`).
+    ProxySyscalls,
+    /// io_uring_enter(2) calls per unit of work of the watched proxy.
+    ProxyUringEnters,
 }
 
 impl Metric {
@@ -232,13 +249,24 @@ impl Metric {
             Metric::P999 => report.pointer("/latency/p999_us"),
             Metric::ProxyCpu => report.pointer("/cpu_us_per_unit/0"),
             Metric::ProxyRss => report.pointer("/rss_kib_per_conn/0"),
+            Metric::ProxySyscalls => report.pointer("/syscalls_per_unit/0"),
+            Metric::ProxyUringEnters => report.pointer("/io_uring_enters_per_unit/0"),
         }?;
         v.as_f64().filter(|x| x.is_finite())
     }
 
     /// Figures about the proxy process have no value for `direct`.
     pub fn of_proxy(self) -> bool {
-        matches!(self, Metric::ProxyCpu | Metric::ProxyRss)
+        matches!(
+            self,
+            Metric::ProxyCpu | Metric::ProxyRss | Metric::ProxySyscalls | Metric::ProxyUringEnters
+        )
+    }
+
+    /// Drawn in the chart? Not io_uring_enter: nginx makes none, so there
+    /// is no ratio to draw.
+    pub fn charted(self) -> bool {
+        self != Metric::ProxyUringEnters
     }
 }
 
@@ -280,15 +308,21 @@ pub const FIGURES: &[Figure] = &[
     fig("echo_p50", "echo latency p50", "µs", Scenario::Echo, P50, Lower),
     fig("echo_p99", "echo latency p99", "µs", Scenario::Echo, P99, Lower),
     fig("echo_cpu", "proxy CPU per message", "µs/msg", Scenario::Echo, ProxyCpu, Lower),
+    fig("echo_syscalls", "proxy syscalls per message", "1/msg", Scenario::Echo, ProxySyscalls, Lower),
+    fig("echo_uring", "proxy io_uring_enter per message", "1/msg", Scenario::Echo, ProxyUringEnters, Lower),
     fig("open_p50", "fixed-rate latency p50", "µs", Scenario::Open, P50, Lower),
     fig("open_p99", "fixed-rate latency p99", "µs", Scenario::Open, P99, Lower),
     fig("open_p999", "fixed-rate latency p99.9", "µs", Scenario::Open, P999, Lower),
     fig("open_cpu", "proxy CPU per message at fixed rate", "µs/msg", Scenario::Open, ProxyCpu, Lower),
+    fig("open_syscalls", "proxy syscalls per message at fixed rate", "1/msg", Scenario::Open, ProxySyscalls, Lower),
+    fig("open_uring", "proxy io_uring_enter per message at fixed rate", "1/msg", Scenario::Open, ProxyUringEnters, Lower),
     fig("bulk_rate", "bulk throughput each way", "MB/s", Scenario::Bulk, MbPerSec, Higher),
     fig("bulk_cpu", "proxy CPU per MB", "µs/MB", Scenario::Bulk, ProxyCpu, Lower),
+    fig("bulk_syscalls", "proxy syscalls per MB", "1/MB", Scenario::Bulk, ProxySyscalls, Lower),
     fig("connect_rate", "handshakes", "1/s", Scenario::Connect, PerSec, Higher),
     fig("connect_p99", "handshake latency p99", "µs", Scenario::Connect, P99, Lower),
     fig("connect_cpu", "proxy CPU per handshake", "µs/hs", Scenario::Connect, ProxyCpu, Lower),
+    fig("connect_syscalls", "proxy syscalls per handshake", "1/hs", Scenario::Connect, ProxySyscalls, Lower),
     fig("idle_rss", "proxy RSS per idle connection", "KiB/conn", Scenario::Idle, ProxyRss, Lower),
 ];
 
@@ -307,6 +341,10 @@ pub struct Plan {
     pub rate: f64,
     pub concurrency: usize,
     pub idle_connections: usize,
+    /// `--ringway-arg`s: appended to ringway's command line.
+    pub ringway_extra: Vec<String>,
+    /// Count the proxies' system calls (`perf stat`, in `ringway-load`).
+    pub count_syscalls: bool,
 }
 
 /// Source addresses of the connect scenario (clear of 127.0.0.1's
@@ -362,8 +400,43 @@ impl Plan {
                 .idle_connections
                 .unwrap_or(if o.quick { 2000 } else { 8000 })
                 .max(1),
+            ringway_extra: o.ringway_arg.clone(),
+            count_syscalls: !o.no_perf,
         };
         Ok(plan)
+    }
+
+    /// ringway's command line after the binary: listen, upstream, the
+    /// fixed flags, then the `--ringway-arg`s.
+    pub fn ringway_args(&self, port: u16, upstream: &str) -> Vec<String> {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".to_string(),
+            upstream.to_string(),
+        ];
+        args.extend(self.ringway_flags());
+        args
+    }
+
+    /// ringway's flags besides --listen and --upstream: the fixed ones,
+    /// then the `--ringway-arg`s.
+    pub fn ringway_flags(&self) -> Vec<String> {
+        RINGWAY_ARGS
+            .iter()
+            .map(|a| a.to_string())
+            .chain(self.ringway_extra.iter().cloned())
+            .collect()
+    }
+
+    /// `ringway` or `ringway --tunnel-io=readiness`: what ringway ran with,
+    /// beyond the fixed flags (table and chart headings).
+    pub fn ringway_words(&self) -> String {
+        if self.ringway_extra.is_empty() {
+            "ringway".to_string()
+        } else {
+            format!("ringway {}", self.ringway_extra.join(" "))
+        }
     }
 
     /// The idle hold needs no long window: memory is read at its end.
@@ -1514,13 +1587,12 @@ impl Lab<'_> {
             self.dir().to_path_buf(),
         );
         let upstream = format!("127.0.0.1:{}", self.echo_port());
+        let plan = self.plan;
         let running = start_on_free_port("ringway", true, |port| {
             let log = dir.join("ringway.log");
             let child = spawn_pinned(
                 Command::new(&bin)
-                    .args(["--listen", &format!("127.0.0.1:{port}")])
-                    .args(["--upstream", &upstream])
-                    .args(RINGWAY_ARGS)
+                    .args(plan.ringway_args(port, &upstream))
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(File::create(&log)?))
@@ -1745,6 +1817,9 @@ impl Lab<'_> {
         if t != Target::Direct {
             cmd.args(["--watch-pid", &watch.to_string()]);
         }
+        if !self.plan.count_syscalls {
+            cmd.arg("--no-perf");
+        }
         // Setting up idle connections takes a while; everything else is
         // bounded by the window plus the generator's 5 s grace.
         let limit = self.plan.warmup
@@ -1841,6 +1916,27 @@ pub fn core_use(records: &[RunRecord], scenarios: &[Scenario]) -> String {
     out
 }
 
+/// Why system calls were not counted, once (the first run that says so,
+/// and how many did): the table then shows `-` for them.
+pub fn syscall_warning(records: &[RunRecord]) -> Option<String> {
+    let notes: Vec<(&RunRecord, &str)> = records
+        .iter()
+        .filter_map(|r| {
+            let note = r.report.as_ref()?.get("syscalls_note")?.as_str()?;
+            Some((r, note))
+        })
+        .collect();
+    let (first, note) = notes.first()?;
+    Some(format!(
+        "system calls not counted in {} of {} (first: round {} {} {}): {note}",
+        plural(notes.len(), "run"),
+        records.iter().filter(|r| r.report.is_some()).count(),
+        first.round + 1,
+        first.scenario.name(),
+        first.target.name(),
+    ))
+}
+
 /// The errors of a run through nginx that ends with echoes in flight.
 pub const HALF_CLOSE: &str =
     "closed with echoes in flight after the window (half-close, see below)";
@@ -1910,19 +2006,48 @@ fn summary_line(sc: Scenario, v: &Value) -> String {
             let _ = write!(s, ", proxy {} µs/unit", num(c));
         }
     }
+    if let Some(c) = ProxySyscalls.extract(v) {
+        if sc != Scenario::Idle {
+            let _ = write!(s, ", {} syscalls/unit", num(c));
+            if let Some(u) = ProxyUringEnters.extract(v).filter(|u| *u > 0.0) {
+                let _ = write!(s, " ({} io_uring_enter)", num(u));
+            }
+        }
+    }
     if let Some(r) = ProxyRss.extract(v) {
         let _ = write!(s, ", proxy {} KiB/conn", num(r));
     }
     s
 }
 
+/// A figure's name in the table: `label (unit)`.
+fn row_name(f: &Figure) -> String {
+    format!("{} ({})", f.label, f.unit)
+}
+
+/// The ratio column of ringway against `other`: `0.50 (2.00x better)`;
+/// `n/a` when both have a value but one is zero (no ratio: e.g. nginx's
+/// io_uring_enter count); `-` when a value is missing.
+fn ratio_cell(r: &Row, other: Target, verdicts: bool) -> String {
+    match (r.ratio_to(other), r.advantage_over(other)) {
+        (Some(x), Some(a)) if verdicts => format!("{x:.2} ({})", verdict(a)),
+        (Some(x), _) => format!("{x:.2}"),
+        _ if r.get(Target::Ringway).is_some() && r.get(other).is_some() => "n/a".to_string(),
+        _ => "-".to_string(),
+    }
+}
+
 /// The table, as printed.
 pub fn table(rows: &[Row], have_nginx: bool) -> String {
     let mut out = String::new();
     let cell = |v: Option<f64>| v.map_or("-".to_string(), num);
+    let w = rows
+        .iter()
+        .map(|r| row_name(&r.figure).chars().count())
+        .fold(44, usize::max);
     let _ = writeln!(
         out,
-        "{:<44} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
+        "{:<w$} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
         "figure (median over rounds)",
         "better",
         "direct",
@@ -1931,25 +2056,23 @@ pub fn table(rows: &[Row], have_nginx: bool) -> String {
         "ringway/nginx",
         "rw/direct"
     );
-    let _ = writeln!(out, "{}", "-".repeat(119));
+    let _ = writeln!(out, "{}", "-".repeat(w + 75));
     let mut group = None;
     for r in rows {
         if group != Some(r.figure.scenario) {
             group = Some(r.figure.scenario);
             let _ = writeln!(out, "[{}]", r.figure.scenario.name());
         }
-        let vs_nginx = match (r.ratio_to(Target::Nginx), r.advantage_over(Target::Nginx)) {
-            (Some(x), Some(a)) => format!("{x:.2} ({})", verdict(a)),
-            _ if !have_nginx => "n/a (no nginx)".to_string(),
-            _ => "-".to_string(),
+        let vs_nginx = if have_nginx {
+            ratio_cell(r, Target::Nginx, true)
+        } else {
+            "n/a (no nginx)".to_string()
         };
-        let vs_direct = r
-            .ratio_to(Target::Direct)
-            .map_or("-".into(), |x| format!("{x:.2}"));
+        let vs_direct = ratio_cell(r, Target::Direct, false);
         let _ = writeln!(
             out,
-            "{:<44} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
-            format!("{} ({})", r.figure.label, r.figure.unit),
+            "{:<w$} {:>6} {:>10} {:>10} {:>10}  {:<22} {:>9}",
+            row_name(&r.figure),
             r.figure.better.word(),
             cell(r.get(Target::Direct)),
             cell(r.get(Target::Ringway)),
@@ -1965,6 +2088,7 @@ pub fn table(rows: &[Row], have_nginx: bool) -> String {
 /// nginx is missing.
 pub fn bars(rows: &[Row], plan: &Plan, vs: Target) -> Vec<Bar> {
     rows.iter()
+        .filter(|r| r.figure.metric.charted())
         .map(|r| {
             let unit = r.figure.unit;
             let detail = match (r.get(Target::Ringway), r.get(vs)) {
@@ -1978,11 +2102,14 @@ pub fn bars(rows: &[Row], plan: &Plan, vs: Target) -> Vec<Bar> {
                 (Some(a), None) => format!("ringway {} {unit}; {} n/a", num(a), vs.name()),
                 _ => "no value".to_string(),
             };
+            // No ratio with a zero on either side (see ratio()): the chart
+            // says n/a rather than draw an infinite bar.
+            let advantage = r.advantage_over(vs).filter(|a| a.is_finite() && *a > 0.0);
             Bar {
                 group: plan.describe(r.figure.scenario),
                 label: r.figure.label.to_string(),
                 detail,
-                advantage: r.advantage_over(vs),
+                advantage,
             }
         })
         .collect()
@@ -2135,6 +2262,9 @@ pub fn run(o: Options) -> Result<()> {
     if interrupted {
         warnings.push("interrupted: partial results".into());
     }
+    if let Some(w) = syscall_warning(&records) {
+        warnings.push(w);
+    }
 
     let summary = Summary {
         rows: rows(&records, &plan.scenarios),
@@ -2245,9 +2375,15 @@ impl Summary<'_> {
         }
     }
 
+    /// The line above the table: what ran against what,
+    /// `ringway --tunnel-io=readiness vs nginx/1.22.1 (...)`.
+    fn heading(&self) -> String {
+        format!("{} vs {}", self.plan.ringway_words(), self.nginx_words())
+    }
+
     fn print(&self) {
         println!();
-        println!("ringway vs {}", self.nginx_words());
+        println!("{}", self.heading());
         println!("{}", self.header());
         println!("{}", self.settings_line());
         for sc in &self.plan.scenarios {
@@ -2349,7 +2485,9 @@ impl Summary<'_> {
                     "description": plan.describe(*s),
                     "ringway_load_args": plan.scenario_args(*s),
                 })).collect::<Vec<_>>(),
-                "ringway_args": RINGWAY_ARGS,
+                "ringway_args": plan.ringway_flags(),
+                "ringway_extra_args": plan.ringway_extra,
+                "count_syscalls": plan.count_syscalls,
             },
             "nginx": {
                 "available": self.have_nginx(),
@@ -2379,7 +2517,7 @@ impl Summary<'_> {
         };
         let subtitle = [
             self.header(),
-            format!("{}; {}", self.nginx_words(), self.settings_line()),
+            format!("{}; {}", self.heading(), self.settings_line()),
         ];
         let footer = [
             format!(
@@ -2558,7 +2696,7 @@ mod tests {
             record(0, Target::Nginx, report(40.0, 60.0, Some(12.0))),
         ];
         let rows = rows(&recs, &[Scenario::Echo]);
-        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.len(), 6);
         let rate = &rows[0];
         assert_eq!(rate.figure.key, "echo_rate");
         assert_eq!(rate.get(Target::Ringway), Some(80.0));
@@ -2614,12 +2752,288 @@ mod tests {
         let svg = svg_chart("t <&>", &["sub".into()], "nginx", &b, &["foot".into()]);
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches(r#"class="bar""#).count(), FIGURES.len());
+        let charted = FIGURES.iter().filter(|f| f.metric.charted()).count();
+        assert_eq!(charted, FIGURES.len() - 2);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), charted);
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert!(svg.contains("t &lt;&amp;&gt;"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         // Groups are headed once each.
         assert_eq!(svg.matches(&p.describe(Scenario::Open)).count(), 1);
+    }
+
+    /// A report with system call counts (per unit) of the watched proxy.
+    fn report_sys(cpu: f64, sys: Option<f64>, uring: Option<f64>) -> Value {
+        let mut r = report(100.0, 10.0, Some(cpu));
+        r["syscalls_per_unit"] = json!([sys]);
+        r["io_uring_enters_per_unit"] = json!([uring]);
+        r["syscalls_note"] = if sys.is_none() {
+            json!("perf not found")
+        } else {
+            Value::Null
+        };
+        r
+    }
+
+    #[test]
+    fn syscall_rows_and_zero_ratios() {
+        let recs = vec![
+            record(0, Target::Direct, report(100.0, 10.0, None)),
+            record(0, Target::Ringway, report_sys(5.0, Some(0.4), Some(0.2))),
+            record(1, Target::Ringway, report_sys(5.0, Some(0.5), Some(0.1))),
+            record(2, Target::Ringway, report_sys(5.0, Some(0.3), Some(0.3))),
+            record(0, Target::Nginx, report_sys(9.0, Some(3.9), Some(0.0))),
+        ];
+        let rows = rows(&recs, &[Scenario::Echo]);
+        let sys = rows
+            .iter()
+            .find(|r| r.figure.key == "echo_syscalls")
+            .unwrap();
+        assert_eq!(sys.figure.better, Better::Lower);
+        assert_eq!(sys.get(Target::Direct), None);
+        assert_eq!(sys.get(Target::Ringway), Some(0.4));
+        assert_eq!(sys.get(Target::Nginx), Some(3.9));
+        assert_eq!(sys.counts, [0, 3, 1]);
+        let uring = rows.iter().find(|r| r.figure.key == "echo_uring").unwrap();
+        assert_eq!(uring.get(Target::Ringway), Some(0.2));
+        assert_eq!(uring.get(Target::Nginx), Some(0.0));
+        // nginx makes no io_uring_enter: no ratio, not an infinite one.
+        assert_eq!(uring.ratio_to(Target::Nginx), None);
+        assert_eq!(uring.advantage_over(Target::Nginx), None);
+        let t = table(&rows, true);
+        let line = |name: &str| {
+            t.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name:?} in\n{t}"))
+                .to_string()
+        };
+        let l = line("proxy syscalls per message (1/msg)");
+        assert!(l.contains("0.10 (9.75x better)"), "{l}");
+        let l = line("proxy io_uring_enter per message (1/msg)");
+        assert!(l.contains(" n/a "), "{l}");
+        assert!(l.contains("0.20") && l.contains("0.00"), "{l}");
+        assert!(!t.contains("inf") && !t.contains("NaN"), "{t}");
+        // The rows sit in the [echo] group, after the CPU figure.
+        let keys: Vec<&str> = rows.iter().map(|r| r.figure.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "echo_rate",
+                "echo_p50",
+                "echo_p99",
+                "echo_cpu",
+                "echo_syscalls",
+                "echo_uring"
+            ]
+        );
+        // The chart leaves io_uring_enter out and draws no infinite bar.
+        let p = plan();
+        let b = bars(&rows, &p, Target::Nginx);
+        assert_eq!(b.len(), 5);
+        assert!(b.iter().all(|b| b.advantage.is_none_or(f64::is_finite)));
+        let svg = svg_chart("t", &[], "nginx", &b, &[]);
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        // A zero on ringway's side of a charted figure: n/a, not a bar.
+        let mut zero = sys.clone();
+        zero.values[1] = Some(0.0);
+        assert_eq!(ratio_cell(&zero, Target::Nginx, true), "n/a");
+        assert!(bars(&[zero], &p, Target::Nginx)[0].advantage.is_none());
+        // The progress line of a run names the counts.
+        let line = summary_line(Scenario::Echo, &report_sys(5.0, Some(0.4), Some(0.2)));
+        assert!(
+            line.ends_with("0.40 syscalls/unit (0.20 io_uring_enter)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn absent_syscall_counts_show_a_dash() {
+        let recs = vec![
+            record(0, Target::Ringway, report_sys(5.0, None, None)),
+            record(0, Target::Nginx, report_sys(9.0, None, None)),
+        ];
+        let rows = rows(&recs, &[Scenario::Echo]);
+        let sys = rows
+            .iter()
+            .find(|r| r.figure.key == "echo_syscalls")
+            .unwrap();
+        assert_eq!(sys.values, [None, None, None]);
+        assert_eq!(ratio_cell(sys, Target::Nginx, true), "-");
+        let t = table(&rows, true);
+        let l = t
+            .lines()
+            .find(|l| l.starts_with("proxy syscalls per message"))
+            .unwrap();
+        assert_eq!(l.split_whitespace().filter(|w| *w == "-").count(), 5, "{l}");
+        let w = syscall_warning(&recs).unwrap();
+        assert!(
+            w.contains("2 runs of 2")
+                && w.contains("round 1 echo ringway")
+                && w.ends_with("perf not found"),
+            "{w}"
+        );
+        let counted = vec![record(
+            0,
+            Target::Ringway,
+            report_sys(5.0, Some(1.0), Some(0.0)),
+        )];
+        assert_eq!(syscall_warning(&counted), None);
+        let line = summary_line(Scenario::Echo, &recs[0].report.clone().unwrap());
+        assert!(!line.contains("syscalls"), "{line}");
+    }
+
+    #[test]
+    fn every_scenario_but_idle_has_a_syscall_row() {
+        for sc in Scenario::ALL {
+            let n = FIGURES
+                .iter()
+                .filter(|f| f.scenario == sc && f.metric == Metric::ProxySyscalls)
+                .count();
+            assert_eq!(n, usize::from(sc != Scenario::Idle), "{sc:?}");
+            let u = FIGURES
+                .iter()
+                .filter(|f| f.scenario == sc && f.metric == Metric::ProxyUringEnters)
+                .count();
+            assert_eq!(
+                u,
+                usize::from(matches!(sc, Scenario::Echo | Scenario::Open))
+            );
+        }
+        let r = report_sys(5.0, Some(2.5), Some(0.5));
+        assert_eq!(Metric::ProxySyscalls.extract(&r), Some(2.5));
+        assert_eq!(Metric::ProxyUringEnters.extract(&r), Some(0.5));
+        assert_eq!(
+            Metric::ProxySyscalls.extract(&report_sys(5.0, None, None)),
+            None
+        );
+        assert!(Metric::ProxySyscalls.of_proxy() && Metric::ProxyUringEnters.of_proxy());
+    }
+
+    #[test]
+    fn ringway_args_are_appended() {
+        let o = Options::parse_from([
+            "ringway-compare",
+            "--quick",
+            "--ringway-arg=--tunnel-io=readiness",
+            "--ringway-arg",
+            "--recv-buffers=64",
+        ]);
+        assert_eq!(
+            o.ringway_arg,
+            ["--tunnel-io=readiness", "--recv-buffers=64"]
+        );
+        let p = Plan::new(&o).unwrap();
+        let args = p.ringway_args(8080, "127.0.0.1:9000");
+        assert_eq!(
+            args[..4],
+            ["--listen", "127.0.0.1:8080", "--upstream", "127.0.0.1:9000"]
+        );
+        assert!(
+            args.join(" ").ends_with(
+                "--workers 1 --idle-timeout 1h --log-level warn --tunnel-io=readiness --recv-buffers=64"
+            ),
+            "{args:?}"
+        );
+        assert_eq!(
+            p.ringway_words(),
+            "ringway --tunnel-io=readiness --recv-buffers=64"
+        );
+        assert_eq!(p.ringway_flags().len(), RINGWAY_ARGS.len() + 2);
+        // Without: ringway as before.
+        let p = plan();
+        assert_eq!(p.ringway_words(), "ringway");
+        assert_eq!(p.ringway_flags(), RINGWAY_ARGS);
+        assert!(p.count_syscalls);
+        let o = Options::parse_from(["ringway-compare", "--no-perf"]);
+        assert!(!Plan::new(&o).unwrap().count_syscalls);
+    }
+
+    #[test]
+    fn the_last_results_dir_wins() {
+        // loadtest/compare passes its own before the caller's flags.
+        let o = Options::parse_from([
+            "ringway-compare",
+            "--results-dir",
+            "/repo/loadtest/results",
+            "--results-dir",
+            "/tmp/load-check",
+        ]);
+        assert_eq!(o.results_dir, PathBuf::from("/tmp/load-check"));
+    }
+
+    #[test]
+    fn json_and_headings_carry_ringway_args_and_syscalls() {
+        let plan = Plan::new(&Options::parse_from([
+            "ringway-compare",
+            "--quick",
+            "--scenarios",
+            "echo",
+            "--ringway-arg=--tunnel-io=readiness",
+        ]))
+        .unwrap();
+        let recs = vec![
+            record(0, Target::Ringway, report_sys(5.0, Some(0.4), Some(0.2))),
+            record(0, Target::Nginx, report_sys(9.0, Some(3.9), Some(0.0))),
+        ];
+        let summary = Summary {
+            plan: &plan,
+            records: &recs,
+            rows: rows(&recs, &plan.scenarios),
+            noise: None,
+            warnings: Vec::new(),
+            nginx: NginxInfo {
+                version: Some("nginx/1.22.1".into()),
+                note: String::new(),
+                config: Some("conf".into()),
+                errors: Vec::new(),
+                buffer_size: None,
+            },
+            machine: ("cpu".into(), 2, "6.1".into()),
+            nofile: 20000,
+            date: "2026-12-03 18:00 UTC".into(),
+            total_s: 1.0,
+            interrupted: false,
+        };
+        assert!(
+            summary
+                .heading()
+                .starts_with("ringway --tunnel-io=readiness vs nginx/1.22.1"),
+            "{}",
+            summary.heading()
+        );
+        let v = summary.json();
+        let settings = &v["settings"];
+        assert_eq!(
+            settings["ringway_extra_args"],
+            json!(["--tunnel-io=readiness"])
+        );
+        assert_eq!(
+            settings["ringway_args"].as_array().unwrap().last().unwrap(),
+            "--tunnel-io=readiness"
+        );
+        assert_eq!(settings["count_syscalls"], true);
+        let fig = |key: &str| {
+            v["figures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["key"] == key)
+                .unwrap_or_else(|| panic!("no {key}"))
+                .clone()
+        };
+        let sys = fig("echo_syscalls");
+        assert_eq!(
+            (sys["ringway"].as_f64(), sys["nginx"].as_f64()),
+            (Some(0.4), Some(3.9))
+        );
+        assert_eq!(sys["better"], "lower");
+        let uring = fig("echo_uring");
+        assert_eq!(uring["nginx"], 0.0);
+        assert!(uring["ringway_over_nginx"].is_null());
+        assert!(uring["direct"].is_null());
+        let svg = summary.svg("x.json");
+        assert!(svg.contains("ringway --tunnel-io=readiness vs nginx/1.22.1"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
     }
 
     #[test]

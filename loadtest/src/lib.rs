@@ -2,7 +2,7 @@
 //!
 //! - [`scenario`]: the load scenarios (echo, bulk, connect, idle) on pinned
 //!   monoio threads, reported by [`report`] with CPU and memory of watched
-//!   processes from [`procstat`].
+//!   processes from [`procstat`] and their system calls from [`perfstat`].
 //! - [`client`]: one connection's handshake and a header-only frame counter.
 //! - [`tls`]: wss:// (rustls over monoio), for the generator and the backend.
 //! - [`echo`]: the fast echo backend the runs are made against.
@@ -12,6 +12,7 @@
 pub mod client;
 pub mod compare;
 pub mod echo;
+pub mod perfstat;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

@@ -117,9 +117,19 @@ struct CommonArgs {
     /// Time before measuring starts.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Process whose CPU, RSS and descriptors to report (repeatable).
+    /// Process whose CPU, system calls, RSS and descriptors to report
+    /// (repeatable).
     #[arg(long = "watch-pid")]
     watch: Vec<u32>,
+    /// The perf binary that counts each watched process's system calls
+    /// over the window (`perf stat -e raw_syscalls:sys_enter -e
+    /// syscalls:sys_enter_io_uring_enter -p PID`, counting mode; needs root
+    /// or a low perf_event_paranoid). Without it the counts are absent.
+    #[arg(long, value_name = "PATH", default_value = "perf")]
+    perf: PathBuf,
+    /// Do not count system calls (no perf at all).
+    #[arg(long)]
+    no_perf: bool,
     /// Write the JSON report here (else only the summary is printed).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -144,6 +154,7 @@ impl CommonArgs {
             warmup: self.warmup,
             duration: self.duration,
             watch: self.watch.clone(),
+            perf: (!self.no_perf).then(|| self.perf.clone()),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! What a watched process spends: CPU seconds (utime + stime of all its
-//! threads, from /proc/PID/stat), resident memory and open descriptors.
+//! threads, from /proc/PID/stat), resident memory and open descriptors;
+//! its system calls come from [`crate::perfstat`].
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -68,6 +69,11 @@ pub struct Usage {
     pub rss_kib_after: u64,
     pub fds_before: u64,
     pub fds_after: u64,
+    /// System calls over the window (`perf stat`, see [`crate::perfstat`]);
+    /// `None` when they could not be counted.
+    pub syscalls: Option<u64>,
+    /// Of those, io_uring_enter(2) calls.
+    pub io_uring_enters: Option<u64>,
 }
 
 impl Usage {
@@ -79,6 +85,8 @@ impl Usage {
             rss_kib_after: b.rss_kib,
             fds_before: a.fds,
             fds_after: b.fds,
+            syscalls: None,
+            io_uring_enters: None,
         }
     }
 }

@@ -68,6 +68,13 @@ pub struct Report {
     pub usage: Vec<Usage>,
     /// Per watched pid: CPU µs per unit of work (message, handshake, MB).
     pub cpu_us_per_unit: Vec<f64>,
+    /// Per watched pid: system calls per unit of work (`null`: not counted).
+    pub syscalls_per_unit: Vec<Option<f64>>,
+    /// Per watched pid: io_uring_enter(2) calls per unit of work.
+    pub io_uring_enters_per_unit: Vec<Option<f64>>,
+    /// Why system calls were not counted (no perf, no permission, ...);
+    /// `null` when they were, or when no pid was watched.
+    pub syscalls_note: Option<String>,
     /// Per watched pid (idle): RSS growth per held connection, KiB.
     pub rss_kib_per_conn: Vec<f64>,
     /// wss:// runs only: what the handshakes negotiated.
@@ -109,6 +116,32 @@ impl TlsSummary {
     }
 }
 
+/// The unit of work of a scenario, as the summary names it.
+pub fn unit_of(scenario: &str) -> &'static str {
+    match scenario {
+        "echo" => "msg",
+        "bulk" => "MB",
+        "connect" => "handshake",
+        _ => "conn",
+    }
+}
+
+/// `3.52 syscalls/msg (0.10 io_uring_enter)`, or `syscalls n/a`.
+pub fn syscalls_words(per_unit: Option<f64>, uring_per_unit: Option<f64>, unit: &str) -> String {
+    let n = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    match (per_unit, uring_per_unit) {
+        (Some(s), Some(u)) => format!("{} syscalls/{unit} ({} io_uring_enter)", n(s), n(u)),
+        (Some(s), None) => format!("{} syscalls/{unit}", n(s)),
+        _ => "syscalls n/a".to_string(),
+    }
+}
+
 impl Report {
     pub fn print_summary(&self) {
         let unit = match self.scenario {
@@ -146,10 +179,15 @@ impl Report {
         }
         for (i, u) in self.usage.iter().enumerate() {
             println!(
-                "  pid {}: {:.2} CPU s, {:.2} µs/unit, RSS {} -> {} KiB{}, fds {} -> {}",
+                "  pid {}: {:.2} CPU s, {:.2} µs/unit, {}, RSS {} -> {} KiB{}, fds {} -> {}",
                 u.pid,
                 u.cpu_s,
                 self.cpu_us_per_unit.get(i).copied().unwrap_or(0.0),
+                syscalls_words(
+                    self.syscalls_per_unit.get(i).copied().flatten(),
+                    self.io_uring_enters_per_unit.get(i).copied().flatten(),
+                    unit_of(self.scenario)
+                ),
                 u.rss_kib_before,
                 u.rss_kib_after,
                 self.rss_kib_per_conn
@@ -180,5 +218,63 @@ mod tests {
         assert!((l.p50_us - 500.0).abs() < 2.0, "{l:?}");
         assert!((l.p99_us - 990.0).abs() < 2.0, "{l:?}");
         assert!((l.max_us - 1000.0).abs() < 2.0, "{l:?}");
+    }
+
+    #[test]
+    fn syscall_words_per_unit() {
+        assert_eq!(
+            syscalls_words(Some(3.5), Some(0.0), unit_of("echo")),
+            "3.50 syscalls/msg (0.00 io_uring_enter)"
+        );
+        assert_eq!(
+            syscalls_words(Some(1234.4), None, unit_of("bulk")),
+            "1234 syscalls/MB"
+        );
+        assert_eq!(
+            syscalls_words(None, None, unit_of("connect")),
+            "syscalls n/a"
+        );
+        assert_eq!(unit_of("connect"), "handshake");
+    }
+
+    #[test]
+    fn absent_counts_are_null_in_json() {
+        let u = crate::procstat::Usage {
+            pid: 7,
+            cpu_s: 1.0,
+            rss_kib_before: 1,
+            rss_kib_after: 2,
+            fds_before: 3,
+            fds_after: 4,
+            syscalls: None,
+            io_uring_enters: Some(0),
+        };
+        let r = Report {
+            scenario: "echo",
+            target: "ws://127.0.0.1:1/".into(),
+            window_s: 1.0,
+            connections: 1,
+            sent: 10,
+            echoed: 10,
+            received: 10,
+            errors: 0,
+            error_samples: Vec::new(),
+            per_sec: 10.0,
+            mb_per_sec: 0.0,
+            latency: Latency::default(),
+            usage: vec![u],
+            cpu_us_per_unit: vec![1.0],
+            syscalls_per_unit: vec![None],
+            io_uring_enters_per_unit: vec![Some(0.0)],
+            syscalls_note: Some("perf not found".into()),
+            rss_kib_per_conn: Vec::new(),
+            tls: None,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["usage"][0]["syscalls"].is_null());
+        assert_eq!(v["usage"][0]["io_uring_enters"], 0);
+        assert!(v["syscalls_per_unit"][0].is_null());
+        assert_eq!(v["io_uring_enters_per_unit"][0], 0.0);
+        assert_eq!(v["syscalls_note"], "perf not found");
     }
 }

@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Barrier, Mutex};
@@ -24,6 +25,7 @@ use monoio::io::Canceller;
 use ringway::proto::ws;
 
 use crate::client::{self, Conn, ConnRead, FrameCounter, Target};
+use crate::perfstat::{self, Counters};
 use crate::procstat::{self, Usage};
 use crate::report::{self, Latency, Report, TlsSummary};
 use crate::tls::TlsInfo;
@@ -40,6 +42,9 @@ pub struct Common {
     pub warmup: Duration,
     pub duration: Duration,
     pub watch: Vec<u32>,
+    /// The `perf` binary that counts the watched processes' system calls
+    /// over the window (`None`: do not count them).
+    pub perf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,14 +136,22 @@ impl Window {
     }
 }
 
+/// What [`run_threads`] measured: the threads' tally, what each watched pid
+/// used in the window, the window's length, and why system calls were not
+/// counted (if they were not).
+struct Measured {
+    total: Tally,
+    usage: Vec<Usage>,
+    window_s: f64,
+    syscalls_note: Option<String>,
+}
+
 /// Run `per_thread(thread, window)` on every thread. Each thread first runs
 /// `setup`, then waits until all threads are set up; the window starts after
-/// the warm-up from that moment. Samples watched pids at its edges.
-fn run_threads<S, F, SF, RF>(
-    common: &Common,
-    setup: SF,
-    work: RF,
-) -> Result<(Tally, Vec<Usage>, f64)>
+/// the warm-up from that moment. Samples watched pids at its edges, and
+/// counts their system calls in between (`perf stat`, started before the
+/// threads with its counters off, switched on and off at the edges).
+fn run_threads<S, F, SF, RF>(common: &Common, setup: SF, work: RF) -> Result<Measured>
 where
     S: 'static,
     SF: Fn(usize) -> Pin<Box<dyn Future<Output = Result<S>>>> + Send + Sync + 'static,
@@ -146,6 +159,8 @@ where
     F: Future<Output = Tally> + 'static,
 {
     let n = common.threads.max(1);
+    // perf's start-up (tens of ms) overlaps the connections' set-up.
+    let mut perf = Counters::start(common.perf.as_deref(), &common.watch);
     let barrier = Arc::new(Barrier::new(n + 1));
     let window: Arc<Mutex<Option<Window>>> = Arc::new(Mutex::new(None));
     let setup = Arc::new(setup);
@@ -187,13 +202,30 @@ where
     *window.lock().unwrap() = Some(w);
     barrier.wait();
     sleep_until(w.start);
+    perf.enable();
     let before = procstat::sample_all(&common.watch)?;
+    perf.acked("enable");
     sleep_until(w.end);
+    perf.disable();
     let after = procstat::sample_all(&common.watch)?;
+    perf.acked("disable");
+    let (counts, syscalls_note) = perf.finish();
+    if let Some(note) = &syscalls_note {
+        eprintln!("ringway-load: system calls not counted: {note}");
+    }
     let usage = before
         .iter()
         .zip(&after)
-        .map(|(a, b)| Usage::between(a, b))
+        .zip(
+            counts
+                .iter()
+                .chain(std::iter::repeat(&perfstat::Counts::default())),
+        )
+        .map(|((a, b), c)| Usage {
+            syscalls: c.syscalls,
+            io_uring_enters: c.io_uring_enters,
+            ..Usage::between(a, b)
+        })
         .collect();
     let mut total = Tally::new();
     let mut failure = None;
@@ -207,7 +239,12 @@ where
     if let Some(e) = failure {
         return Err(e.context("setting up connections"));
     }
-    Ok((total, usage, common.duration.as_secs_f64()))
+    Ok(Measured {
+        total,
+        usage,
+        window_s: common.duration.as_secs_f64(),
+        syscalls_note,
+    })
 }
 
 fn sleep_until(t: Instant) {
@@ -265,7 +302,7 @@ pub fn echo(common: &Common, opts: &EchoOpts) -> Result<Report> {
     let burst = client::burst(&frame, inflight);
     let (c1, c2) = (common.clone(), common.clone());
     let (conns, threads, load) = (opts.connections, common.threads.max(1), opts.load);
-    let (total, usage, window_s) = run_threads(
+    let measured = run_threads(
         common,
         move |t| {
             let c = c1.clone();
@@ -308,34 +345,44 @@ pub fn echo(common: &Common, opts: &EchoOpts) -> Result<Report> {
             }
         },
     )?;
-    let bytes = total.received as f64 * opts.size as f64;
+    let bytes = measured.total.received as f64 * opts.size as f64;
     let bulk = opts.scenario == "bulk";
     Ok(finish(
         if bulk { "bulk" } else { "echo" },
         common,
         opts.connections as u64,
-        total,
-        usage,
-        window_s,
+        measured,
         bytes,
         |received, mb| if bulk { mb } else { received },
     ))
 }
 
-/// Build the report; `units(received, mb)` is what CPU is divided by.
-#[allow(clippy::too_many_arguments)]
+/// Build the report; `units(received, mb)` is what CPU and system calls
+/// are divided by.
 fn finish(
     scenario: &'static str,
     common: &Common,
     connections: u64,
-    total: Tally,
-    usage: Vec<Usage>,
-    window_s: f64,
+    measured: Measured,
     payload_bytes: f64,
     units: impl Fn(f64, f64) -> f64,
 ) -> Report {
+    let Measured {
+        total,
+        usage,
+        window_s,
+        syscalls_note,
+    } = measured;
     let mb = payload_bytes / 1e6;
     let work = units(total.received as f64, mb);
+    let syscalls_per_unit = usage
+        .iter()
+        .map(|u| perfstat::per_unit(u.syscalls, work))
+        .collect();
+    let io_uring_enters_per_unit = usage
+        .iter()
+        .map(|u| perfstat::per_unit(u.io_uring_enters, work))
+        .collect();
     let cpu_us_per_unit = usage
         .iter()
         .map(|u| {
@@ -361,6 +408,9 @@ fn finish(
         latency: Latency::from_histogram(&total.hist),
         usage,
         cpu_us_per_unit,
+        syscalls_per_unit,
+        io_uring_enters_per_unit,
+        syscalls_note,
         rss_kib_per_conn: Vec::new(),
         tls: total.tls,
     }
@@ -565,7 +615,7 @@ async fn read_until(
 pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
     let c = common.clone();
     let threads = common.threads.max(1);
-    let (total, usage, window_s) = run_threads(
+    let measured = run_threads(
         common,
         |_| Box::pin(async { Ok(()) }),
         move |t, (), w| {
@@ -619,9 +669,7 @@ pub fn connect(common: &Common, concurrency: usize) -> Result<Report> {
         "connect",
         common,
         concurrency as u64,
-        total,
-        usage,
-        window_s,
+        measured,
         0.0,
         |r, _| r,
     ))
@@ -668,7 +716,7 @@ pub fn idle(common: &Common, connections: usize) -> Result<Report> {
     let c = common.clone();
     let threads = common.threads.max(1);
     let before = procstat::sample_all(&common.watch)?;
-    let (total, usage, window_s) = run_threads(
+    let measured = run_threads(
         common,
         move |t| {
             let c = c.clone();
@@ -718,16 +766,7 @@ pub fn idle(common: &Common, connections: usize) -> Result<Report> {
             tally
         },
     )?;
-    let mut r = finish(
-        "idle",
-        common,
-        connections as u64,
-        total,
-        usage,
-        window_s,
-        0.0,
-        |r, _| r,
-    );
+    let mut r = finish("idle", common, connections as u64, measured, 0.0, |r, _| r);
     // Memory per held connection: from before the connections were opened to
     // the end of the hold.
     r.rss_kib_per_conn = before

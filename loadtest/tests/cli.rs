@@ -1,21 +1,32 @@
 //! The `ringway-load` binary as `ringway-compare` runs it: flags in, a JSON
-//! report out, with the scenario named and CPU divided by the right unit.
+//! report out, with the scenario named and CPU (and system calls, where
+//! perf can count them) divided by the right unit; without perf the counts
+//! are absent and the run goes on.
 //! And wss:// end to end: `ringway-echo` serving TLS, `ringway-load` with
 //! the TLS flags.
 
 mod common;
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Pki, TempDir};
 
 fn run(args: &[&str]) -> serde_json::Value {
+    run_with(args, &[]).0
+}
+
+/// Run `ringway-load` against an echo backend in this process, watching
+/// this process (`extra`: more flags), for its report and its output.
+fn run_with(args: &[&str], extra: &[&str]) -> (serde_json::Value, Output) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
     let backend = ringway_load::echo::spawn("127.0.0.1:0".parse().unwrap(), 1, &[]).unwrap();
     let dir = std::env::temp_dir().join(format!(
-        "ringway-load-cli-{}-{}",
+        "ringway-load-cli-{}-{}-{}",
         std::process::id(),
-        args[0]
+        args[0],
+        RUNS.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
@@ -34,6 +45,7 @@ fn run(args: &[&str]) -> serde_json::Value {
         "--json",
         json.to_str().unwrap(),
     ]);
+    all.extend(extra);
     let out = Command::new(env!("CARGO_BIN_EXE_ringway-load"))
         .args(&all)
         .output()
@@ -45,7 +57,35 @@ fn run(args: &[&str]) -> serde_json::Value {
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    report
+    (report, out)
+}
+
+/// The system call fields of a report's first watched pid: counted (and
+/// then plausible), or absent with a note saying why.
+fn check_syscalls(report: &serde_json::Value) -> Option<f64> {
+    let usage = &report["usage"][0];
+    for key in ["syscalls", "io_uring_enters"] {
+        assert!(usage.get(key).is_some(), "no {key} in {usage}");
+    }
+    match usage["syscalls"].as_u64() {
+        Some(n) => {
+            // The echo backend in this process answered every message.
+            assert!(n > 0, "{report}");
+            let uring = usage["io_uring_enters"].as_u64().unwrap();
+            assert!(uring <= n, "{usage}");
+            assert!(report["syscalls_note"].is_null(), "{report}");
+            let per_unit = report["syscalls_per_unit"][0].as_f64().unwrap();
+            assert!(per_unit > 0.0, "{report}");
+            let uring_per_unit = report["io_uring_enters_per_unit"][0].as_f64().unwrap();
+            assert!(uring_per_unit <= per_unit, "{report}");
+            Some(per_unit)
+        }
+        None => {
+            assert!(report["syscalls_per_unit"][0].is_null(), "{report}");
+            assert!(report["syscalls_note"].is_string(), "{report}");
+            None
+        }
+    }
 }
 
 #[test]
@@ -68,6 +108,59 @@ fn echo_and_bulk_are_named_and_measured_per_message_and_per_mb() {
     );
     // A 64 B echo through loopback costs microseconds, not milliseconds.
     assert!(per_msg < 1000.0, "per message {per_msg} µs");
+    // System calls: per message and per MB, the same way round (where this
+    // machine's perf counts them; else absent, with a note).
+    if let (Some(per_msg), Some(per_mb)) = (check_syscalls(&echo), check_syscalls(&bulk)) {
+        assert!(per_msg < per_mb, "per message {per_msg}, per MB {per_mb}");
+    }
+}
+
+#[test]
+fn without_perf_the_counts_are_absent_and_the_run_goes_on() {
+    let me = std::process::id().to_string();
+    // A second watched pid: the note is still said once.
+    let (report, out) = run_with(
+        &["echo", "--connections", "2"],
+        &["--watch-pid", &me, "--perf", "/nonexistent/perf"],
+    );
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["usage"].as_array().unwrap().len(), 2);
+    for i in 0..2 {
+        assert!(report["usage"][i]["syscalls"].is_null(), "{report}");
+        assert!(report["usage"][i]["io_uring_enters"].is_null(), "{report}");
+        assert!(report["syscalls_per_unit"][i].is_null(), "{report}");
+        assert!(report["io_uring_enters_per_unit"][i].is_null(), "{report}");
+    }
+    assert!(report["cpu_us_per_unit"][0].as_f64().unwrap() > 0.0);
+    let note = report["syscalls_note"].as_str().unwrap();
+    assert!(note.contains("/nonexistent/perf not found"), "{note}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("system calls not counted").count(),
+        1,
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("syscalls n/a").count(), 2, "{stdout}");
+
+    let (report, _) = run_with(&["connect", "--concurrency", "2"], &["--no-perf"]);
+    assert!(report["usage"][0]["syscalls"].is_null());
+    assert!(report["syscalls_note"]
+        .as_str()
+        .unwrap()
+        .contains("--no-perf"));
+}
+
+#[test]
+fn compare_takes_ringway_args_and_no_perf() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway-compare"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--ringway-arg <ARG>"), "{help}");
+    assert!(help.contains("--no-perf"), "{help}");
 }
 
 #[test]

@@ -93,6 +93,7 @@ fn short_run(target: Target) -> Common {
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(500),
         watch: vec![std::process::id()],
+        perf: Some("perf".into()),
     }
 }
 
@@ -111,6 +112,15 @@ fn assert_lossless(r: &Report) {
     assert_eq!(r.sent, r.echoed, "every message answered: {r:?}");
     assert!(r.received <= r.echoed);
     assert_eq!(r.usage.len(), 1);
+    // System calls: counted (where perf can), or absent with a reason.
+    match r.usage[0].syscalls {
+        Some(n) => {
+            assert!(r.syscalls_note.is_none(), "{r:?}");
+            assert!(r.usage[0].io_uring_enters.is_some_and(|u| u <= n), "{r:?}");
+            assert_eq!(r.syscalls_per_unit.len(), 1);
+        }
+        None => assert!(r.syscalls_note.is_some(), "{r:?}"),
+    }
     assert!(
         r.latency.count == r.received || r.scenario == "idle",
         "{r:?}"

@@ -16,11 +16,7 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use std::rc::Rc;
-
 use crate::config::{Backend as Server, Splice};
-use crate::io::meter::TunnelHook;
-use crate::io::ring::Reactor;
 use crate::io::splice;
 use crate::io::sweep::{Expiry, Phase};
 use crate::io::tunnel::{End, Peer, PumpError};
@@ -31,10 +27,10 @@ use crate::proto::http::response::{self, Answer};
 use crate::sys::{self, Half, Xfer};
 
 pub(super) use super::flow::Meters;
-use super::flow::{shutdown_both, Flow, Side};
+use super::flow::{shutdown_both, Flow, RingRoom, Side};
 use super::front::linger;
 use super::outcome::{expired, BackendFault, Outcome, Refusal, Summary, MAX_INTERIM};
-use super::relay::{relay, ring_tunnel};
+use super::relay::relay;
 use super::Conn;
 
 /// What the exchange keeps of the request once its head has gone upstream.
@@ -57,19 +53,6 @@ struct Sent<'a> {
 /// 64 KiB moves with less work than a ring turn per buffer (README,
 /// Performance).
 const BULK_AFTER: u16 = 16;
-
-/// How an opened tunnel's bytes move.
-enum Path<'a> {
-    /// Both directions through the core's completion ring; a direction
-    /// that receives `bulk_after` whole buffers in a row (0: never) is
-    /// handed to splice.
-    Ring {
-        ring: &'a Rc<Reactor<TunnelHook>>,
-        bulk_after: u16,
-    },
-    /// Each direction by readiness (copying, or splicing).
-    Relay,
-}
 
 /// Why no final answer reaches the client.
 enum AnswerError {
@@ -153,9 +136,25 @@ impl<'a> Conn<'a> {
             head_method,
             ..
         } = req;
+        // A ws:// tunnel's directions may be promoted into the core's
+        // completion ring (`relay`); with `--splice auto`, one that moves
+        // bulk is handed on to splice from there.
+        let config = &self.gen.config;
+        let plain = self.client.tls.is_none() && backend.tls.is_none();
+        let bulk = !config.drain_close_frames && config.splice == Splice::Auto;
+        let ring = self
+            .core
+            .ring
+            .get()
+            .filter(|_| plain && kind == Kind::Upgrade);
+        let ring = ring.map(|reactor| RingRoom {
+            reactor,
+            totals: &self.core.metrics,
+            bulk_after: if bulk { BULK_AFTER } else { 0 },
+        });
         // Built here and moved in: an argument is kept once, a local made
         // from one would be a second copy.
-        let flow = Flow::new(meters);
+        let flow = Flow::new(meters, ring);
         flow.up.add(upstream.len() as u64);
         drop(upstream);
         let sent = Sent {
@@ -184,8 +183,8 @@ impl<'a> Conn<'a> {
             // into it from locals would take their room in the state twice.
             let up = || async {
                 let mut body = sent.body;
-                match cx.pump(client, backend, None, &mut body, &flow.up).await {
-                    Ok(End::Complete | End::Stopped) => {}
+                match cx.pump(client, backend, None, &mut body, &flow.up, 0).await {
+                    Ok(End::Complete | End::Stopped | End::Promote) => {}
                     Ok(End::Eof) => {
                         // Gone in the middle of its request body.
                         flow.closed(Closed::Client);
@@ -272,26 +271,22 @@ impl<'a> Conn<'a> {
                         flow.frames.open(&early, cx.track).await;
                     }
                     drop(early);
-                    match self.tunnel_path(client, backend, &flow) {
-                        Path::Ring { ring, bulk_after } => {
-                            answered.set(false);
-                            let totals = &self.core.metrics;
-                            let ends = (client, backend);
-                            ring_tunnel(cx, ring, bulk_after, totals, ends, &flow).await;
-                        }
-                        Path::Relay => {
-                            // One direction here, the other in `up`.
-                            answered.set(true);
-                            relay(cx, Side::Backend, client, backend, &flow).await;
-                        }
-                    }
+                    self.choose_splice(client, backend, &flow);
+                    // One direction here, the other in `up`.
+                    answered.set(true);
+                    relay(cx, Side::Backend, client, backend, &flow).await;
                     return;
                 }
                 answered.set(false);
                 let mut rest = fin.remaining;
                 let open_ended = rest == Framing::UntilClose;
-                match cx.pump(backend, client, None, &mut rest, &flow.down).await {
-                    Ok(End::Complete | End::Stopped) => flow.closed(Closed::Complete),
+                match cx
+                    .pump(backend, client, None, &mut rest, &flow.down, 0)
+                    .await
+                {
+                    Ok(End::Complete | End::Stopped | End::Promote) => {
+                        flow.closed(Closed::Complete)
+                    }
                     Ok(End::Eof) if open_ended => flow.closed(Closed::Complete),
                     // Closed before the end of its declared body.
                     Ok(End::Eof) => flow.closed(Closed::Backend),
@@ -306,6 +301,7 @@ impl<'a> Conn<'a> {
                 shutdown_both(client, backend);
             };
             monoio::join!(up(), down());
+            flow.leave_ring();
             if flow.upgraded.get() {
                 flow.meters.closed();
             }
@@ -341,35 +337,19 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// How an opened tunnel's bytes move: a ws:// tunnel (neither side TLS)
-    /// splices under `--splice on` (unless it follows its frames, which
-    /// needs to see its bytes), else rides the core's completion ring when
-    /// there is one, which under `--splice auto` hands a direction that
-    /// moves bulk over to splice; anything else is relayed by readiness,
-    /// copying.
-    fn tunnel_path(&self, client: Peer<'_>, backend: Peer<'_>, flow: &Flow<'_>) -> Path<'a> {
-        if client.tls.is_some() || backend.tls.is_some() {
-            return Path::Relay;
+    /// A ws:// tunnel (neither side TLS) splices under `--splice on`, unless
+    /// it follows its frames, which needs to see its bytes.
+    fn choose_splice(&self, client: Peer<'_>, backend: Peer<'_>, flow: &Flow<'_>) {
+        let plain = client.tls.is_none() && backend.tls.is_none();
+        if !plain || flow.frames.is_on() || self.gen.config.splice != Splice::On {
+            return;
         }
-        // Splice cannot follow frames: it never sees the bytes.
-        let splice = !flow.frames.is_on() && self.gen.config.splice == Splice::On;
-        if splice {
-            match splice::prepare(client.sock, backend.sock) {
-                Ok(()) => {
-                    flow.splice[0].set(true);
-                    flow.splice[1].set(true);
-                    return Path::Relay;
-                }
-                Err(e) => log::debug!("client={}: cannot splice ({e}); copying", self.peer),
+        match splice::prepare(client.sock, backend.sock) {
+            Ok(()) => {
+                flow.splice[0].set(true);
+                flow.splice[1].set(true);
             }
-        }
-        let bulk = !flow.frames.is_on() && self.gen.config.splice == Splice::Auto;
-        match self.core.ring.get() {
-            Some(ring) => Path::Ring {
-                ring,
-                bulk_after: if bulk { BULK_AFTER } else { 0 },
-            },
-            None => Path::Relay,
+            Err(e) => log::debug!("client={}: cannot splice ({e}); copying", self.peer),
         }
     }
 

@@ -3,12 +3,16 @@
 //! ended it first and why, a tunnel's frames (for the drain), and where an
 //! open tunnel is counted ([`Meters`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::io::frames::Frames;
+use crate::io::meter::TunnelHook;
+use crate::io::ring::{Reactor, Tunnel};
 use crate::io::tunnel::{Moved, Peer, PumpError};
 use crate::ops::ending::Closed;
 use crate::ops::metrics::{CoreMetrics, RouteMetrics, ServerMetrics};
@@ -80,10 +84,27 @@ pub(super) struct Flow<'a> {
     /// Directions of a ws:// tunnel that splice (`--splice`; 0: from the
     /// client).
     pub splice: [Cell<bool>; 2],
+    /// Where a ws:// tunnel's directions are promoted to (the core's
+    /// completion ring), if they may be.
+    pub ring: Option<RingRoom<'a>>,
+    /// The tunnel's slot in the ring, once a direction is promoted; given
+    /// back when the exchange ends (`Flow::leave_ring`).
+    pub tunnel: RefCell<Option<Tunnel<TunnelHook>>>,
+}
+
+/// The core's completion ring, for a tunnel that may ride it.
+#[derive(Clone, Copy)]
+pub(super) struct RingRoom<'a> {
+    pub reactor: &'a Rc<Reactor<TunnelHook>>,
+    /// The core's counters, which the ring's hook adds bytes to.
+    pub totals: &'a Arc<CoreMetrics>,
+    /// `--splice auto`: whole buffers in a row after which a direction is
+    /// handed over to splice (0: never).
+    pub bulk_after: u16,
 }
 
 impl<'a> Flow<'a> {
-    pub(super) fn new(meters: Meters<'a>) -> Flow<'a> {
+    pub(super) fn new(meters: Meters<'a>, ring: Option<RingRoom<'a>>) -> Flow<'a> {
         Flow {
             up: Moved::new(&meters.core.bytes_up),
             down: Moved::new(&meters.core.bytes_down),
@@ -97,6 +118,19 @@ impl<'a> Flow<'a> {
             error: Cell::default(),
             frames: Frames::default(),
             splice: Default::default(),
+            ring,
+            tunnel: RefCell::new(None),
+        }
+    }
+
+    /// Give the tunnel's ring slot back (every direction is out of the
+    /// ring: the exchange is over), and count what the ring moved as the
+    /// tunnel's own bytes.
+    pub(super) fn leave_ring(&self) {
+        if let Some(tunnel) = self.tunnel.take() {
+            let hook = tunnel.finish();
+            self.up.add_own(hook.moved[0]);
+            self.down.add_own(hook.moved[1]);
         }
     }
 

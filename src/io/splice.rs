@@ -55,7 +55,7 @@ impl Ctx<'_> {
                 // None free: this read copies.
                 let (s, d) = (Peer::plain(src), Peer::plain(dst));
                 let once = &mut Framing::Exact(CHUNK as u64);
-                match self.pump(s, d, None, once, moved).await? {
+                match self.pump(s, d, None, once, moved, 0).await? {
                     End::Eof => return Ok(End::Eof),
                     _ => continue,
                 }

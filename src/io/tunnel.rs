@@ -104,6 +104,9 @@ pub enum End {
     /// boundary, everything before it forwarded, nothing after it (see
     /// `io::frames`).
     Stopped,
+    /// It made the reads it was allowed before the completion ring takes
+    /// the direction over; everything read was sent, nothing is held.
+    Promote,
 }
 
 /// A pump's failure, by the side it happened on.
@@ -418,7 +421,9 @@ impl Ctx<'_> {
     /// Counts the bytes in `moved`. Does not shut anything down: the caller
     /// decides what an end means. With a `watch` (a tunnel under
     /// `--drain-close-frames`) it follows the frames it copies and stops at a
-    /// boundary when the drain asks ([`End::Stopped`]).
+    /// boundary when the drain asks ([`End::Stopped`]). With a non-zero
+    /// `promote_after`, it returns [`End::Promote`] once it has made that
+    /// many reads, between two of them (nothing held).
     pub async fn pump(
         self,
         src: Peer<'_>,
@@ -426,11 +431,16 @@ impl Ctx<'_> {
         watch: Option<Watch<'_>>,
         framing: &mut Framing,
         moved: &Moved<'_>,
+        promote_after: u32,
     ) -> Result<End, PumpError> {
         let Ctx { scratch, track, .. } = self;
         // Since when this pump has been moving full buffers without a break.
         let mut busy_since: Option<std::time::Instant> = None;
+        let mut reads = 0u32;
         while !framing.is_done() {
+            if promote_after > 0 && reads >= promote_after {
+                return Ok(End::Promote);
+            }
             let stop = watch.map(|w| (w, track));
             readable(src, stop).await.map_err(PumpError::Read)?;
             let mut burst = true;
@@ -457,6 +467,7 @@ impl Ctx<'_> {
                             Got::Data { data, spare, raw } => (data, spare, raw),
                         };
                     track.touch();
+                    reads += 1;
                     let (data, stopped) = match watch {
                         None => (data, false),
                         Some(w) => {

@@ -147,20 +147,22 @@ impl<H: Hook + 'static> Reactor<H> {
     }
 
     /// Start moving bytes between `client` and `backend` (descriptors the
-    /// caller keeps open until [`Tunnel::finish`]); `hook` sees every
-    /// chunk. With `bulk_after` > 0, a direction that receives that many
-    /// whole buffers in a row is released as [`DirEnd::Bulk`].
+    /// caller keeps open until [`Tunnel::finish`]) in the directions of
+    /// `ride` (0: from the client); another can join later
+    /// ([`Tunnel::adopt`]). `hook` sees every chunk. With `bulk_after` > 0,
+    /// a direction that receives that many whole buffers in a row is
+    /// released as [`DirEnd::Bulk`].
     pub fn open(
         self: &Rc<Self>,
-        client: RawFd,
-        backend: RawFd,
+        (client, backend): (RawFd, RawFd),
+        ride: [bool; 2],
         bulk_after: u16,
         hook: H,
     ) -> Tunnel<H> {
         let (idx, gen) = self
             .machine
             .borrow_mut()
-            .open([client, backend], bulk_after, hook);
+            .open([client, backend], ride, bulk_after, hook);
         self.kick();
         Tunnel {
             reactor: self.clone(),
@@ -284,6 +286,16 @@ impl<H: Hook + 'static> Tunnel<H> {
         })
     }
 
+    /// Bring direction `d` into the ring, if it stayed outside at
+    /// [`Reactor::open`].
+    pub fn adopt(&self, d: usize) {
+        self.reactor
+            .machine
+            .borrow_mut()
+            .adopt(self.idx, self.gen, d);
+        self.reactor.kick();
+    }
+
     /// Hand direction `d` over to its owner (see [`DirEnd::Released`]).
     pub fn release(&self, d: usize) {
         self.reactor
@@ -304,9 +316,9 @@ impl<H: Hook + 'static> Tunnel<H> {
         f(self.reactor.machine.borrow().hook(self.idx, self.gen))
     }
 
-    /// Leave the ring for good, taking the hook back. Only after both
-    /// directions' [`Tunnel::end`] resolved (panics in debug builds
-    /// otherwise).
+    /// Leave the ring for good, taking the hook back. Only once each
+    /// direction's [`Tunnel::end`] resolved, or it never rode the ring
+    /// (panics in debug builds otherwise).
     pub fn finish(mut self) -> H {
         self.finished = true;
         self.reactor.machine.borrow_mut().close(self.idx, self.gen)

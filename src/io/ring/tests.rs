@@ -100,7 +100,8 @@ fn ends(l: &TcpListener) -> Ends {
 }
 
 fn open(r: &Rc<Reactor<Seen>>, e: &Ends, hook: Seen) -> Tunnel<Seen> {
-    r.open(e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd(), 0, hook)
+    let fds = (e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd());
+    r.open(fds, [true, true], 0, hook)
 }
 
 /// Write `len` bytes of stream `id` in random fragments, then shut the
@@ -487,12 +488,8 @@ fn bulk_is_released_and_small_messages_stay() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     with_reactor(settings(32, 4096), |r| async move {
         let e = ends(&l);
-        let t = r.open(
-            e.inside[0].as_raw_fd(),
-            e.inside[1].as_raw_fd(),
-            4,
-            Seen::default(),
-        );
+        let fds = (e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd());
+        let t = r.open(fds, [true, true], 4, Seen::default());
         let (up, down) = (2 << 20, 100);
         let hs = [
             writer(e.client.try_clone().unwrap(), 1, up, 3),
@@ -523,5 +520,48 @@ fn bulk_is_released_and_small_messages_stay() {
         }
         assert_eq!((br.join().unwrap(), cr.join().unwrap()), (up, down));
         assert!(r.stats().bulk >= 1);
+    });
+}
+
+/// A tunnel opened with one direction riding: the other is moved by its
+/// owner until it is adopted; both then end in the ring, byte-exact.
+#[test]
+fn a_direction_joins_later() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    with_reactor(settings(16, 4096), |r| async move {
+        let e = ends(&l);
+        let fds = (e.inside[0].as_raw_fd(), e.inside[1].as_raw_fd());
+        let hook = Seen {
+            check: Some([5, 6]),
+            ..Seen::default()
+        };
+        // Only the backend's direction rides at first.
+        let t = r.open(fds, [false, true], 0, hook);
+        let (up, down) = (300_000, 200_000);
+        let bw = writer(e.backend.try_clone().unwrap(), 6, down, 2);
+        let cr = reader(e.client.try_clone().unwrap(), 6);
+        // The client's first bytes arrive before the direction joins: they
+        // wait in the socket, and the ring takes them from there.
+        let mut c = e.client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let first: Vec<u8> = (0..1000).map(|i| pattern(5, i)).collect();
+            c.write_all(&first).unwrap();
+        })
+        .join()
+        .unwrap();
+        monoio::time::sleep(Duration::from_millis(20)).await;
+        t.adopt(0);
+        let mut c = e.client.try_clone().unwrap();
+        let rest = std::thread::spawn(move || {
+            let rest: Vec<u8> = (1000..up).map(|i| pattern(5, i as u64)).collect();
+            c.write_all(&rest).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+        });
+        let br = reader(e.backend.try_clone().unwrap(), 5);
+        assert_eq!(both_ends(&t).await, [DirEnd::Eof, DirEnd::Eof]);
+        assert_eq!(t.finish().bytes, [up as u64, down as u64]);
+        rest.join().unwrap();
+        bw.join().unwrap();
+        assert_eq!((br.join().unwrap(), cr.join().unwrap()), (up, down));
     });
 }

@@ -26,6 +26,7 @@ use ringway::config::parse_duration;
 use ringway::server::shutdown::Shutdown;
 use serde_json::{json, Value};
 
+use crate::perfstat::signal;
 use crate::procstat;
 
 /// Flags of `ringway-compare` (`loadtest/compare` passes the binaries).
@@ -1115,21 +1116,6 @@ struct Proc {
     /// SIGTERM first (and wait), or SIGKILL at once.
     graceful: bool,
     log: PathBuf,
-}
-
-/// Send `sig` (a name: TERM, KILL) to `pid` with the shell's `kill`.
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("sh")
-        .args([
-            "-c",
-            "kill -s \"$0\" \"$1\" 2>/dev/null",
-            sig,
-            &pid.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The command line of `pid`, NULs as spaces ("" when it is gone).

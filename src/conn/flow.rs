@@ -127,8 +127,7 @@ impl<'a> Flow<'a> {
     /// ring: the exchange is over), and count what the ring moved as the
     /// tunnel's own bytes.
     pub(super) fn leave_ring(&self) {
-        if let Some(tunnel) = self.tunnel.take() {
-            let hook = tunnel.finish();
+        if let Some(hook) = self.tunnel.take().and_then(|t| t.finish()) {
             self.up.add_own(hook.moved[0]);
             self.down.add_own(hook.moved[1]);
         }

@@ -185,6 +185,24 @@ async fn ride<'a>(
         cx.track.wake();
     }
     let watch = flow.frames.watch(from == Side::Client);
+    if matches!(end, DirEnd::Released | DirEnd::Bulk) {
+        // What the ring received but did not send goes first (its bytes
+        // were counted as the ring took them).
+        let spill = match flow.tunnel.borrow().as_ref() {
+            Some(tunnel) => tunnel.take_spill(d),
+            None => Vec::new(),
+        };
+        if !spill.is_empty() {
+            let (_, dst, _) = ends(from, client, backend, flow);
+            if let Err(e) = cx.write_all(dst, &spill).await {
+                flow.fail(PumpError::Write(e), from, client, backend);
+                if let Some(w) = watch {
+                    w.ended();
+                }
+                return Ridden::Ended;
+            }
+        }
+    }
     match end {
         DirEnd::Released => return Ridden::Released,
         DirEnd::Bulk => return Ridden::Bulk,

@@ -43,8 +43,20 @@ impl Pipes {
         self.free.borrow_mut().pop()
     }
 
+    /// Give back a pipe that is empty.
     pub fn give(&self, pipe: Pipe) {
         self.free.borrow_mut().push(pipe);
+    }
+
+    /// A pipe that may still hold bytes (its transfer failed half way) is
+    /// never given back, where the next tunnel would send them on: it is
+    /// closed, and a new one takes its place in the pool.
+    pub fn discard(&self, pipe: Pipe) {
+        drop(pipe);
+        match sys::pipe() {
+            Ok((rd, wr)) => self.give(Pipe { rd, wr }),
+            Err(e) => log::warn!("cannot make a pipe for splice ({e}); the pool is one smaller"),
+        }
     }
 
     /// Pipes free now.

@@ -61,7 +61,11 @@ impl Ctx<'_> {
                 }
             };
             let step = self.splice_some(src, dst, &pipe, moved).await;
-            pipes.give(pipe);
+            // A failed transfer may leave bytes in the pipe: never reused.
+            match step {
+                Ok(_) => pipes.give(pipe),
+                Err(_) => pipes.discard(pipe),
+            }
             match step? {
                 Some(End::Eof) => return Ok(End::Eof),
                 // A burst: give the core's other tasks their turn.
@@ -110,5 +114,84 @@ impl Ctx<'_> {
             }
         }
         Ok(Some(End::Complete))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::pipes::Pipes;
+    use crate::io::sweep::Sweeper;
+    use crate::io::tunnel::Scratch;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    /// A transfer that fails half way (its destination reset) leaves its
+    /// bytes in the pipe; the next tunnel to splice must not send them.
+    #[test]
+    fn a_failed_transfer_never_leaks_its_bytes_to_the_next_tunnel() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Duration::from_secs(10);
+            let sweeper = Rc::new(Sweeper::new(s, s, s));
+            let scratch = Scratch::new(65536, false, false);
+            let pipes = Pipes::new(1);
+            // Tunnel A: its destination's peer has reset.
+            let (mut a_in, a_src) = pair(&l);
+            let (a_peer, a_dst) = pair(&l);
+            socket2::SockRef::from(&a_peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(a_peer);
+            std::thread::sleep(Duration::from_millis(20));
+            a_in.write_all(&[b'A'; 1000]).unwrap();
+            for s in [&a_src, &a_dst] {
+                s.set_nonblocking(true).unwrap();
+            }
+            let (src, dst) = (
+                monoio::net::TcpStream::from_std(a_src).unwrap(),
+                monoio::net::TcpStream::from_std(a_dst).unwrap(),
+            );
+            let track = sweeper.register(src.as_raw_fd());
+            let cx = Ctx {
+                scratch: &scratch,
+                track: &track,
+                pipes: &pipes,
+            };
+            let total = crate::ops::metrics::Counter::default();
+            let moved = Moved::new(&total);
+            assert!(cx.splice(&src, &dst, &moved).await.is_err());
+            assert_eq!(pipes.free(), 1, "the pool keeps its size");
+            // Tunnel B: four bytes, then EOF; its peer gets exactly those.
+            let (mut b_in, b_src) = pair(&l);
+            let (mut b_peer, b_dst) = pair(&l);
+            b_in.write_all(b"BBBB").unwrap();
+            drop(b_in);
+            for s in [&b_src, &b_dst] {
+                s.set_nonblocking(true).unwrap();
+            }
+            let (src, dst) = (
+                monoio::net::TcpStream::from_std(b_src).unwrap(),
+                monoio::net::TcpStream::from_std(b_dst).unwrap(),
+            );
+            assert_eq!(cx.splice(&src, &dst, &moved).await.unwrap(), End::Eof);
+            drop(dst);
+            let mut got = Vec::new();
+            b_peer.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"BBBB");
+        });
     }
 }

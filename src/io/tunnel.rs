@@ -438,7 +438,10 @@ impl Ctx<'_> {
         let mut busy_since: Option<std::time::Instant> = None;
         let mut reads = 0u32;
         while !framing.is_done() {
-            if promote_after > 0 && reads >= promote_after {
+            // A drain that asks a tunnel following its frames wants it
+            // stopped at a boundary here, never promoted past one.
+            let asked = watch.is_some() && track.asked();
+            if promote_after > 0 && reads >= promote_after && !asked {
                 return Ok(End::Promote);
             }
             let stop = watch.map(|w| (w, track));

@@ -5,8 +5,12 @@
 //! one multishot receive on side `d`'s socket, a queue of received chunks
 //! (an intrusive list through the buffers' `next` links) and at most one
 //! send in flight to side `1 - d`, so bytes never reorder. A direction with
-//! [`MAX_QUEUED`] chunks queued stops receiving (its multishot is cancelled)
-//! until half of them are sent: back-pressure, never an unbounded queue.
+//! [`MAX_QUEUED`] chunks queued stops receiving until half are sent
+//! (back-pressure); when the ring runs short of buffers, such a direction is
+//! released to its owner: its receive is cancelled, what it has queued
+//! beyond the send in flight is copied out (its spill) and the buffers given
+//! back, so that destinations that do not read cannot take the core's
+//! buffers from every other tunnel.
 //!
 //! Every CQE-producing operation is counted in its tunnel's `ops`; a slot
 //! is freed only when `ops` is zero, so a completion can never touch freed
@@ -29,8 +33,8 @@ use super::bufring::BufRing;
 use super::{DirEnd, Hook, Op, RingStats};
 use crate::sys::{self, Half};
 
-/// Chunks a direction may have queued before it stops receiving; it
-/// receives again once half of them are sent.
+/// Chunks a direction may have queued before it stops receiving (and, when
+/// the ring runs short, leaves it for the readiness path).
 pub const MAX_QUEUED: u16 = 8;
 
 /// Rounds of enter-reap-dispatch one turn runs before it yields to the
@@ -141,6 +145,12 @@ struct Tunnel<H> {
     /// Release a direction as bulk after this many whole buffers in a row
     /// (0: never).
     bulk_after: u16,
+    /// Per direction: bytes received but not yet sent when it was released,
+    /// and those received while its receive was being cancelled, copied
+    /// out of the ring's buffers so that a destination that does not read
+    /// holds at most the one buffer of its send in flight. The owner sends
+    /// them first ([`Machine::take_spill`]).
+    spill: [Vec<u8>; 2],
     waker: Option<Waker>,
     hook: H,
 }
@@ -170,6 +180,9 @@ pub struct Machine<H> {
     free: Vec<u32>,
     /// Directions waiting for buffers, as user_data of their receive.
     waiters: VecDeque<u64>,
+    /// Directions paused by back-pressure, as user_data of their receive:
+    /// released when the ring runs short of buffers.
+    paused: VecDeque<u64>,
     pub live: usize,
     /// The ring was made with TASKRUN_FLAG (it tells when the kernel has
     /// completion work for us that needs an enter).
@@ -196,6 +209,7 @@ impl<H: Hook> Machine<H> {
             slots: Vec::new(),
             free: Vec::new(),
             waiters: VecDeque::new(),
+            paused: VecDeque::new(),
             live: 0,
             taskrun_flag,
             defer,
@@ -229,6 +243,7 @@ impl<H: Hook> Machine<H> {
             err: None,
             first_eof: None,
             bulk_after,
+            spill: [Vec::new(), Vec::new()],
             waker: None,
             hook,
         });
@@ -341,7 +356,12 @@ impl<H: Hook> Machine<H> {
             rounds += 1;
             self.reap();
             self.after_dispatch();
-            let mut more = !self.ring.submission().is_empty() || self.taskrun() || !self.cq_empty();
+            // Completions that overflowed the CQ are flushed by the next
+            // enter: they count as work too.
+            let mut more = !self.ring.submission().is_empty()
+                || self.taskrun()
+                || self.ring.submission().cq_overflow()
+                || !self.cq_empty();
             if !more && quiet {
                 self.ring.completion().enable_eventfd();
                 std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -457,20 +477,32 @@ impl<H: Hook> Machine<H> {
             };
             self.take_chunk(idx, d, bid, res as u32);
             let dir = self.t(idx).dirs[d];
-            if dir.queued >= MAX_QUEUED && dir.has(ARMED) && !dir.has(CANCELING) {
-                self.stats.pauses += 1;
-                self.t(idx).dirs[d].flags |= PAUSED;
-                self.cancel_recv(idx, d);
+            if dir.queued >= MAX_QUEUED && !dir.has(RELEASING) {
+                if self.under_pressure() {
+                    // The ring's buffers are every tunnel's: a direction
+                    // whose destination does not keep up leaves for the
+                    // readiness path, where it holds only its own backlog.
+                    self.stats.pauses += 1;
+                    self.start_release(idx, d);
+                } else if dir.has(ARMED) && !dir.has(CANCELING) {
+                    // Back-pressure: stop receiving until half is sent.
+                    let gen = self.slots[idx as usize].gen;
+                    self.t(idx).dirs[d].flags |= PAUSED;
+                    self.paused.push_back(ud(idx, gen, K_RECV, d));
+                    self.cancel_recv(idx, d);
+                }
             }
             if !cqueue::more(flags) {
                 self.arm(idx, d);
             }
         } else if res == 0 {
-            // EOF wins over a release that crossed it: passed on here.
             let t = self.t(idx);
-            t.dirs[d].flags &= !RELEASING;
-            t.dirs[d].flags |= EOF_SEEN;
-            self.pass_eof(idx, d);
+            if !t.dirs[d].has(RELEASING) {
+                t.dirs[d].flags |= EOF_SEEN;
+                self.pass_eof(idx, d);
+            }
+            // Released: its owner reads the EOF from the socket itself (it
+            // stays there) after the bytes spilled before it.
         } else {
             match -res {
                 libc::ENOBUFS => {
@@ -482,8 +514,8 @@ impl<H: Hook> Machine<H> {
                         self.waiters.push_back(ud(idx, gen, K_RECV, d));
                     }
                 }
-                // Cancelled: paused (armed again once the queue drains),
-                // released, or abandoned.
+                // Cancelled: paused (armed again once its queue drains),
+                // released or abandoned (not armed again).
                 libc::ECANCELED => self.arm(idx, d),
                 e => self.fail(idx, e, Op::Recv(d)),
             }
@@ -501,22 +533,22 @@ impl<H: Hook> Machine<H> {
             self.give_back(bid);
             return;
         }
-        t.hook.chunk(d, self.bufs.slice(bid, 0, len));
+        let data = self.bufs.slice(bid, 0, len);
+        t.hook.chunk(d, data);
+        if t.dirs[d].has(RELEASING) {
+            // Received while its receive was being cancelled: the owner
+            // sends it, after what is queued.
+            t.spill[d].extend_from_slice(data);
+            self.give_back(bid);
+            return;
+        }
         let dir = &mut t.dirs[d];
         dir.full_run = if len == self.bufs.size() {
             dir.full_run.saturating_add(1)
         } else {
             0
         };
-        if t.bulk_after > 0 && dir.full_run >= t.bulk_after && !dir.has(RELEASING) {
-            // Bulk: the owner moves it better (splice, or one copy per
-            // large read, without a turn per buffer).
-            dir.bulk = true;
-            dir.flags |= RELEASING;
-            dir.flags &= !(WAIT_BUF | PAUSED);
-            self.stats.bulk += 1;
-            self.cancel_recv(idx, d);
-        }
+        let bulk = t.bulk_after > 0 && dir.full_run >= t.bulk_after;
         self.meta[bid as usize] = BufMeta {
             next: NONE,
             len,
@@ -535,6 +567,53 @@ impl<H: Hook> Machine<H> {
         }
         if !sending {
             self.start_send(idx, d);
+        }
+        if bulk {
+            // Bulk: the owner moves it better (splice, or one copy per
+            // large read, without a turn per buffer).
+            self.t(idx).dirs[d].bulk = true;
+            self.stats.bulk += 1;
+            self.start_release(idx, d);
+        }
+    }
+
+    /// Direction `d` leaves the ring: its receive is cancelled, and what
+    /// it has queued beyond the send in flight is copied to its spill and
+    /// the buffers given back at once. It ends as released once that send
+    /// completes.
+    fn start_release(&mut self, idx: u32, d: usize) {
+        let t = self.t(idx);
+        if t.dirs[d].has(RELEASING | EOF_SEEN) || t.flags & T_FAILED != 0 {
+            return;
+        }
+        t.dirs[d].flags |= RELEASING;
+        t.dirs[d].flags &= !(WAIT_BUF | PAUSED);
+        self.cancel_recv(idx, d);
+        let dir = self.t(idx).dirs[d];
+        if dir.head == NONE {
+            return;
+        }
+        // The head stays while its send is in flight; everything after it
+        // is spilled.
+        let (keep, mut b) = if dir.has(SENDING) {
+            (dir.head, self.meta[dir.head as usize].next)
+        } else {
+            (NONE, dir.head)
+        };
+        while b != NONE {
+            let m = self.meta[b as usize];
+            let bytes = self.bufs.slice(b, m.off, m.len - m.off);
+            let t = self.slots[idx as usize].t.as_mut().expect("live");
+            t.spill[d].extend_from_slice(bytes);
+            self.give_back(b);
+            b = m.next;
+        }
+        let dir = &mut self.t(idx).dirs[d];
+        dir.head = keep;
+        dir.tail = keep;
+        dir.queued = u16::from(keep != NONE);
+        if keep != NONE {
+            self.meta[keep as usize].next = NONE;
         }
     }
 
@@ -721,10 +800,38 @@ impl<H: Hook> Machine<H> {
         t
     }
 
-    /// Once per round: buffers given back are published, and directions
-    /// that waited for buffers armed again (no more of them than there
-    /// are buffers).
+    /// Fewer than a quarter of the ring's buffers are free.
+    fn under_pressure(&self) -> bool {
+        self.bufs.in_ring < u32::from(self.bufs.count()) / 4
+    }
+
+    /// Once per round: when the ring runs short, directions paused by
+    /// back-pressure are released (their queues copied out, their buffers
+    /// given back); buffers given back are published, and directions that
+    /// waited for buffers armed again (no more of them than there are
+    /// buffers).
     fn after_dispatch(&mut self) {
+        while self.under_pressure() {
+            let Some(p) = self.paused.pop_front() else {
+                break;
+            };
+            let (idx, gen, _, d) = ud_parts(p);
+            if self.check(idx, gen) && self.t(idx).dirs[d].has(PAUSED) {
+                self.stats.pauses += 1;
+                self.start_release(idx, d);
+                self.settle(idx);
+            }
+        }
+        if !self.under_pressure() && self.paused.len() > 64 {
+            // Directions no longer paused leave stale entries: drop them.
+            let slots = &self.slots;
+            self.paused.retain(|&p| {
+                let (idx, gen, _, d) = ud_parts(p);
+                slots.get(idx as usize).is_some_and(|s| {
+                    s.gen == gen && s.t.as_ref().is_some_and(|t| t.dirs[d].has(PAUSED))
+                })
+            });
+        }
         self.bufs.publish();
         let mut budget = self.bufs.in_ring as usize;
         while budget > 0 {
@@ -770,24 +877,27 @@ impl<H: Hook> Machine<H> {
     /// ended already.
     pub fn release(&mut self, idx: u32, gen: u32, d: usize) {
         debug_assert!(self.check(idx, gen));
-        let t = self.t(idx);
-        if t.flags & T_FAILED != 0 || t.dirs[d].outside || t.dirs[d].has(EOF_SEEN | RELEASING) {
+        if self.t(idx).dirs[d].outside {
             return;
         }
-        t.dirs[d].flags |= RELEASING;
-        t.dirs[d].flags &= !(WAIT_BUF | PAUSED);
-        self.cancel_recv(idx, d);
+        self.start_release(idx, d);
         self.settle(idx);
     }
 
     /// The tunnel is over for its owner, who takes its hook back. Only once
     /// each direction has ended or stayed outside (nothing in flight): see
     /// [`super::Tunnel::finish`].
-    pub fn close(&mut self, idx: u32, gen: u32) -> H {
+    pub fn close(&mut self, idx: u32, gen: u32) -> Option<H> {
         debug_assert!(self.check(idx, gen));
-        let t = self.free_slot(idx).expect("live slot");
-        debug_assert_eq!(t.ops, 0, "closed with operations in flight");
-        t.hook
+        if self.t(idx).ops != 0 {
+            // Cannot happen (a direction ends only once quiet); were it to,
+            // the slot must live until its last completion.
+            debug_assert!(false, "closed with operations in flight");
+            log::error!("completion ring: a tunnel closed with operations in flight");
+            self.abandon(idx, gen);
+            return None;
+        }
+        self.free_slot(idx).map(|t| t.hook)
     }
 
     /// The owner is gone (its task dropped mid-tunnel): cancel everything
@@ -795,6 +905,12 @@ impl<H: Hook> Machine<H> {
     pub fn abandon(&mut self, idx: u32, gen: u32) {
         if !self.check(idx, gen) {
             return;
+        }
+        if !self.ring.submission().is_empty() {
+            // SQEs not yet submitted name this tunnel's descriptors, which
+            // its owner is about to close: submit them while they are still
+            // its own (the kernel then holds its own references).
+            self.enter();
         }
         let t = self.t(idx);
         t.flags |= T_GONE | T_FAILED;
@@ -809,6 +925,13 @@ impl<H: Hook> Machine<H> {
             self.drop_queue(idx, d);
         }
         self.settle(idx);
+    }
+
+    /// The bytes direction `d` received in the ring but did not send
+    /// before it was released: the owner sends them first.
+    pub fn take_spill(&mut self, idx: u32, gen: u32, d: usize) -> Vec<u8> {
+        debug_assert!(self.check(idx, gen));
+        std::mem::take(&mut self.t(idx).spill[d])
     }
 
     /// The direction whose EOF was passed on first, if any.

@@ -76,8 +76,9 @@ pub enum DirEnd {
     /// The tunnel failed (both sockets were shut down): the first error,
     /// and the operation that met it.
     Failed { errno: i32, op: Op },
-    /// Released: everything it received was sent; what it did not receive
-    /// is still in its source socket.
+    /// Released: what it received is sent, or waits for the owner to send
+    /// it first ([`Tunnel::take_spill`]); what it did not receive (an EOF
+    /// too) is still in its source socket.
     Released,
     /// Released by the ring itself, as [`DirEnd::Released`], because it
     /// moves bulk: whole buffers in a row (see [`Reactor::open`]).
@@ -106,7 +107,9 @@ pub struct RingStats {
     pub arms: u64,
     /// Receives that found the buffer ring empty.
     pub enobufs: u64,
-    /// Directions that stopped receiving until their queue drained.
+    /// Directions released to the readiness path because their
+    /// destination did not keep up ([`MAX_QUEUED`] chunks waiting) while
+    /// the ring ran short of buffers.
     pub pauses: u64,
     /// Directions released as bulk.
     pub bulk: u64,
@@ -311,6 +314,16 @@ impl<H: Hook + 'static> Tunnel<H> {
         self.reactor.machine.borrow().first_eof(self.idx, self.gen)
     }
 
+    /// What direction `d` received in the ring but did not send before it
+    /// was released ([`DirEnd::Released`], [`DirEnd::Bulk`]): the owner
+    /// sends it before anything it reads itself.
+    pub fn take_spill(&self, d: usize) -> Vec<u8> {
+        self.reactor
+            .machine
+            .borrow_mut()
+            .take_spill(self.idx, self.gen, d)
+    }
+
     /// Look at the hook while the tunnel rides the ring.
     pub fn with_hook<R>(&self, f: impl FnOnce(&H) -> R) -> R {
         f(self.reactor.machine.borrow().hook(self.idx, self.gen))
@@ -318,8 +331,9 @@ impl<H: Hook + 'static> Tunnel<H> {
 
     /// Leave the ring for good, taking the hook back. Only once each
     /// direction's [`Tunnel::end`] resolved, or it never rode the ring
-    /// (panics in debug builds otherwise).
-    pub fn finish(mut self) -> H {
+    /// (else, which cannot happen, the tunnel is abandoned: `None`; a
+    /// debug build panics).
+    pub fn finish(mut self) -> Option<H> {
         self.finished = true;
         self.reactor.machine.borrow_mut().close(self.idx, self.gen)
     }

@@ -184,6 +184,37 @@ async fn both_ends(t: &Tunnel<Seen>) -> [DirEnd; 2] {
         .expect("tunnel did not end")
 }
 
+/// Both directions' ends; a direction released to its owner (the ring ran
+/// short, or bulk) is finished here as a connection would: its spill, then
+/// the rest of its source, then its half-close. Returns the ends, the hook
+/// and the bytes forwarded outside the ring.
+async fn drive(t: Tunnel<Seen>, e: &Ends) -> ([DirEnd; 2], Seen, [u64; 2]) {
+    let got = both_ends(&t).await;
+    let spills = [t.take_spill(0), t.take_spill(1)];
+    let seen = t.finish().unwrap();
+    let [c, b] = &e.inside;
+    let mut hs = Vec::new();
+    for (d, (src, dst)) in [(c, b), (b, c)].into_iter().enumerate() {
+        let (mut src, mut dst) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
+        let released = matches!(got[d], DirEnd::Released | DirEnd::Bulk);
+        let spill = spills[d].clone();
+        hs.push(std::thread::spawn(move || {
+            if !released {
+                return 0;
+            }
+            dst.write_all(&spill).unwrap();
+            let n = std::io::copy(&mut src, &mut dst).unwrap();
+            dst.shutdown(Shutdown::Write).unwrap();
+            n
+        }));
+    }
+    let mut moved = [0u64; 2];
+    for (d, h) in hs.into_iter().enumerate() {
+        moved[d] = h.join().unwrap();
+    }
+    (got, seen, moved)
+}
+
 fn settings(buffers: u16, size: u32) -> Settings {
     Settings {
         entries: 1024,
@@ -230,9 +261,9 @@ fn byte_exact(rounds: u64, non_blocking: bool) {
             ];
             let br = reader(e.backend.try_clone().unwrap(), 2 * k);
             let cr = reader(e.client.try_clone().unwrap(), 2 * k + 1);
-            assert_eq!(both_ends(&t).await, [DirEnd::Eof, DirEnd::Eof]);
-            let seen = t.finish();
-            assert_eq!(seen.bytes, [up as u64, down as u64]);
+            let (_, seen, outside) = drive(t, &e).await;
+            assert_eq!(seen.bytes[0] + outside[0], up as u64);
+            assert_eq!(seen.bytes[1] + outside[1], down as u64);
             for h in hs {
                 h.join().unwrap();
             }
@@ -304,12 +335,15 @@ fn release_mid_stream_loses_nothing() {
             monoio::time::sleep(Duration::from_millis(1)).await;
             t.release(1);
             let got = both_ends(&t).await;
-            let seen = t.finish();
+            let spills = [t.take_spill(0), t.take_spill(1)];
+            let seen = t.finish().unwrap();
             let mut forwarded = [0u64; 2];
             let [c, b] = &e.inside;
             for (d, (src, dst)) in [(c, b), (b, c)].into_iter().enumerate() {
                 if got[d] == DirEnd::Released {
                     let (mut src, mut dst) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
+                    // What the ring took but did not send goes first.
+                    dst.write_all(&spills[d]).unwrap();
                     forwarded[d] = std::io::copy(&mut src, &mut dst).unwrap();
                     dst.shutdown(Shutdown::Write).unwrap();
                 } else {
@@ -401,9 +435,10 @@ fn a_thousand_tunnels_on_a_small_ring() {
     });
     with_reactor(settings(32, 4096), |r| async move {
         let ts: Vec<_> = all.iter().map(|e| open(&r, e, Seen::default())).collect();
-        for t in ts {
-            assert_eq!(both_ends(&t).await, [DirEnd::Eof, DirEnd::Eof]);
-            assert_eq!(t.finish().bytes, [per as u64, per as u64]);
+        for (t, e) in ts.into_iter().zip(&all) {
+            let (_, seen, outside) = drive(t, e).await;
+            assert_eq!(seen.bytes[0] + outside[0], per as u64);
+            assert_eq!(seen.bytes[1] + outside[1], per as u64);
         }
         let s = r.stats();
         assert!(s.enobufs + s.pauses > 0, "the ring was never short: {s:?}");
@@ -498,23 +533,27 @@ fn bulk_is_released_and_small_messages_stay() {
         let br = reader(e.backend.try_clone().unwrap(), 1);
         let cr = reader(e.client.try_clone().unwrap(), 2);
         let got = both_ends(&t).await;
-        let seen = t.finish();
+        let spill = t.take_spill(0);
+        let seen = t.finish().unwrap();
         assert_eq!(got, [DirEnd::Bulk, DirEnd::Eof]);
         assert!(seen.bytes[0] < up as u64, "released before the end");
         assert_eq!(seen.bytes[1], down as u64);
+        // The hook saw the spilled bytes; the copy below moves the rest.
+        let seen_sent = seen.bytes[0];
         // The rest of the bulk direction, as the connection would move it.
         let (mut src, mut dst) = (
             e.inside[0].try_clone().unwrap(),
             e.inside[1].try_clone().unwrap(),
         );
         let rest = std::thread::spawn(move || {
+            dst.write_all(&spill).unwrap();
             let n = std::io::copy(&mut src, &mut dst).unwrap();
             dst.shutdown(Shutdown::Write).unwrap();
             n
         })
         .join()
         .unwrap();
-        assert_eq!(seen.bytes[0] + rest, up as u64);
+        assert_eq!(seen_sent + rest, up as u64);
         for h in hs {
             h.join().unwrap();
         }
@@ -558,10 +597,66 @@ fn a_direction_joins_later() {
             c.shutdown(Shutdown::Write).unwrap();
         });
         let br = reader(e.backend.try_clone().unwrap(), 5);
-        assert_eq!(both_ends(&t).await, [DirEnd::Eof, DirEnd::Eof]);
-        assert_eq!(t.finish().bytes, [up as u64, down as u64]);
+        let (_, seen, outside) = drive(t, &e).await;
+        assert_eq!(seen.bytes[0] + outside[0], up as u64);
+        assert_eq!(seen.bytes[1] + outside[1], down as u64);
         rest.join().unwrap();
         bw.join().unwrap();
         assert_eq!((br.join().unwrap(), cr.join().unwrap()), (up, down));
+    });
+}
+
+/// Destinations that never read cannot take the ring's buffers from every
+/// other tunnel: each such direction is released to its owner holding at
+/// most the one buffer of its send in flight, and a tunnel that does flow
+/// keeps flowing.
+#[test]
+fn slow_readers_are_released_and_others_keep_flowing() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    with_reactor(settings(64, 4096), |r| async move {
+        let mut stalled = Vec::new();
+        for k in 0..30u64 {
+            let e = ends(&l);
+            // Small buffers on the backend: sends stop at once.
+            socket2::SockRef::from(&e.backend)
+                .set_recv_buffer_size(4096)
+                .unwrap();
+            socket2::SockRef::from(&e.inside[1])
+                .set_send_buffer_size(4096)
+                .unwrap();
+            let t = open(&r, &e, Seen::default());
+            // The client sends 1 MiB; the backend never reads.
+            let w = e.client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut w = w;
+                let _ = w.write_all(&vec![k as u8; 1 << 20]);
+            });
+            stalled.push((e, t));
+        }
+        // Let them stall, and the ring run short.
+        monoio::time::sleep(Duration::from_millis(300)).await;
+        assert!(r.stats().pauses > 0, "no stalled direction was released");
+        // A tunnel that flows is not held up.
+        let e = ends(&l);
+        let t = open(&r, &e, Seen::default());
+        let hs = [
+            writer(e.client.try_clone().unwrap(), 1, 200_000, 5),
+            writer(e.backend.try_clone().unwrap(), 2, 200_000, 6),
+        ];
+        let br = reader(e.backend.try_clone().unwrap(), 1);
+        let cr = reader(e.client.try_clone().unwrap(), 2);
+        let _ = drive(t, &e).await;
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!((br.join().unwrap(), cr.join().unwrap()), (200_000, 200_000));
+        // The stalled ones end when their sockets do.
+        for (e, t) in stalled {
+            for s in &e.inside {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let _ = monoio::time::timeout(LIMIT, both_ends(&t)).await.unwrap();
+            drop(t);
+        }
     });
 }

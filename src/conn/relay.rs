@@ -32,7 +32,8 @@ const PROMOTE_AFTER: u32 = 4;
 /// Relay the direction coming `from` one side until it ends: by readiness
 /// (copying, or splicing), promoted into the core's completion ring after
 /// [`PROMOTE_AFTER`] reads when the tunnel may ride it, and back to
-/// readiness if the ring releases it (a drain's ask, or bulk to splice).
+/// readiness if the ring releases it (a drain's ask, a slow destination
+/// while the ring runs short, or bulk to splice).
 #[allow(clippy::manual_async_fn)]
 pub(super) fn relay<'a>(
     cx: Ctx<'a>,
@@ -71,8 +72,9 @@ pub(super) fn relay<'a>(
                 // Boxed: its room is needed only while it rides the ring.
                 match Box::pin(ride(cx, from, client, backend, flow)).await {
                     Ridden::Ended => return,
-                    // A drain's ask: back to readiness for good, where the
-                    // direction stops at a frame boundary.
+                    // A drain's ask (the direction stops at a frame boundary
+                    // here), or a destination that did not keep up while the
+                    // ring ran short: back to readiness for good.
                     Ridden::Released => promote_after = 0,
                     Ridden::Bulk => {
                         promote_after = 0;

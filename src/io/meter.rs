@@ -47,3 +47,19 @@ impl Hook for TunnelHook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::ring::Reactor;
+
+    /// What a promoted tunnel keeps in its core's ring, besides kernel
+    /// state (184 bytes today: fds, two directions, the error, the spills,
+    /// the waker and the hook).
+    #[test]
+    fn a_tunnel_in_the_ring_is_small() {
+        let bytes = Reactor::<TunnelHook>::tunnel_bytes();
+        eprintln!("one tunnel's slot: {bytes} bytes");
+        assert!(bytes <= 192, "{bytes} bytes per tunnel slot");
+    }
+}

@@ -435,7 +435,7 @@ impl<H: Hook> Machine<H> {
         }
         let dir = &mut t.dirs[d];
         if dir.queued >= MAX_QUEUED || (dir.has(PAUSED) && dir.queued > MAX_QUEUED / 2) {
-            dir.flags |= PAUSED;
+            self.pause(idx, d);
             return;
         }
         dir.flags &= !PAUSED;
@@ -446,6 +446,17 @@ impl<H: Hook> Machine<H> {
             .user_data(ud(idx, gen, K_RECV, d));
         self.stats.arms += 1;
         self.push_sqe(&e);
+    }
+
+    /// Direction `d` stops receiving until half its queue is sent; it is
+    /// listed for release should the ring run short.
+    fn pause(&mut self, idx: u32, d: usize) {
+        let gen = self.slots[idx as usize].gen;
+        let dir = &mut self.t(idx).dirs[d];
+        if !dir.has(PAUSED) {
+            dir.flags |= PAUSED;
+            self.paused.push_back(ud(idx, gen, K_RECV, d));
+        }
     }
 
     fn cancel(&mut self, idx: u32, d: usize, kind: u64) {
@@ -482,13 +493,11 @@ impl<H: Hook> Machine<H> {
                     // The ring's buffers are every tunnel's: a direction
                     // whose destination does not keep up leaves for the
                     // readiness path, where it holds only its own backlog.
-                    self.stats.pauses += 1;
+                    self.stats.short_releases += 1;
                     self.start_release(idx, d);
-                } else if dir.has(ARMED) && !dir.has(CANCELING) {
+                } else {
                     // Back-pressure: stop receiving until half is sent.
-                    let gen = self.slots[idx as usize].gen;
-                    self.t(idx).dirs[d].flags |= PAUSED;
-                    self.paused.push_back(ud(idx, gen, K_RECV, d));
+                    self.pause(idx, d);
                     self.cancel_recv(idx, d);
                 }
             }
@@ -817,7 +826,7 @@ impl<H: Hook> Machine<H> {
             };
             let (idx, gen, _, d) = ud_parts(p);
             if self.check(idx, gen) && self.t(idx).dirs[d].has(PAUSED) {
-                self.stats.pauses += 1;
+                self.stats.short_releases += 1;
                 self.start_release(idx, d);
                 self.settle(idx);
             }
@@ -939,12 +948,6 @@ impl<H: Hook> Machine<H> {
         debug_assert!(self.check(idx, gen));
         let t = self.slots[idx as usize].t.as_ref().expect("live");
         t.first_eof.map(usize::from)
-    }
-
-    /// Look at a live tunnel's hook.
-    pub fn hook(&self, idx: u32, gen: u32) -> &H {
-        debug_assert!(self.check(idx, gen));
-        &self.slots[idx as usize].t.as_ref().expect("live").hook
     }
 
     /// Buffers in the ring now (for tests and metrics).

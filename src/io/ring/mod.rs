@@ -110,7 +110,7 @@ pub struct RingStats {
     /// Directions released to the readiness path because their
     /// destination did not keep up ([`MAX_QUEUED`] chunks waiting) while
     /// the ring ran short of buffers.
-    pub pauses: u64,
+    pub short_releases: u64,
     /// Directions released as bulk.
     pub bulk: u64,
 }
@@ -322,11 +322,6 @@ impl<H: Hook + 'static> Tunnel<H> {
             .machine
             .borrow_mut()
             .take_spill(self.idx, self.gen, d)
-    }
-
-    /// Look at the hook while the tunnel rides the ring.
-    pub fn with_hook<R>(&self, f: impl FnOnce(&H) -> R) -> R {
-        f(self.reactor.machine.borrow().hook(self.idx, self.gen))
     }
 
     /// Leave the ring for good, taking the hook back. Only once each

@@ -257,6 +257,14 @@ pub fn prepare(
                 Some(b"13") => {}
                 Some(_) => return Err(HandshakeError::BadVersion),
             }
+            // A body behind an upgrade is ambiguous (the backend may take
+            // it for the tunnel's first bytes, or a second request): a
+            // smuggling vector, refused rather than forwarded.
+            if chunked || content_length.is_some_and(|n| n > 0) {
+                return Err(HandshakeError::BadHandshake(
+                    "an upgrade request must not have a body",
+                ));
+            }
             Kind::Upgrade
         }
         _ => Kind::Plain,
@@ -483,6 +491,25 @@ X-Forwarded-Proto: http\r\n\r\n"
         );
         assert_eq!(p.early, b"\x81\x85frameGET /admin HTTP/1.1\r\n\r\n");
         assert!(p.body.is_done());
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        for framing in [
+            "Content-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+        ] {
+            let buf = with("Origin", &format!("{framing}Origin"));
+            let e = err(&buf);
+            assert_eq!(e.status().code(), 400, "{framing}");
+            assert!(e.to_string().contains("must not have a body"), "{e}");
+        }
+        // An empty body says nothing ambiguous.
+        assert_eq!(
+            ok(&with("Origin", "Content-Length: 0\r\nOrigin")).kind,
+            Kind::Upgrade
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::io::meter::TunnelHook;
 use crate::io::pipes::Pipes;
 use crate::io::ring::Reactor;
-use crate::io::sweep::Sweeper;
+use crate::io::sweep::{Sweeper, Timeouts};
 use crate::io::tunnel::Scratch;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::{CoreMetrics, RouteMetrics, ServerMetrics};
@@ -165,11 +165,7 @@ impl Core {
             yield_by_timer,
         } = parts;
         let (version, config) = reloader.current();
-        let sweeper = Rc::new(Sweeper::new(
-            config.handshake_timeout,
-            config.connect_timeout,
-            config.idle_timeout,
-        ));
+        let sweeper = Rc::new(Sweeper::new(timeouts(&config)));
         let tls_cache = crate::proto::tls::session_cache();
         let buffer_size = reloader.startup().buffer_size;
         let pipes = Pipes::new(reloader.startup().splice_pipes);
@@ -209,6 +205,12 @@ impl Core {
         &self.reloader
     }
 
+    /// TCP keepalive for backend sockets (`--tcp-keepalive`; fixed at
+    /// start, as the listeners' that client sockets inherit).
+    pub fn keepalive(&self) -> crate::config::Keepalive {
+        self.reloader.startup().tcp_keepalive
+    }
+
     /// The generation for a connection accepted now: the configuration in
     /// force, this core's state for it built on first use after a reload.
     pub fn generation(&self) -> Rc<Generation> {
@@ -236,9 +238,7 @@ impl Core {
         self.seen.set(version);
         match Generation::new(config, version, &self.tls_cache, &self.metrics) {
             Ok(generation) => {
-                let c = &generation.config;
-                self.sweeper
-                    .set_timeouts(c.handshake_timeout, c.connect_timeout, c.idle_timeout);
+                self.sweeper.set_timeouts(timeouts(&generation.config));
                 *self.current.borrow_mut() = Rc::new(generation);
             }
             Err(e) => {
@@ -248,5 +248,16 @@ impl Core {
                 );
             }
         }
+    }
+}
+
+/// A configuration's timeouts, for the sweep.
+fn timeouts(c: &Config) -> Timeouts {
+    Timeouts {
+        handshake: c.handshake_timeout,
+        connect: c.connect_timeout,
+        answer: c.upstream_answer_timeout,
+        idle: c.idle_timeout,
+        half_close: c.half_close_timeout,
     }
 }

@@ -131,6 +131,26 @@ pub fn take_error(fd: &impl AsRawFd) -> io::Result<Option<io::Error>> {
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
+/// TCP keepalive on `sock`: SO_KEEPALIVE with the first probe after `idle`
+/// of silence, one every `interval`, `count` unanswered ending the
+/// connection (`ETIMEDOUT`); and TCP_USER_TIMEOUT at their total, so that
+/// data left unacknowledged that long ends it the same way. A listener's
+/// settings are inherited by the sockets it accepts.
+pub fn set_keepalive(
+    sock: &impl std::os::fd::AsFd,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    count: u32,
+) -> io::Result<()> {
+    let sock = socket2::SockRef::from(sock);
+    let params = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(count);
+    sock.set_tcp_keepalive(&params)?;
+    sock.set_tcp_user_timeout(Some(idle + interval * count))
+}
+
 /// Which halves `shutdown` closes.
 #[derive(Debug, Clone, Copy)]
 pub enum Half {

@@ -199,10 +199,32 @@ fn connect_timeout_and_answer_timeout_are_504() {
     let proxy = Proxy::start(&[
         "--upstream",
         &mute.addr.to_string(),
+        "--upstream-answer-timeout",
+        "400ms",
+    ]);
+    let text = expect(&proxy, upgrade_head("/ws", "").as_bytes(), 504);
+    assert!(
+        !text.contains("127.0.0.1"),
+        "no address in an answer: {text}"
+    );
+    let line = proxy.wait_log("--upstream-answer-timeout", PATIENCE);
+    assert!(line.is_some(), "{:#?}", proxy.logs());
+    proxy.assert_fds_at_baseline();
+    drop(proxy);
+    // A plain request (a long poll) waits for its answer up to
+    // --idle-timeout, not --upstream-answer-timeout.
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &mute.addr.to_string(),
+        "--upstream-answer-timeout",
+        "100ms",
         "--idle-timeout",
         "400ms",
     ]);
-    expect(&proxy, upgrade_head("/ws", "").as_bytes(), 504);
+    let started = Instant::now();
+    expect(&proxy, b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n", 504);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(proxy.wait_log("within --idle-timeout", PATIENCE).is_some());
     proxy.assert_fds_at_baseline();
 }
 

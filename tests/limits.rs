@@ -77,14 +77,23 @@ fn refused_from(proxy: &Proxy, src: &str, extra: &str) -> String {
 }
 
 /// The status of a refusal, checked to be a whole `Connection: close`
-/// answer with its short text body naming `why`.
-fn check_refusal(resp: &str, status: u16, why: &str) {
+/// answer with its short text body, which names no address and no flag,
+/// and a log line naming `why`.
+fn check_refusal(proxy: &Proxy, resp: &str, status: u16, why: &str) {
     assert_eq!(status_of(resp.as_bytes()), status, "{resp}");
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("\r\nConnection: close"), "{head}");
     assert!(head.contains("\r\nContent-Type: text/plain"), "{head}");
     assert!(body.starts_with(&status.to_string()), "{body:?}");
-    assert!(body.contains(why), "{body:?} lacks {why:?}");
+    for internal in ["--", "127.0.0.", "198.51.100."] {
+        assert!(!body.contains(internal), "{body:?} has {internal:?}");
+    }
+    let line = proxy.wait_log(why, PATIENCE);
+    assert!(
+        line.is_some(),
+        "no log line with {why:?}: {:#?}",
+        proxy.logs()
+    );
 }
 
 /// One message there and back through an open tunnel.
@@ -169,6 +178,7 @@ fn per_ip_limit_is_exact_across_cores() {
     for t in tries {
         let resp = t.join().unwrap().expect_err("a fourth tunnel was let in");
         check_refusal(
+            &proxy,
             &String::from_utf8(resp).unwrap(),
             503,
             "127.0.0.1 already has 3 tunnels (--limit-conn-per-ip)",
@@ -197,6 +207,7 @@ fn per_ip_limit_is_exact_across_cores() {
         .map(|_| tunnel_from(&proxy, "127.0.0.2", ""))
         .collect();
     check_refusal(
+        &proxy,
         &refused_from(&proxy, "127.0.0.2", ""),
         503,
         "127.0.0.2 already has 3",
@@ -209,6 +220,7 @@ fn per_ip_limit_is_exact_across_cores() {
     close_tunnel(&proxy, held.remove(0));
     held.push(poll_for_tunnel(&proxy, "127.0.0.1", 503));
     check_refusal(
+        &proxy,
         &refused_from(&proxy, "127.0.0.1", ""),
         503,
         "--limit-conn-per-ip",
@@ -230,7 +242,7 @@ fn limit_conn_status_changes_the_answer() {
         resp.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
         "{resp}"
     );
-    check_refusal(&resp, 429, "--limit-conn-per-ip");
+    check_refusal(&proxy, &resp, 429, "--limit-conn-per-ip");
     let line = proxy.wait_log("status=429 ", PATIENCE).unwrap();
     assert!(
         line.contains("client=127.0.0.1:") && line.contains("--limit-conn-per-ip"),
@@ -249,7 +261,7 @@ fn max_conns_caps_all_connections() {
     let b = tunnel_from(&proxy, "127.0.0.2", "");
     // The cap is global: a third address is refused too.
     for src in ["127.0.0.3", "127.0.0.1"] {
-        check_refusal(&refused_from(&proxy, src, ""), 503, "--max-conns");
+        check_refusal(&proxy, &refused_from(&proxy, src, ""), 503, "--max-conns");
     }
     let line = proxy.wait_log("over --max-conns", PATIENCE).unwrap();
     assert!(
@@ -259,7 +271,12 @@ fn max_conns_caps_all_connections() {
     echo(&mut a, "still open");
     close_tunnel(&proxy, b);
     let c = poll_for_tunnel(&proxy, "127.0.0.3", 503);
-    check_refusal(&refused_from(&proxy, "127.0.0.4", ""), 503, "--max-conns");
+    check_refusal(
+        &proxy,
+        &refused_from(&proxy, "127.0.0.4", ""),
+        503,
+        "--max-conns",
+    );
     drop((a, c));
     proxy.assert_fds_at_baseline();
 }
@@ -314,7 +331,7 @@ fn origin_allow_list_checks_upgrades_only() {
     }
     for bad in ["https://evil.com", "http://app.example.com"] {
         let resp = refused_from(&proxy, "127.0.0.1", &format!("Origin: {bad}\r\n"));
-        check_refusal(&resp, 403, "is not in --allow-origin");
+        check_refusal(&proxy, &resp, 403, "is not in --allow-origin");
         let line = proxy
             .wait_log(&format!("Origin {bad} is not in"), PATIENCE)
             .unwrap_or_else(|| panic!("no line for {bad}: {:#?}", proxy.logs()));
@@ -402,7 +419,7 @@ fn per_ip_limit_counts_the_real_client() {
     // The balancer's own connection is one more address.
     let mut c = tunnel_from(&proxy, "127.0.0.1", "");
     let resp = refused_from(&proxy, "127.0.0.1", "X-Forwarded-For: 198.51.100.1\r\n");
-    check_refusal(&resp, 503, "198.51.100.1 already has 1 tunnels");
+    check_refusal(&proxy, &resp, 503, "198.51.100.1 already has 1 tunnels");
     let line = proxy.wait_log("status=503 ", PATIENCE).unwrap();
     assert!(
         line.contains("real_ip=198.51.100.1 ") && line.contains("--limit-conn-per-ip"),
@@ -410,13 +427,13 @@ fn per_ip_limit_counts_the_real_client() {
     );
     // An untrusted peer's X-Forwarded-For does not get it a new key.
     let resp = refused_from(&proxy, "127.0.0.1", "");
-    check_refusal(&resp, 503, "127.0.0.1 already has 1 tunnels");
+    check_refusal(&proxy, &resp, 503, "127.0.0.1 already has 1 tunnels");
     for ws in [&mut a, &mut b, &mut c] {
         echo(ws, "still open");
     }
     let mut d = tunnel_from(&proxy, "127.0.0.2", "X-Forwarded-For: 198.51.100.3\r\n");
     let resp = refused_from(&proxy, "127.0.0.2", "X-Forwarded-For: 198.51.100.4\r\n");
-    check_refusal(&resp, 503, "127.0.0.2 already has 1 tunnels");
+    check_refusal(&proxy, &resp, 503, "127.0.0.2 already has 1 tunnels");
     echo(&mut d, "still open");
     drop((a, b, c, d));
     proxy.assert_fds_at_baseline();

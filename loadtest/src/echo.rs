@@ -31,8 +31,13 @@ pub fn spawn_with(
     pin: &[usize],
     tls: Option<Arc<ServerConfig>>,
 ) -> Result<SocketAddr> {
-    let (group, bound) = ringway::server::listener::bind_group(addr, threads.max(1), 4096)
-        .with_context(|| format!("echo backend on {addr}"))?;
+    let (group, bound) = ringway::server::listener::bind_group(
+        addr,
+        threads.max(1),
+        4096,
+        ringway::config::Keepalive(None),
+    )
+    .with_context(|| format!("echo backend on {addr}"))?;
     for (t, l) in group.into_iter().enumerate() {
         let cpu = (!pin.is_empty()).then(|| pin[t % pin.len()]);
         let tls = tls.clone();

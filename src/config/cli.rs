@@ -28,6 +28,17 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
 /// nginx's 60 s `proxy_read_timeout` cuts idle WebSockets; the seeds raise it
 /// to 1 h or 24 h, so ringway starts at 1 h.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
+/// Default `--upstream-answer-timeout`: a WebSocket backend answers an
+/// upgrade at once; one that accepted but says nothing for this long is
+/// hung (nginx's `proxy_read_timeout` also bounds this wait, at 60 s).
+pub const DEFAULT_UPSTREAM_ANSWER_TIMEOUT: &str = "5s";
+/// Default `--half-close-timeout`: a tunnel one side of which has closed
+/// lives this long without a byte before both are closed (HAProxy's
+/// `timeout client-fin`/`server-fin`).
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: &str = "30s";
+/// Default `--tcp-keepalive`: the first probe after 60 s of silence, then
+/// one every 10 s; 6 unanswered probes (2 minutes in all) end the tunnel.
+pub const DEFAULT_TCP_KEEPALIVE: &str = "60s,10s,6";
 /// Default `--drain-timeout`: how long live tunnels may finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 /// Default `--max-header-bytes`: the largest request head accepted (431 above).
@@ -229,6 +240,24 @@ pub struct ProxyArgs {
     /// also the longest wait for a backend's answer (504). nginx: proxy_read_timeout.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Time a backend has to answer a WebSocket upgrade (and between the
+    /// bytes of its answer's head): after it the server counts as failed
+    /// (max_fails) and the next one is tried, as nginx's proxy_next_upstream
+    /// timeout does; 504 when none is left. Plain requests wait up to
+    /// --idle-timeout (a long poll may). nginx: proxy_read_timeout.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_UPSTREAM_ANSWER_TIMEOUT, value_parser = parse_duration)]
+    pub upstream_answer_timeout: Duration,
+    /// A tunnel one side of which has closed (sent its FIN) is closed when
+    /// no byte has moved for this long (HAProxy: timeout client-fin).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HALF_CLOSE_TIMEOUT, value_parser = parse_duration)]
+    pub half_close_timeout: Duration,
+    /// TCP keepalive on client and backend sockets, IDLE,INTERVAL,COUNT
+    /// (e.g. 60s,10s,6: the first probe after 60 s of silence, one every
+    /// 10 s, 6 unanswered end the connection), with TCP_USER_TIMEOUT set to
+    /// their total so that unacknowledged data ends it too; or off. Frees
+    /// tunnels of clients that vanished without a FIN. nginx: so_keepalive.
+    #[arg(long, value_name = "IDLE,INTERVAL,COUNT|off", default_value = DEFAULT_TCP_KEEPALIVE, value_parser = parse_keepalive)]
+    pub tcp_keepalive: Keepalive,
     /// At SIGTERM/SIGINT, how long live tunnels may go on before they are closed.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -506,6 +535,65 @@ pub enum CliError {
 }
 
 /// nginx-style durations: `30` (seconds), `500ms`, `30s`, `5m`, `1h`, `1d`.
+/// `--tcp-keepalive`: TCP keepalive and TCP_USER_TIMEOUT for every client
+/// and backend socket, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive(pub Option<KeepaliveProbes>);
+
+/// When a silent peer is probed and given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveProbes {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes that end the connection.
+    pub count: u32,
+}
+
+impl KeepaliveProbes {
+    /// How long a dead peer keeps its connection: the silence, then every
+    /// probe. Also the TCP_USER_TIMEOUT, so that unacknowledged data gives
+    /// up on the same budget.
+    pub fn budget(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+/// Parse `IDLE,INTERVAL,COUNT` (durations in whole seconds, as the kernel
+/// takes them) or `off`.
+pub fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Keepalive(None));
+    }
+    let usage = || format!("{s:?}: expected IDLE,INTERVAL,COUNT (e.g. 60s,10s,6) or off");
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [idle, interval, count] = parts[..] else {
+        return Err(usage());
+    };
+    // The kernel's units and ranges (TCP_KEEPIDLE/TCP_KEEPINTVL up to
+    // 32767 s, TCP_KEEPCNT up to 127).
+    let secs = |what: &str, v: &str| -> Result<Duration, String> {
+        let d = parse_duration(v)?;
+        if d.subsec_millis() != 0 || !(1..=32767).contains(&d.as_secs()) {
+            return Err(format!(
+                "{what} {v:?} must be whole seconds from 1s to 32767s"
+            ));
+        }
+        Ok(d)
+    };
+    let count: u32 = match count.parse() {
+        Ok(n) if (1..=127).contains(&n) => n,
+        _ => return Err(format!("COUNT {count:?} must be from 1 to 127")),
+    };
+    Ok(Keepalive(Some(KeepaliveProbes {
+        idle: secs("IDLE", idle)?,
+        interval: secs("INTERVAL", interval)?,
+        count,
+    })))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -538,6 +626,34 @@ mod tests {
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
         for bad in ["", "s", "1.5s", "-1", "10x", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keepalive() {
+        let k = parse_keepalive(DEFAULT_TCP_KEEPALIVE).unwrap().0.unwrap();
+        assert_eq!(k.idle, Duration::from_secs(60));
+        assert_eq!(k.interval, Duration::from_secs(10));
+        assert_eq!(k.count, 6);
+        assert_eq!(k.budget(), Duration::from_secs(120));
+        assert_eq!(parse_keepalive("off").unwrap(), Keepalive(None));
+        assert_eq!(
+            parse_keepalive(" 1 , 2s ,3").unwrap().0.unwrap().budget(),
+            Duration::from_secs(7)
+        );
+        for bad in [
+            "",
+            "on",
+            "60s,10s",
+            "60s,10s,6,1",
+            "500ms,1s,1",
+            "0,1,1",
+            "1,1,0",
+            "1,1,128",
+            "40000,1,1",
+            "1,1,x",
+        ] {
+            assert!(parse_keepalive(bad).is_err(), "{bad}");
         }
     }
 

@@ -35,10 +35,11 @@ use rustls::ClientConfig;
 
 pub use crate::config::cli::{
     parse_cli, parse_duration, usage_reason, CheckArgs, Cli, CliError, Command, DemoArgs, Driver,
-    ListenArg, ProxyArgs, RouteArg, Splice, TunnelIo, DEFAULT_BACKLOG, DEFAULT_BUFFER_SIZE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT, DEFAULT_GROUP,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIMIT_CONN_STATUS, DEFAULT_LISTEN,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE, DEFAULT_RING_ENTRIES,
+    Keepalive, KeepaliveProbes, ListenArg, ProxyArgs, RouteArg, Splice, TunnelIo, DEFAULT_BACKLOG,
+    DEFAULT_BUFFER_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FAIL_TIMEOUT,
+    DEFAULT_GROUP, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIMIT_CONN_STATUS,
+    DEFAULT_LISTEN, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RECV_BUFFERS, DEFAULT_RECV_BUFFER_SIZE,
+    DEFAULT_RING_ENTRIES,
 };
 pub use crate::config::error::ConfigError;
 pub use crate::config::routes::{Route, Routes, Target};
@@ -94,6 +95,9 @@ pub struct Startup {
     pub metrics_listen: Option<SocketAddr>,
     pub access_log: access_log::Sink,
     pub access_log_format: access_log::Format,
+    /// TCP keepalive for every client and backend socket (set on the
+    /// listeners, whose accepted sockets inherit it).
+    pub tcp_keepalive: Keepalive,
 }
 
 /// What a reload may replace: everything a connection reads. Read-only,
@@ -117,6 +121,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The wait for a backend's answer to an upgrade.
+    pub upstream_answer_timeout: Duration,
+    pub half_close_timeout: Duration,
     /// Read by each worker when the drain begins, from the configuration it
     /// holds then.
     pub drain_timeout: Duration,
@@ -192,6 +199,8 @@ impl Settings {
             ("connect-timeout", args.connect_timeout),
             ("handshake-timeout", args.handshake_timeout),
             ("idle-timeout", args.idle_timeout),
+            ("upstream-answer-timeout", args.upstream_answer_timeout),
+            ("half-close-timeout", args.half_close_timeout),
             ("drain-timeout", args.drain_timeout),
             ("fail-timeout", args.fail_timeout),
         ] {
@@ -282,6 +291,7 @@ impl Settings {
                 metrics_listen: args.metrics_listen,
                 access_log: args.access_log.clone(),
                 access_log_format: args.access_log_format,
+                tcp_keepalive: args.tcp_keepalive,
             },
             config: Config {
                 tls,
@@ -297,6 +307,8 @@ impl Settings {
                 connect_timeout: args.connect_timeout,
                 handshake_timeout: args.handshake_timeout,
                 idle_timeout: args.idle_timeout,
+                upstream_answer_timeout: args.upstream_answer_timeout,
+                half_close_timeout: args.half_close_timeout,
                 drain_timeout: args.drain_timeout,
                 max_header_bytes: args.max_header_bytes,
                 drain_close_frames: args.drain_close_frames,
@@ -334,6 +346,7 @@ impl Startup {
             metrics_listen,
             access_log,
             access_log_format,
+            tcp_keepalive,
         } = self;
         [
             ("listen/tls-listen", *listen == old.listen),
@@ -356,6 +369,7 @@ impl Startup {
                 "access-log-format",
                 *access_log_format == old.access_log_format,
             ),
+            ("tcp-keepalive", *tcp_keepalive == old.tcp_keepalive),
         ]
         .into_iter()
         .filter(|&(_, same)| !same)

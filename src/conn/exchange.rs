@@ -3,7 +3,10 @@
 //!
 //! - up: a plain request's body (as framed, nothing after it); then, until
 //!   the answer, a watch for a client that leaves (peeking, never reading
-//!   what it sends); then, if the tunnel opened, the client's bytes.
+//!   what it sends); then, if the tunnel opened, the client's bytes; or,
+//!   while a response streams, a watch for a client that leaves (reading
+//!   and dropping what it sends: a plain exchange has nothing more to take
+//!   from it), which ends both sides.
 //! - down: the backend's answer (interim heads passed on); a 101 to an
 //!   upgrade opens the tunnel (the client's early bytes go first), anything
 //!   else is streamed to its end and both sides closed.
@@ -19,7 +22,7 @@ use monoio::net::TcpStream;
 use crate::config::{Backend as Server, Splice};
 use crate::io::splice;
 use crate::io::sweep::{Expiry, Phase};
-use crate::io::tunnel::{End, Peer, PumpError};
+use crate::io::tunnel::{Ctx, End, Peer, PumpError};
 use crate::ops::ending::Closed;
 use crate::proto::http::body::Framing;
 use crate::proto::http::request::{Kind, Prepared};
@@ -67,6 +70,8 @@ enum AnswerError {
 #[derive(Default)]
 struct Answered {
     state: Cell<Option<bool>>,
+    /// No tunnel, and a response streams to the client.
+    streaming: Cell<bool>,
     waker: Cell<Option<Waker>>,
 }
 
@@ -212,6 +217,9 @@ impl<'a> Conn<'a> {
                     return;
                 }
                 if !answered.wait().await {
+                    if answered.streaming.get() {
+                        watch_client(cx, client, backend, &flow).await;
+                    }
                     return;
                 }
                 relay(cx, Side::Client, client, backend, &flow).await;
@@ -229,12 +237,15 @@ impl<'a> Conn<'a> {
                                 (BackendFault::NoAnswerInTime { .. }, Some(Expiry::Idle)) => {
                                     BackendFault::NoAnswerInTime { idle: true }
                                 }
+                                (BackendFault::NoAnswerInTime { .. }, Some(Expiry::Answer)) => {
+                                    BackendFault::AnswerTimeout(sent.server.addr)
+                                }
                                 (fault, _) => fault,
                             };
                             let refusal = Refusal::Backend(fault);
                             flow.answered.set(Some(Instant::now()));
                             sys::shutdown_raw(backend.sock.as_raw_fd(), Half::Both);
-                            let answer = refusal.status().response(&refusal.to_string());
+                            let answer = refusal.status().response(&refusal.public());
                             flow.refused.set(Some(Box::new(refusal)));
                             let _ = cx.write_all(client, &answer).await;
                             drop(answer);
@@ -277,6 +288,7 @@ impl<'a> Conn<'a> {
                     relay(cx, Side::Backend, client, backend, &flow).await;
                     return;
                 }
+                answered.streaming.set(true);
                 answered.set(false);
                 let mut rest = fin.remaining;
                 let open_ended = rest == Framing::UntilClose;
@@ -400,6 +412,30 @@ impl<'a> Conn<'a> {
                     Err(e) => return refuse(BackendFault::BadAnswer(e)),
                 }
             }
+        }
+    }
+}
+
+/// Bytes a client may send while its response streams (pipelined requests,
+/// which a `Connection: close` exchange never answers) before ringway stops
+/// reading them.
+const WATCH_MAX_BYTES: usize = 256 * 1024;
+
+/// While a plain response streams: read (and drop) what the client sends
+/// until it closes or fails, then end both sides, as nobody is left to
+/// take the response. The response's own end (`shutdown_both`) ends this
+/// watch too, and is noted first.
+async fn watch_client(cx: Ctx<'_>, client: Peer<'_>, backend: Peer<'_>, flow: &Flow<'_>) {
+    let mut dropped = 0;
+    while dropped <= WATCH_MAX_BYTES {
+        match cx.read_some(client, |bytes| bytes.len()).await {
+            Ok(Some(n)) => dropped += n,
+            Ok(None) => {
+                flow.closed(Closed::Client);
+                shutdown_both(client, backend);
+                return;
+            }
+            Err(e) => return flow.fail(PumpError::Read(e), Side::Client, client, backend),
         }
     }
 }

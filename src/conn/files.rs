@@ -470,7 +470,9 @@ mod tests {
             use std::os::fd::AsRawFd;
             let stream = monoio::net::TcpStream::from_std(server).unwrap();
             let s = std::time::Duration::from_secs(10);
-            let sweeper = std::rc::Rc::new(crate::io::sweep::Sweeper::new(s, s, s));
+            let sweeper = std::rc::Rc::new(crate::io::sweep::Sweeper::new(
+                crate::io::sweep::Timeouts::all(s),
+            ));
             let track = sweeper.register(stream.as_raw_fd());
             let scratch = Scratch::new(65536, false, false);
             let pipes = crate::io::pipes::Pipes::new(0);

@@ -193,7 +193,7 @@ impl<'a> Conn<'a> {
         let status = refusal.status();
         // nginx's 444: close without an answer.
         if status.code() != 444 {
-            let answer = status.response(&refusal.to_string());
+            let answer = status.response(&refusal.public());
             let _ = self.cx.write_all(to, &answer).await;
         }
         linger(self.cx, to).await;

@@ -36,9 +36,10 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::config::{Listen, Target};
-use crate::io::sweep::{Phase, Tracked};
+use crate::io::sweep::Tracked;
 use crate::io::tunnel::{Ctx, Peer};
 use crate::percore::{Core, Generation};
+use crate::policy::limits::Over;
 use crate::proto::http::path;
 use crate::proto::http::request::Kind;
 use crate::proto::tls::session::Session;
@@ -69,6 +70,12 @@ pub fn serve(
         let gen: &Generation = &generation;
         // Counted from accept to close, however the connection ends.
         let total = core.shared.total.enter(gen.config.max_conns);
+        if total.over == Some(Over::Ceiling) {
+            // No descriptor to spare for an answer: closed unanswered.
+            core.metrics.shed.inc();
+            log::debug!("client={peer}: closed unanswered: out of descriptors");
+            return;
+        }
         // Declared after `client`, so dropped (unregistered) before it closes.
         let track = core.sweeper.register(client.as_raw_fd());
         // A PROXY header without addresses (LOCAL, UNKNOWN) leaves the
@@ -113,7 +120,7 @@ pub fn serve(
             client: Peer::new(&client, session.as_deref()),
             peer,
             local,
-            over_max_conns: total.over,
+            over: total.over,
             forwarded_trusted,
             cx: Ctx {
                 scratch: &core.scratch,
@@ -158,8 +165,9 @@ struct Conn<'a> {
     /// The address the client connected to, from its PROXY header (boxed:
     /// most connections have none, and all carry the field).
     local: Option<Box<SocketAddr>>,
-    /// Accepted beyond --max-conns: answered 503 once its request is read.
-    over_max_conns: bool,
+    /// Accepted beyond --max-conns (or the room the open-files limit
+    /// leaves): answered 503 once its request is read.
+    over: Option<Over>,
     /// X-Forwarded-For may be believed when the peer is a trusted proxy.
     forwarded_trusted: bool,
     /// The core's scratch buffers and this connection's timeout slot.
@@ -186,12 +194,13 @@ impl<'a> Conn<'a> {
         };
         known.real_ip = Some(req.client_ip);
         known.plain = req.kind != Kind::Upgrade;
-        let config = &self.gen.config;
         // One copy of the target, for the log line.
         let target = std::mem::take(&mut req.target);
-        if self.over_max_conns {
-            let max = config.max_conns.unwrap_or_default();
-            let refusal = Refusal::Policy(Policy::OverMaxConns { max });
+        if let Some(over) = self.over {
+            let refusal = Refusal::Policy(match over {
+                Over::MaxConns(max) => Policy::OverMaxConns { max },
+                Over::Descriptors(_) | Over::Ceiling => Policy::OutOfDescriptors,
+            });
             return (known, self.refuse(refusal, Some(target), None).await);
         }
         let (route_index, route) = match self.route(&req, &mut known) {
@@ -223,20 +232,16 @@ impl<'a> Conn<'a> {
             _ => None,
         };
         *req.facts = Default::default();
-        let (backend, server, slot) = match self.connect_any(group, req.client_ip).await {
+        let upgrade = req.kind == Kind::Upgrade;
+        let connected = self
+            .connect_any(group, req.client_ip, &req.upstream, upgrade)
+            .await;
+        let (backend, server, slot) = match connected {
             Ok(b) => b,
             Err((refusal, server)) => {
                 return (known, self.refuse(refusal, Some(target), server).await)
             }
         };
-        self.track().set_phase(Phase::Answer);
-        if let Err(e) = self.cx.write_all(backend.peer(), &req.upstream).await {
-            let refusal = Refusal::Backend(outcome::BackendFault::SendFailed(e));
-            return (
-                known,
-                self.refuse(refusal, Some(target), Some(server)).await,
-            );
-        }
         let meters = Meters {
             core: &self.core.metrics,
             route: &self.gen.routes[route_index].1,

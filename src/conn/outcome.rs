@@ -29,7 +29,9 @@ use super::Known;
 pub(super) const MAX_INTERIM: usize = 16;
 
 /// Why ringway answered a request itself, by who is at fault. `Display` is
-/// the reason in the WARN line (and, today, the answer's body).
+/// the reason in the WARN line, with what the operator needs (addresses,
+/// OS errors); [`Refusal::public`] is the answer's body, with nothing
+/// internal.
 #[derive(Debug)]
 pub enum Refusal {
     /// The client's request was wrong, or too slow.
@@ -61,6 +63,8 @@ pub enum ClientFault {
 pub enum Policy {
     /// Accepted beyond `--max-conns`.
     OverMaxConns { max: usize },
+    /// Accepted beyond the room the open-files limit leaves.
+    OutOfDescriptors,
     /// No route for the host and path.
     NoRoute,
     /// An upgrade from an Origin not in `--allow-origin`.
@@ -88,6 +92,8 @@ pub enum BackendFault {
     NoAnswerInTime {
         idle: bool,
     },
+    /// No answer to an upgrade within `--upstream-answer-timeout`.
+    AnswerTimeout(SocketAddr),
     ClosedWithoutAnswer,
     ReadFailed(io::Error),
     BadAnswer(BadResponse),
@@ -97,6 +103,28 @@ pub enum BackendFault {
 #[derive(Debug)]
 pub enum SystemFault {
     ShuttingDown,
+    /// ringway itself lacked a resource to reach a backend: descriptors,
+    /// memory, a local port. Not the backend's fault: never counted
+    /// against it.
+    Local(io::Error),
+}
+
+impl SystemFault {
+    /// Whether an error of a backend connect is ringway's own want of
+    /// resources rather than the backend's doing.
+    pub fn is_local(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::ENOBUFS
+                    | libc::EADDRNOTAVAIL
+                    | libc::EAGAIN
+            )
+        )
+    }
 }
 
 impl Refusal {
@@ -111,15 +139,17 @@ impl Refusal {
                 | ClientFault::PlainHttpOnTls => Status::BadRequest,
             },
             Refusal::Policy(p) => match p {
-                Policy::OverMaxConns { .. } => Status::ServiceUnavailable,
+                Policy::OverMaxConns { .. } | Policy::OutOfDescriptors => {
+                    Status::ServiceUnavailable
+                }
                 Policy::NoRoute => Status::NotFound,
                 Policy::OriginNotAllowed(_) => Status::Forbidden,
                 Policy::PerIpLimit { status, .. } => Status::Other(*status),
             },
             Refusal::Backend(b) => match b {
-                BackendFault::ConnectTimeout(_) | BackendFault::NoAnswerInTime { .. } => {
-                    Status::GatewayTimeout
-                }
+                BackendFault::ConnectTimeout(_)
+                | BackendFault::NoAnswerInTime { .. }
+                | BackendFault::AnswerTimeout(_) => Status::GatewayTimeout,
                 BackendFault::NoServer { .. } => Status::ServiceUnavailable,
                 BackendFault::ConnectFailed(..)
                 | BackendFault::TlsFailed(..)
@@ -129,8 +159,43 @@ impl Refusal {
                 | BackendFault::BadAnswer(_)
                 | BackendFault::TooManyInterim => Status::BadGateway,
             },
-            Refusal::System(SystemFault::ShuttingDown) => Status::ServiceUnavailable,
+            Refusal::System(_) => Status::ServiceUnavailable,
         }
+    }
+
+    /// The answer's body: what the client may know. No address, no OS
+    /// error, no configured value: those are in the WARN line.
+    pub fn public(&self) -> String {
+        let words = match self {
+            // The client's own request: its fault's words are fixed texts.
+            Refusal::Client(c) => return c.to_string(),
+            Refusal::Policy(p) => match p {
+                Policy::OverMaxConns { .. } | Policy::OutOfDescriptors => {
+                    "the server is at its connection limit; try again later"
+                }
+                Policy::NoRoute => "no route for this host and path",
+                Policy::OriginNotAllowed(_) => "this Origin is not allowed",
+                Policy::PerIpLimit { .. } => "too many connections from this address",
+            },
+            Refusal::Backend(b) => match b {
+                BackendFault::ConnectTimeout(_)
+                | BackendFault::NoAnswerInTime { .. }
+                | BackendFault::AnswerTimeout(_) => "the backend did not answer in time",
+                BackendFault::NoServer { .. } => "no backend is available",
+                BackendFault::ConnectFailed(..)
+                | BackendFault::TlsFailed(..)
+                | BackendFault::SendFailed(_)
+                | BackendFault::ClosedWithoutAnswer
+                | BackendFault::ReadFailed(_)
+                | BackendFault::BadAnswer(_)
+                | BackendFault::TooManyInterim => {
+                    "the backend could not be reached or answered badly"
+                }
+            },
+            Refusal::System(SystemFault::ShuttingDown) => "shutting down",
+            Refusal::System(SystemFault::Local(_)) => "temporarily out of resources; try again",
+        };
+        words.to_string()
     }
 }
 
@@ -141,6 +206,12 @@ impl fmt::Display for Refusal {
             Refusal::Policy(p) => p.fmt(f),
             Refusal::Backend(b) => b.fmt(f),
             Refusal::System(SystemFault::ShuttingDown) => f.write_str("shutting down"),
+            Refusal::System(SystemFault::Local(e)) => {
+                write!(
+                    f,
+                    "ringway is out of a local resource ({e}); the backend is not marked"
+                )
+            }
         }
     }
 }
@@ -166,6 +237,9 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Policy::OverMaxConns { max } => write!(f, "over --max-conns ({max} connections open)"),
+            Policy::OutOfDescriptors => f.write_str(
+                "over the connections the open-files limit leaves room for (raise LimitNOFILE)",
+            ),
             Policy::NoRoute => f.write_str("no route for this host and path"),
             Policy::OriginNotAllowed(o) => write!(f, "Origin {o} is not in --allow-origin"),
             Policy::PerIpLimit { ip, tunnels, .. } => {
@@ -194,6 +268,10 @@ impl fmt::Display for BackendFault {
                 f.write_str("no answer from the backend within --idle-timeout")
             }
             BackendFault::NoAnswerInTime { idle: false } => f.write_str("no answer in time"),
+            BackendFault::AnswerTimeout(a) => write!(
+                f,
+                "{a} did not answer the upgrade within --upstream-answer-timeout"
+            ),
             BackendFault::ClosedWithoutAnswer => {
                 f.write_str("the backend closed without answering")
             }
@@ -269,6 +347,8 @@ pub(super) fn expired(e: Expiry) -> Closed {
     match e {
         Expiry::Handshake => Closed::Timeout(Timeout::Handshake),
         Expiry::Connect => Closed::Timeout(Timeout::Connect),
+        Expiry::Answer => Closed::Timeout(Timeout::Answer),
+        Expiry::HalfClose => Closed::Timeout(Timeout::HalfClose),
         Expiry::Idle => Closed::Timeout(Timeout::Idle),
         Expiry::Linger => Closed::Timeout(Timeout::Linger),
         Expiry::Drain => Closed::Shutdown,
@@ -584,10 +664,83 @@ mod tests {
                 503,
                 "shutting down",
             ),
+            (
+                Refusal::Policy(Policy::OutOfDescriptors),
+                503,
+                "over the connections the open-files limit leaves room for (raise LimitNOFILE)",
+            ),
+            (
+                Refusal::Backend(BackendFault::AnswerTimeout(addr)),
+                504,
+                "127.0.0.1:1 did not answer the upgrade within --upstream-answer-timeout",
+            ),
+            (
+                Refusal::System(SystemFault::Local(io::Error::from_raw_os_error(
+                    libc::EMFILE,
+                ))),
+                503,
+                "ringway is out of a local resource (Too many open files (os error 24)); \
+                 the backend is not marked",
+            ),
         ];
         for (refusal, status, words) in cases {
             assert_eq!(refusal.status().code(), status, "{words}");
             assert_eq!(refusal.to_string(), words);
+        }
+    }
+
+    /// Every refusal built with internal detail (an address, an OS error, a
+    /// group's name, a configured number, the client's own Origin):
+    /// none of it reaches the answer's body.
+    #[test]
+    fn answers_carry_nothing_internal() {
+        let addr: SocketAddr = "10.9.8.7:4567".parse().unwrap();
+        let os = || io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let refusals = vec![
+            Refusal::Policy(Policy::OverMaxConns { max: 7654 }),
+            Refusal::Policy(Policy::OutOfDescriptors),
+            Refusal::Policy(Policy::OriginNotAllowed("https://sneaky.example".into())),
+            Refusal::Policy(Policy::PerIpLimit {
+                ip: "10.9.8.7".parse().unwrap(),
+                tunnels: 7654,
+                status: 429,
+            }),
+            Refusal::Backend(BackendFault::ConnectTimeout(addr)),
+            Refusal::Backend(BackendFault::ConnectFailed(addr, os())),
+            Refusal::Backend(BackendFault::TlsFailed(addr, os())),
+            Refusal::Backend(BackendFault::NoServer {
+                group: "secretgroup".into(),
+            }),
+            Refusal::Backend(BackendFault::SendFailed(os())),
+            Refusal::Backend(BackendFault::NoAnswerInTime { idle: true }),
+            Refusal::Backend(BackendFault::AnswerTimeout(addr)),
+            Refusal::Backend(BackendFault::ClosedWithoutAnswer),
+            Refusal::Backend(BackendFault::ReadFailed(os())),
+            Refusal::Backend(BackendFault::BadAnswer(BadResponse::Malformed)),
+            Refusal::Backend(BackendFault::TooManyInterim),
+            Refusal::System(SystemFault::ShuttingDown),
+            Refusal::System(SystemFault::Local(io::Error::from_raw_os_error(
+                libc::EMFILE,
+            ))),
+        ];
+        for refusal in refusals {
+            let body = refusal.public();
+            let answer = String::from_utf8(refusal.status().response(&body)).unwrap();
+            for secret in [
+                "10.9.8.7",
+                "4567",
+                "7654",
+                "os error",
+                "refused",
+                "secretgroup",
+                "sneaky",
+                "--",
+                "files",
+                "Too many",
+            ] {
+                assert!(!answer.contains(secret), "{secret:?} in {answer:?}");
+            }
+            assert!(!body.is_empty());
         }
     }
 
@@ -673,7 +826,19 @@ mod tests {
             (Closed::Drained, CloseReason::Drain),
             (
                 Closed::ClientError(io::ErrorKind::ConnectionReset),
+                CloseReason::ClientReset,
+            ),
+            (
+                Closed::ClientError(io::ErrorKind::TimedOut),
+                CloseReason::ClientTimeout,
+            ),
+            (
+                Closed::ClientError(io::ErrorKind::InvalidData),
                 CloseReason::Error,
+            ),
+            (
+                Closed::Timeout(Timeout::HalfClose),
+                CloseReason::HalfCloseTimeout,
             ),
         ] {
             let metrics = CoreMetrics::new();

@@ -101,6 +101,7 @@ pub(super) fn relay<'a>(
                 }
                 (Ok(_), _) => {
                     flow.closed(closer(from));
+                    cx.track.half_closed();
                     if let Some(w) = watch {
                         w.ended();
                     }
@@ -208,7 +209,10 @@ async fn ride<'a>(
     match end {
         DirEnd::Released => return Ridden::Released,
         DirEnd::Bulk => return Ridden::Bulk,
-        DirEnd::Eof => flow.closed(closer(from)),
+        DirEnd::Eof => {
+            flow.closed(closer(from));
+            cx.track.half_closed();
+        }
         DirEnd::Failed { errno, op } => {
             let e = io::Error::from_raw_os_error(errno);
             let (e, from) = match op {

@@ -1,10 +1,13 @@
 //! The backend of a connection: a server of its route's group, chosen by
 //! the group's balancer and connected without blocking (then the group's
-//! PROXY header, then TLS for a wss:// server), retried on the next server
-//! as nginx's `proxy_next_upstream error timeout` does. A connect that
-//! fails counts against its server (`max_fails`/`fail_timeout`); the
-//! balancer never hears of answers, so a backend that answers badly is
-//! never marked.
+//! PROXY header, then TLS for a wss:// server), sent the request head and,
+//! for an upgrade, waited on for the first byte of its answer
+//! (`--upstream-answer-timeout`); retried on the next server as nginx's
+//! `proxy_next_upstream error timeout` does. A connect or send that fails,
+//! or an upgrade left unanswered, counts against its server
+//! (`max_fails`/`fail_timeout`); a failure that is ringway's own (no
+//! descriptor, no memory, no local port) counts against nobody and is
+//! answered 503 at once. A backend that answers badly is never marked.
 
 use std::cell::RefCell;
 use std::io;
@@ -84,14 +87,17 @@ impl Drop for ServerSlot<'_> {
 pub(super) type NoServer<'a> = (Refusal, Option<&'a Server>);
 
 impl<'a> Conn<'a> {
-    /// Try servers of group `g` in its balancer's order until one accepts,
-    /// at most --upstream-tries of them, for `client` (the real client: the
-    /// key of ip-hash). Failed connects count against their server (nginx's
-    /// max_fails/fail_timeout, on this core).
+    /// Try servers of group `g` in its balancer's order until one accepts
+    /// `head` (and, for an `upgrade`, starts to answer it in time), at most
+    /// --upstream-tries of them, for `client` (the real client: the key of
+    /// ip-hash). Failures count against their server (nginx's
+    /// max_fails/fail_timeout, on this core), except ringway's own.
     pub(super) async fn connect_any(
         &self,
         g: usize,
         client: IpAddr,
+        head: &[u8],
+        upgrade: bool,
     ) -> Result<(Backend<'a>, &'a Server, ServerSlot<'a>), NoServer<'a>> {
         let gen: &'a Generation = self.gen;
         let group = &gen.config.groups[g];
@@ -123,16 +129,30 @@ impl<'a> Conn<'a> {
             let start = Instant::now();
             let failure = match self.connect(group, b).await {
                 Ok(stream) => {
-                    let now = Instant::now();
-                    self.core.metrics.connect.observe(now - start);
-                    balancer.succeeded(i, now);
-                    return Ok((stream, b, slot));
-                }
-                Err(_) if self.track().expired() == Some(Expiry::Drain) => {
-                    return Err((Refusal::System(SystemFault::ShuttingDown), Some(b)));
+                    self.core.metrics.connect.observe(start.elapsed());
+                    match self.send_head(&stream, b, head, upgrade).await {
+                        Ok(()) => {
+                            balancer.succeeded(i, Instant::now());
+                            return Ok((stream, b, slot));
+                        }
+                        Err(failure) => failure,
+                    }
                 }
                 Err(failure) => failure,
             };
+            if self.track().expired() == Some(Expiry::Drain) {
+                return Err((Refusal::System(SystemFault::ShuttingDown), Some(b)));
+            }
+            if let BackendFault::ConnectFailed(_, e) = &failure {
+                if SystemFault::is_local(e) {
+                    // Ours, not the server's: every server would fail alike.
+                    self.core.metrics.local_failures.inc();
+                    let BackendFault::ConnectFailed(_, e) = failure else {
+                        unreachable!("matched above")
+                    };
+                    return Err((Refusal::System(SystemFault::Local(e)), Some(b)));
+                }
+            }
             if slot.failed(Instant::now(), b.params.fail_timeout) {
                 log::warn!(
                     "group {} server {} ({}) marked unavailable for {:?}: {failure}",
@@ -151,6 +171,41 @@ impl<'a> Conn<'a> {
                 (Refusal::Backend(BackendFault::NoServer { group }), None)
             }
         })
+    }
+
+    /// Send the request head to a connected backend; for an upgrade, wait
+    /// (--upstream-answer-timeout) until its answer starts to arrive. A
+    /// readiness wait holds no bytes, so the sweep may end it.
+    async fn send_head(
+        &self,
+        backend: &Backend<'_>,
+        b: &Server,
+        head: &[u8],
+        upgrade: bool,
+    ) -> Result<(), BackendFault> {
+        self.track().set_phase(if upgrade {
+            Phase::UpgradeAnswer
+        } else {
+            Phase::Answer
+        });
+        if let Err(e) = self.cx.write_all(backend.peer(), head).await {
+            return Err(BackendFault::SendFailed(e));
+        }
+        if !upgrade {
+            return Ok(());
+        }
+        let tls_ready = backend
+            .session
+            .as_ref()
+            .is_some_and(|s| s.borrow().has_pending());
+        if !tls_ready {
+            // An error here is the answer's reading to find and tell.
+            let _ = backend.stream.readable(false).await;
+        }
+        if self.track().expired() == Some(Expiry::Answer) {
+            return Err(BackendFault::AnswerTimeout(b.addr));
+        }
+        Ok(())
     }
 
     /// A non-blocking connect (then the group's PROXY header, then the TLS
@@ -198,6 +253,9 @@ impl<'a> Conn<'a> {
         )
         .map_err(failed)?;
         sock.set_nodelay(true).map_err(failed)?;
+        if let Some(k) = self.core.keepalive().0 {
+            sys::set_keepalive(&sock, k.idle, k.interval, k.count).map_err(failed)?;
+        }
         match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -270,7 +270,7 @@ mod tests {
         std::net::TcpListener,
     ) {
         let ms = Duration::from_millis;
-        let sw = Rc::new(Sweeper::new(ms(1000), ms(1000), ms(1000)));
+        let sw = Rc::new(Sweeper::new(crate::io::sweep::Timeouts::all(ms(1000))));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let t = sw.register(std::os::fd::AsRawFd::as_raw_fd(&c));

@@ -146,7 +146,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let s = Duration::from_secs(10);
-            let sweeper = Rc::new(Sweeper::new(s, s, s));
+            let sweeper = Rc::new(Sweeper::new(crate::io::sweep::Timeouts::all(s)));
             let scratch = Scratch::new(65536, false, false);
             let pipes = Pipes::new(1);
             // Tunnel A: its destination's peer has reset.

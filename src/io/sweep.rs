@@ -34,12 +34,21 @@ pub enum Phase {
     Handshake,
     /// Connecting to a backend: `--connect-timeout` from the attempt's start.
     Connect,
-    /// Request sent, the backend's answer not yet read: `--idle-timeout`
-    /// since the last byte; expiry shuts only the backend down, so the
-    /// client still gets its 504.
+    /// A plain request sent, the backend's answer not yet read:
+    /// `--idle-timeout` since the last byte (a long poll may take that
+    /// long); expiry shuts only the backend down, so the client still gets
+    /// its 504.
     Answer,
+    /// An upgrade sent, the backend's answer not yet read:
+    /// `--upstream-answer-timeout` since the last byte; expiry shuts only
+    /// the backend down (the next server is tried, or the client gets its
+    /// 504).
+    UpgradeAnswer,
     /// Answer forwarded, tunnel open: `--idle-timeout` since the last byte.
     Active,
+    /// A tunnel one side of which has closed its writing half:
+    /// `--half-close-timeout` since the last byte.
+    HalfClosed,
     /// An error answer was sent; discarding what the client still sends,
     /// for [`LINGER`] at most.
     Linger,
@@ -50,7 +59,10 @@ pub enum Phase {
 pub enum Expiry {
     Handshake,
     Connect,
+    /// `--upstream-answer-timeout`.
+    Answer,
     Idle,
+    HalfClose,
     Linger,
     Drain,
 }
@@ -107,31 +119,73 @@ pub struct Sweeper {
     current: Cell<u16>,
 }
 
+/// The timeouts of one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub connect: Duration,
+    /// The wait for a backend's answer to an upgrade.
+    pub answer: Duration,
+    pub idle: Duration,
+    pub half_close: Duration,
+}
+
+impl Timeouts {
+    /// Every timeout `d` (tests).
+    pub fn all(d: Duration) -> Timeouts {
+        Timeouts {
+            handshake: d,
+            connect: d,
+            answer: d,
+            idle: d,
+            half_close: d,
+        }
+    }
+}
+
 /// One configuration's timeouts, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Limits {
     handshake: u64,
     connect: u64,
+    answer: u64,
     idle: u64,
+    half_close: u64,
 }
 
 impl Limits {
-    fn new(handshake: Duration, connect: Duration, idle: Duration) -> Limits {
+    fn new(t: Timeouts) -> Limits {
+        let ms = |d: Duration| d.as_millis() as u64;
         Limits {
-            handshake: handshake.as_millis() as u64,
-            connect: connect.as_millis() as u64,
-            idle: idle.as_millis() as u64,
+            handshake: ms(t.handshake),
+            connect: ms(t.connect),
+            answer: ms(t.answer),
+            idle: ms(t.idle),
+            half_close: ms(t.half_close),
         }
+    }
+
+    fn shortest(&self) -> u64 {
+        [
+            self.handshake,
+            self.connect,
+            self.answer,
+            self.idle,
+            self.half_close,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(1000)
     }
 }
 
 impl Sweeper {
-    pub fn new(handshake: Duration, connect: Duration, idle: Duration) -> Sweeper {
+    pub fn new(timeouts: Timeouts) -> Sweeper {
         Sweeper {
             slots: RefCell::new(Slab::new()),
             start: Instant::now(),
             now: Cell::new(0),
-            limits: RefCell::new(vec![Limits::new(handshake, connect, idle)]),
+            limits: RefCell::new(vec![Limits::new(timeouts)]),
             current: Cell::new(0),
         }
     }
@@ -139,8 +193,8 @@ impl Sweeper {
     /// New timeouts (a configuration reload), for connections registered
     /// from now on; live ones keep theirs. Each distinct set is kept once
     /// (a few bytes), so connections carry only its index.
-    pub fn set_timeouts(&self, handshake: Duration, connect: Duration, idle: Duration) {
-        let new = Limits::new(handshake, connect, idle);
+    pub fn set_timeouts(&self, timeouts: Timeouts) {
+        let new = Limits::new(timeouts);
         let mut limits = self.limits.borrow_mut();
         let index = match limits.iter().position(|&l| l == new) {
             Some(i) => i,
@@ -165,7 +219,7 @@ impl Sweeper {
             .limits
             .borrow()
             .iter()
-            .map(|l| l.handshake.min(l.connect).min(l.idle))
+            .map(Limits::shortest)
             .min()
             .unwrap_or(1000);
         Duration::from_millis((shortest / 10).clamp(10, 1000))
@@ -235,6 +289,8 @@ impl Sweeper {
                 Phase::Handshake => (l.handshake, Expiry::Handshake),
                 Phase::Connect => (l.connect, Expiry::Connect),
                 Phase::Answer | Phase::Active => (l.idle, Expiry::Idle),
+                Phase::UpgradeAnswer => (l.answer, Expiry::Answer),
+                Phase::HalfClosed => (l.half_close, Expiry::HalfClose),
                 Phase::Linger => (LINGER.as_millis() as u64, Expiry::Linger),
             };
             if now.saturating_sub(slot.stamp.get()) >= limit {
@@ -276,8 +332,8 @@ fn expire(slot: &Slot, why: Expiry, now: u64) {
     match (why, slot.phase.get()) {
         // Keep the client's write side: it gets a 408.
         (Expiry::Handshake, _) => sys::shutdown_raw(slot.client, Half::Read),
-        // Keep the client: it gets a 504.
-        (Expiry::Connect, _) | (Expiry::Idle, Phase::Answer) => {
+        // Keep the client: it gets a 504, or the next server.
+        (Expiry::Connect | Expiry::Answer, _) | (Expiry::Idle, Phase::Answer) => {
             if backend >= 0 {
                 sys::shutdown_raw(backend, Half::Both);
             }
@@ -328,6 +384,17 @@ impl Tracked {
         self.slot.stamp.set(self.sweeper.refresh());
         if self.slot.expired.get() != Some(Expiry::Drain) {
             self.slot.expired.set(None);
+        }
+    }
+
+    /// One direction of an open tunnel ended with its source's FIN: the
+    /// other has `--half-close-timeout` (since its last byte) to end too.
+    /// Nothing once the connection has expired (its end is the expiry's),
+    /// or for the second direction to end.
+    pub fn half_closed(&self) {
+        if self.slot.expired.get().is_none() && self.slot.phase.get() == Phase::Active {
+            self.slot.phase.set(Phase::HalfClosed);
+            self.slot.stamp.set(self.sweeper.refresh());
         }
     }
 
@@ -402,9 +469,40 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
+    fn a_half_closed_tunnel_has_its_own_deadline() {
+        let ms = Duration::from_millis;
+        let sw = Rc::new(Sweeper::new(Timeouts {
+            half_close: ms(30),
+            answer: ms(30),
+            ..Timeouts::all(ms(5000))
+        }));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let open = sw.register(c.as_raw_fd());
+        open.set_phase(Phase::Active);
+        let half = sw.register(c.as_raw_fd());
+        half.set_phase(Phase::Active);
+        half.half_closed();
+        let answer = sw.register(c.as_raw_fd());
+        answer.set_phase(Phase::UpgradeAnswer);
+        std::thread::sleep(ms(50));
+        sw.tick();
+        assert_eq!(open.expired(), None, "idle is 5 s");
+        assert_eq!(half.expired(), Some(Expiry::HalfClose));
+        assert_eq!(answer.expired(), Some(Expiry::Answer));
+        // An expired tunnel's directions ending do not hide the expiry.
+        sw.expire_all(Expiry::Idle);
+        open.half_closed();
+        assert_eq!(open.expired(), Some(Expiry::Idle));
+    }
+
+    #[test]
     fn deadlines_by_phase() {
         let ms = Duration::from_millis;
-        let sw = Rc::new(Sweeper::new(ms(40), ms(1000), ms(1000)));
+        let sw = Rc::new(Sweeper::new(Timeouts {
+            handshake: ms(40),
+            ..Timeouts::all(ms(1000))
+        }));
         assert_eq!(sw.tick_interval(), ms(10));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -436,17 +534,17 @@ mod tests {
     #[test]
     fn a_reload_s_timeouts_are_for_new_connections_only() {
         let ms = Duration::from_millis;
-        let sw = Rc::new(Sweeper::new(ms(40), ms(40), ms(40)));
+        let sw = Rc::new(Sweeper::new(Timeouts::all(ms(40))));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let old = sw.register(c.as_raw_fd());
         old.set_phase(Phase::Active);
-        sw.set_timeouts(ms(5000), ms(5000), ms(5000));
+        sw.set_timeouts(Timeouts::all(ms(5000)));
         assert_eq!(sw.tick_interval(), ms(10), "the old set is still in use");
         let new = sw.register(c.as_raw_fd());
         new.set_phase(Phase::Active);
         // Back to the first set: no new entry.
-        sw.set_timeouts(ms(40), ms(40), ms(40));
+        sw.set_timeouts(Timeouts::all(ms(40)));
         assert_eq!(sw.limits.borrow().len(), 2);
         std::thread::sleep(ms(60));
         sw.tick();
@@ -458,7 +556,10 @@ mod tests {
     fn an_expired_connection_stuck_in_its_phase_is_shut_for_good() {
         let ms = Duration::from_millis;
         // A clock that started 10 s ago, so that stamps can be moved back.
-        let mut sweeper = Sweeper::new(ms(20), ms(1000), ms(1000));
+        let mut sweeper = Sweeper::new(Timeouts {
+            handshake: ms(20),
+            ..Timeouts::all(ms(1000))
+        });
         sweeper.start -= Duration::from_secs(10);
         let sw = Rc::new(sweeper);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

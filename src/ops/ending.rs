@@ -42,10 +42,15 @@ pub enum Timeout {
     Handshake,
     /// `--connect-timeout`.
     Connect,
+    /// `--upstream-answer-timeout`.
+    Answer,
     /// `--idle-timeout`: no byte either way.
     Idle,
     /// The linger after an error answer.
     Linger,
+    /// `--half-close-timeout`: one side of a tunnel had closed, the other
+    /// did not follow.
+    HalfClose,
 }
 
 /// Why a connection closed.
@@ -61,7 +66,9 @@ pub enum Closed {
     Client,
     /// The backend closed its side.
     Backend,
-    /// Reading from or writing to the client failed.
+    /// Reading from or writing to the client failed: a reset, the kernel
+    /// giving up on it (keepalive or retransmission timeout), or another
+    /// error (see [`Closed::metric`] and the words).
     ClientError(io::ErrorKind),
     /// Reading from or writing to the backend failed.
     BackendError(io::ErrorKind),
@@ -79,14 +86,44 @@ impl Closed {
         match self {
             Closed::Client => CloseReason::Client,
             Closed::Backend | Closed::Complete => CloseReason::Backend,
+            Closed::ClientError(k) => match failure(k) {
+                Failure::Reset => CloseReason::ClientReset,
+                Failure::TimedOut => CloseReason::ClientTimeout,
+                Failure::Other => CloseReason::Error,
+            },
+            Closed::BackendError(k) => match failure(k) {
+                Failure::Reset => CloseReason::BackendReset,
+                Failure::TimedOut => CloseReason::BackendTimeout,
+                Failure::Other => CloseReason::Error,
+            },
             Closed::Timeout(Timeout::Idle) => CloseReason::IdleTimeout,
+            Closed::Timeout(Timeout::HalfClose) => CloseReason::HalfCloseTimeout,
             Closed::Shutdown | Closed::Drained => CloseReason::Drain,
-            Closed::Refused
-            | Closed::CutShort
-            | Closed::ClientError(_)
-            | Closed::BackendError(_)
-            | Closed::Timeout(_) => CloseReason::Error,
+            Closed::Refused | Closed::CutShort | Closed::Timeout(_) => CloseReason::Error,
         }
+    }
+}
+
+/// What a failed transfer says about its peer.
+enum Failure {
+    /// The connection was reset (or aborted): the peer, or a middlebox,
+    /// sent a RST.
+    Reset,
+    /// The kernel gave up: keepalive probes or retransmissions went
+    /// unanswered (`ETIMEDOUT`; ringway's own timeouts never end this way,
+    /// they shut the sockets down and say so themselves).
+    TimedOut,
+    Other,
+}
+
+fn failure(k: io::ErrorKind) -> Failure {
+    match k {
+        // A send after the peer's RST fails with EPIPE.
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => Failure::Reset,
+        io::ErrorKind::TimedOut => Failure::TimedOut,
+        _ => Failure::Other,
     }
 }
 
@@ -98,9 +135,18 @@ impl fmt::Display for Closed {
             Closed::CutShort => f.write_str("cut short"),
             Closed::Client => f.write_str("client closed"),
             Closed::Backend => f.write_str("backend closed"),
-            Closed::ClientError(k) => write!(f, "client error: {k}"),
-            Closed::BackendError(k) => write!(f, "backend error: {k}"),
+            Closed::ClientError(k) => match failure(*k) {
+                Failure::Reset => f.write_str("client reset"),
+                Failure::TimedOut => f.write_str("client tcp timeout"),
+                Failure::Other => write!(f, "client error: {k}"),
+            },
+            Closed::BackendError(k) => match failure(*k) {
+                Failure::Reset => f.write_str("backend reset"),
+                Failure::TimedOut => f.write_str("backend tcp timeout"),
+                Failure::Other => write!(f, "backend error: {k}"),
+            },
             Closed::Timeout(Timeout::Idle) => f.write_str("idle timeout"),
+            Closed::Timeout(Timeout::HalfClose) => f.write_str("half-close timeout"),
             Closed::Timeout(t) => write!(f, "{t:?} timeout"),
             Closed::Shutdown => f.write_str("closed at shutdown"),
             Closed::Drained => f.write_str("drained (close 1001 sent)"),
@@ -122,13 +168,33 @@ mod tests {
             (Closed::Backend, "backend closed", CloseReason::Backend),
             (
                 Closed::ClientError(io::ErrorKind::ConnectionReset),
-                "client error: connection reset",
-                CloseReason::Error,
+                "client reset",
+                CloseReason::ClientReset,
             ),
             (
                 Closed::BackendError(io::ErrorKind::BrokenPipe),
-                "backend error: broken pipe",
+                "backend reset",
+                CloseReason::BackendReset,
+            ),
+            (
+                Closed::ClientError(io::ErrorKind::TimedOut),
+                "client tcp timeout",
+                CloseReason::ClientTimeout,
+            ),
+            (
+                Closed::BackendError(io::ErrorKind::TimedOut),
+                "backend tcp timeout",
+                CloseReason::BackendTimeout,
+            ),
+            (
+                Closed::ClientError(io::ErrorKind::InvalidData),
+                "client error: invalid data",
                 CloseReason::Error,
+            ),
+            (
+                Closed::Timeout(Timeout::HalfClose),
+                "half-close timeout",
+                CloseReason::HalfCloseTimeout,
             ),
             (
                 Closed::Timeout(Timeout::Idle),

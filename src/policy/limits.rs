@@ -98,28 +98,74 @@ impl Drop for IpSlot<'_> {
     }
 }
 
-/// All open client connections of the process, for `--max-conns`.
-#[derive(Debug, Default)]
+/// All open client connections of the process, for `--max-conns` and for
+/// the room the open-files limit leaves.
+#[derive(Debug)]
 pub struct Total {
     open: AtomicUsize,
+    /// Connections the open-files limit leaves room for, two descriptors
+    /// each ([`Total::set_room`]; unbounded until set).
+    room: AtomicUsize,
+    /// Connections beyond which a new one is closed at once, unanswered:
+    /// each over [`Total::room`] still holds a descriptor until it is
+    /// answered, and those must not eat the reserve that the metrics
+    /// endpoint, the logs and reloads live on.
+    ceiling: AtomicUsize,
+}
+
+impl Default for Total {
+    fn default() -> Total {
+        Total {
+            open: AtomicUsize::new(0),
+            room: AtomicUsize::new(usize::MAX),
+            ceiling: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+/// Which cap a connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// `--max-conns`.
+    MaxConns(usize),
+    /// The room the open-files limit leaves (answered 503 as for
+    /// `--max-conns`).
+    Descriptors(usize),
+    /// Far over that room: closed at once, unanswered.
+    Ceiling,
 }
 
 /// One counted connection; released on drop.
 #[derive(Debug)]
 pub struct TotalSlot<'a> {
     owner: &'a Total,
-    /// Counted beyond `--max-conns`: to be refused.
-    pub over: bool,
+    /// Counted beyond a cap: to be refused.
+    pub over: Option<Over>,
 }
 
 impl Total {
-    /// Count a new connection; `over` when it makes more than `max`.
+    /// Count a new connection; `over` when it makes more than `max`, or
+    /// more than the descriptors allow.
     pub fn enter(&self, max: Option<usize>) -> TotalSlot<'_> {
         let before = self.open.fetch_add(1, Ordering::Relaxed);
-        TotalSlot {
-            owner: self,
-            over: max.is_some_and(|m| before >= m),
-        }
+        let room = self.room.load(Ordering::Relaxed);
+        let over = if before >= self.ceiling.load(Ordering::Relaxed) {
+            Some(Over::Ceiling)
+        } else if let Some(m) = max.filter(|&m| before >= m && m <= room) {
+            Some(Over::MaxConns(m))
+        } else if before >= room {
+            Some(Over::Descriptors(room))
+        } else {
+            None
+        };
+        TotalSlot { owner: self, over }
+    }
+
+    /// Bound connections by descriptors: `room` of them may be served,
+    /// `ceiling` (at least `room`) may be open at all.
+    pub fn set_room(&self, room: usize, ceiling: usize) {
+        self.room.store(room, Ordering::Relaxed);
+        self.ceiling.store(ceiling.max(room), Ordering::Relaxed);
     }
 
     pub fn open(&self) -> usize {
@@ -384,10 +430,29 @@ mod tests {
         let a = t.enter(Some(2));
         let b = t.enter(Some(2));
         let c = t.enter(Some(2));
-        assert!(!a.over && !b.over && c.over);
+        assert_eq!((a.over, b.over), (None, None));
+        assert_eq!(c.over, Some(Over::MaxConns(2)));
         drop(c);
         assert_eq!(t.open(), 2);
-        assert!(!t.enter(None).over);
+        assert_eq!(t.enter(None).over, None);
+    }
+
+    #[test]
+    fn total_keeps_room_for_the_descriptors() {
+        let t = Total::default();
+        t.set_room(2, 3);
+        let _a = t.enter(None);
+        let _b = t.enter(Some(10));
+        // Over the room: answered 503 like --max-conns...
+        let c = t.enter(Some(10));
+        assert_eq!(c.over, Some(Over::Descriptors(2)));
+        // ...a --max-conns below the room says so itself...
+        drop(c);
+        assert_eq!(t.enter(Some(1)).over, Some(Over::MaxConns(1)));
+        // ...and past the ceiling they are closed unanswered.
+        let _c = t.enter(None);
+        assert_eq!(t.enter(None).over, Some(Over::Ceiling));
+        assert_eq!(t.open(), 3, "the refused ones are given back");
     }
 
     #[test]

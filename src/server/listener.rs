@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::config::Keepalive;
 use crate::sys;
 
 /// Why a listener could not be built.
@@ -29,13 +30,14 @@ pub enum ListenError {
 }
 
 /// Bind `count` listeners that share `addr`, all non-blocking (monoio's epoll
-/// driver needs that) and with TCP_NODELAY (which the sockets they accept
-/// inherit), in group order. Returns them and the bound address
+/// driver needs that) and with TCP_NODELAY and `keepalive` (which the
+/// sockets they accept inherit), in group order. Returns them and the bound address
 /// (port 0 resolved).
 pub fn bind_group(
     addr: SocketAddr,
     count: usize,
     backlog: u32,
+    keepalive: Keepalive,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ListenError> {
     let io_err = |source| ListenError::Io { addr, source };
     let new_socket = || -> io::Result<Socket> {
@@ -48,6 +50,11 @@ pub fn bind_group(
         // Inherited by every accepted socket (as nginx's tcp_nodelay): one
         // setsockopt per listener instead of one per connection.
         s.set_nodelay(true)?;
+        // Inherited too: dead clients are found without a syscall per
+        // connection.
+        if let Some(k) = keepalive.0 {
+            sys::set_keepalive(&s, k.idle, k.interval, k.count)?;
+        }
         if addr.is_ipv6() {
             // Like nginx's ipv6only=on: [::] does not also take IPv4.
             s.set_only_v6(true)?;
@@ -126,7 +133,8 @@ mod tests {
 
     #[test]
     fn accepted_sockets_inherit_tcp_nodelay() {
-        let (group, bound) = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
+        let (group, bound) =
+            bind_group("127.0.0.1:0".parse().unwrap(), 1, 16, Keepalive(None)).unwrap();
         let _c = std::net::TcpStream::connect(bound).unwrap();
         let l = &group[0];
         l.set_nonblocking(false).unwrap();
@@ -135,8 +143,37 @@ mod tests {
     }
 
     #[test]
+    fn accepted_sockets_inherit_keepalive() {
+        use std::time::Duration;
+        let probes = crate::config::KeepaliveProbes {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            count: 4,
+        };
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let (group, bound) = bind_group(addr, 1, 16, Keepalive(Some(probes))).unwrap();
+        let _c = std::net::TcpStream::connect(bound).unwrap();
+        let l = &group[0];
+        l.set_nonblocking(false).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let a = socket2::SockRef::from(&a);
+        assert!(a.keepalive().unwrap());
+        assert_eq!(a.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(a.keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(a.keepalive_retries().unwrap(), 4);
+        assert_eq!(a.tcp_user_timeout().unwrap(), Some(Duration::from_secs(19)));
+        // Off: nothing set.
+        let (group, bound) = bind_group(addr, 1, 16, Keepalive(None)).unwrap();
+        let _c = std::net::TcpStream::connect(bound).unwrap();
+        group[0].set_nonblocking(false).unwrap();
+        let (a, _) = group[0].accept().unwrap();
+        assert!(!socket2::SockRef::from(&a).keepalive().unwrap());
+    }
+
+    #[test]
     fn port_zero_gives_one_port_to_the_whole_group() {
-        let (group, bound) = bind_group("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let (group, bound) =
+            bind_group("127.0.0.1:0".parse().unwrap(), 3, 16, Keepalive(None)).unwrap();
         assert_ne!(bound.port(), 0);
         for l in &group {
             assert_eq!(l.local_addr().unwrap(), bound);
@@ -148,14 +185,15 @@ mod tests {
     fn an_address_held_by_someone_else_is_refused() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = other.local_addr().unwrap();
-        match bind_group(addr, 2, 16) {
+        match bind_group(addr, 2, 16, Keepalive(None)) {
             Err(ListenError::InUse { addr: a }) => assert_eq!(a, addr),
             other => panic!("expected InUse, got {other:?}"),
         }
         // Even a process that also uses SO_REUSEPORT is not silently joined.
-        let (_ours, bound) = bind_group("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let (_ours, bound) =
+            bind_group("127.0.0.1:0".parse().unwrap(), 2, 16, Keepalive(None)).unwrap();
         assert!(matches!(
-            bind_group(bound, 2, 16),
+            bind_group(bound, 2, 16, Keepalive(None)),
             Err(ListenError::InUse { .. })
         ));
     }

@@ -137,27 +137,47 @@ impl Operations {
     }
 }
 
-/// Descriptors kept aside from tunnels: listeners, rings, logs, timers.
+/// Descriptors kept aside from tunnels besides each worker's own: the
+/// metrics endpoint's clients, the logs, a reload's configuration and
+/// certificate files, the process's own.
 const FD_RESERVE: u64 = 64;
+
+/// Descriptors each worker holds besides its connections: its listeners,
+/// its rings and their eventfd, its timer; its splice pipes come on top.
+const FD_PER_WORKER: u64 = 8;
 
 /// Tunnels below which a host's open-files limit earns a warning.
 const FEW_TUNNELS: u64 = 10_000;
 
-/// Raise the open-files limit as far as allowed, and say what it allows.
-fn check_fd_limit(startup: &Startup) {
+/// Raise the open-files limit as far as allowed, say what it allows, and
+/// bound connections by it (`shared`): a client beyond the room its two
+/// descriptors need is answered 503 as over `--max-conns`, before it can
+/// take the descriptor its backend needs; one far beyond is closed
+/// unanswered, so that the reserve (the metrics endpoint, the logs,
+/// reloads) is never spent.
+fn check_fd_limit(startup: &Startup, shared: &Shared) {
     match crate::sys::raise_nofile_limit() {
         Ok((soft, hard)) => {
-            let listeners = startup.listen.len();
-            let fixed = FD_RESERVE + (listeners * startup.workers) as u64;
+            let per_worker =
+                FD_PER_WORKER + startup.listen.len() as u64 + 2 * startup.splice_pipes as u64;
+            let reserve = FD_RESERVE + crate::ops::metrics::MAX_CLIENTS as u64;
+            let fixed = reserve + per_worker * startup.workers as u64;
             let tunnels = soft.saturating_sub(fixed) / 2;
+            // Those over the room hold one descriptor each until answered:
+            // they may take half of the reserve.
+            let ceiling = tunnels + reserve / 2;
+            shared.total.set_room(
+                usize::try_from(tunnels).unwrap_or(usize::MAX),
+                usize::try_from(ceiling).unwrap_or(usize::MAX),
+            );
             if tunnels < FEW_TUNNELS {
                 log::warn!(
-                    "open-files limit {soft} (hard {hard}) holds only about {tunnels} tunnels \
-                     (2 descriptors each); raise it: `ulimit -n 1048576`, LimitNOFILE= in the \
-                     systemd unit, see tuning/"
+                    "open-files limit {soft} (hard {hard}) holds only {tunnels} tunnels \
+                     (2 descriptors each; more get 503); raise it: `ulimit -n 1048576`, \
+                     LimitNOFILE= in the systemd unit, see tuning/"
                 );
             } else {
-                log::info!("open-files limit {soft}: room for about {tunnels} tunnels");
+                log::info!("open-files limit {soft}: room for {tunnels} tunnels (more get 503)");
             }
         }
         Err(e) => log::warn!("cannot read the open-files limit: {e}"),
@@ -175,7 +195,8 @@ pub fn start(settings: Settings, shutdown: Shutdown) -> Result<Server, ServerErr
 /// settings (the workers take its configuration in force).
 pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server, ServerError> {
     let startup = reloader.startup();
-    check_fd_limit(startup);
+    let shared = Arc::new(Shared::default());
+    check_fd_limit(startup, &shared);
     let n = startup.workers;
     let cores = if startup.pin {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -188,7 +209,6 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
     let mut per_worker: Vec<Vec<(std::net::TcpListener, Listen)>> =
         (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let shared = Arc::new(Shared::default());
     let access = AccessLog::start(startup.access_log.clone(), startup.access_log_format)?;
     let metrics = Arc::new(Metrics::new(n));
     let metrics_addr = match startup.metrics_listen {
@@ -198,7 +218,8 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
         None => None,
     };
     for &listen in &startup.listen {
-        let (group, bound) = listener::bind_group(listen.addr, n, startup.backlog)?;
+        let (group, bound) =
+            listener::bind_group(listen.addr, n, startup.backlog, startup.tcp_keepalive)?;
         // Steering maps a CPU to one socket: with more workers than cores,
         // the extra workers would never get a connection, so leave it to
         // the kernel's hash then.

@@ -39,6 +39,12 @@ impl Proxy {
     /// Start ringway with `args` (plus `--listen 127.0.0.1:0 --workers 2`
     /// unless given) and wait until it listens.
     pub fn start(args: &[&str]) -> Proxy {
+        Proxy::start_via(&[], args)
+    }
+
+    /// [`Proxy::start`] through a wrapper that execs ringway (`prlimit
+    /// --nofile=N:N --`, say), so that the process is still ringway.
+    pub fn start_via(wrapper: &[&str], args: &[&str]) -> Proxy {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--listen") {
             all.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -47,7 +53,16 @@ impl Proxy {
             all.extend(["--workers".into(), "2".into()]);
         }
         all.extend(["--log-level".into(), "debug".into()]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        let bin = env!("CARGO_BIN_EXE_ringway");
+        let mut command = match wrapper {
+            [] => Command::new(bin),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
+        let mut child = command
             .args(&all)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -186,6 +201,16 @@ impl Proxy {
             );
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The numbers of the process's open descriptors.
+    pub fn fd_numbers(&self) -> Vec<usize> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Open file descriptors of the process.

@@ -83,24 +83,40 @@ impl Gauge {
 /// Why a tunnel ended, for `ringway_tunnels_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client closed (or sent a close frame).
+    /// The client closed (a FIN, or a close frame and then a FIN).
     Client,
     /// The backend closed.
     Backend,
+    /// The client's connection was reset.
+    ClientReset,
+    /// The backend's connection was reset.
+    BackendReset,
+    /// The kernel gave up on the client: TCP keepalive probes or
+    /// retransmissions went unanswered (`--tcp-keepalive`).
+    ClientTimeout,
+    /// The kernel gave up on the backend.
+    BackendTimeout,
     /// Neither side sent anything for the idle timeout.
     IdleTimeout,
+    /// One side had closed, the other did not within `--half-close-timeout`.
+    HalfCloseTimeout,
     /// Closed by the drain at shutdown.
     Drain,
-    /// An I/O error on either side.
+    /// Any other I/O error on either side.
     Error,
 }
 
 impl CloseReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Client,
         CloseReason::Backend,
+        CloseReason::ClientReset,
+        CloseReason::BackendReset,
+        CloseReason::ClientTimeout,
+        CloseReason::BackendTimeout,
         CloseReason::IdleTimeout,
+        CloseReason::HalfCloseTimeout,
         CloseReason::Drain,
         CloseReason::Error,
     ];
@@ -110,7 +126,12 @@ impl CloseReason {
         match self {
             CloseReason::Client => "client_close",
             CloseReason::Backend => "backend_close",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::BackendReset => "backend_reset",
+            CloseReason::ClientTimeout => "client_timeout",
+            CloseReason::BackendTimeout => "backend_timeout",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HalfCloseTimeout => "half_close_timeout",
             CloseReason::Drain => "drain",
             CloseReason::Error => "error",
         }
@@ -236,6 +257,13 @@ type ServerKey = (Box<str>, Box<str>);
 pub struct CoreMetrics {
     /// Connections accepted.
     pub accepted: Counter,
+    /// Connections closed at once, unanswered: far over the room the
+    /// open-files limit leaves.
+    pub shed: Counter,
+    /// Backend connects that failed for ringway's own want of resources
+    /// (descriptors, memory, local ports): answered 503, never counted
+    /// against the server.
+    pub local_failures: Counter,
     /// Tunnels open on this core.
     pub active: Gauge,
     /// Handshakes answered 101 (tunnels opened).
@@ -249,7 +277,7 @@ pub struct CoreMetrics {
     /// TLS handshakes with clients that failed.
     pub tls_failures: Counter,
     /// By [`CloseReason::index`].
-    closed: [Counter; 5],
+    closed: [Counter; CloseReason::ALL.len()],
     /// Bytes client -> backend, counted as they move.
     pub bytes_up: Counter,
     /// Bytes backend -> client, counted as they move.
@@ -293,6 +321,8 @@ impl Default for CoreMetrics {
     fn default() -> CoreMetrics {
         CoreMetrics {
             accepted: Counter::default(),
+            shed: Counter::default(),
+            local_failures: Counter::default(),
             active: Gauge::default(),
             upgraded: Counter::default(),
             handshake_errors: statuses(),

@@ -67,6 +67,18 @@ impl Metrics {
             self.sum(|c| c.accepted.get()),
         );
         o.single(
+            "ringway_connections_shed_total",
+            "counter",
+            "Client connections closed unanswered: far over the room the open-files limit leaves.",
+            self.sum(|c| c.shed.get()),
+        );
+        o.single(
+            "ringway_local_failures_total",
+            "counter",
+            "Backend connects that failed for want of ringway's own resources (descriptors, memory, local ports); never counted against a server.",
+            self.sum(|c| c.local_failures.get()),
+        );
+        o.single(
             "ringway_connections_open",
             "gauge",
             "Client connections open now.",

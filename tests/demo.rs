@@ -53,8 +53,31 @@ impl Drop for Scratch {
     }
 }
 
-fn demo(tmp: &Scratch, listen: &str, tls_listen: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ringway"))
+/// The demo's process, killed on drop if a failed assertion left it running.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Demo {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Demo {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn demo(tmp: &Scratch, listen: &str, tls_listen: &str) -> Demo {
+    let child = Command::new(env!("CARGO_BIN_EXE_ringway"))
         .args(["demo", "--listen", listen, "--tls-listen", tls_listen])
         .args(["--workers", "1", "--log-level", "warn"])
         .env("TMPDIR", &tmp.0)
@@ -62,7 +85,8 @@ fn demo(tmp: &Scratch, listen: &str, tls_listen: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start ringway demo")
+        .expect("start ringway demo");
+    Demo(child)
 }
 
 /// Wait for `child` to exit, at most `within`; kills it after that.

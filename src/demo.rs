@@ -3,7 +3,9 @@
 //!
 //! The backend runs on its own thread and runtime, so the proxy in front of
 //! it is the real one, configured like any other. It serves ws:// and, with
-//! a certificate from a CA made for the run (rcgen), wss://.
+//! a certificate from a CA made for the run (rcgen), wss://. The files live
+//! in a private directory that the demo removes on every way out
+//! (`DemoDir`); the certificate and key leave it once loaded.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,8 +14,10 @@ use std::path::{Path, PathBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::{Cli, DemoArgs, Settings};
+use crate::config::{Cli, ConfigError, DemoArgs, ProxyArgs, Settings};
 use crate::proto::ws;
+use crate::server::listener::ListenError;
+use crate::server::ServerError;
 
 /// Largest message the demo backend buffers.
 const MAX_BUFFERED: usize = 64 * 1024 * 1024;
@@ -61,11 +65,51 @@ pub fn spawn_echo_backend(addr: SocketAddr) -> io::Result<SocketAddr> {
     Ok(bound)
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot make a directory for the demo's certificates in {}: {source}", .dir.display())]
+    TempDir { dir: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot make the demo's certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("cannot start the demo's echo backend: {0}")]
+    Backend(#[source] io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// One of the demo's own addresses is taken: say which flag moves it.
+    #[error(
+        "cannot listen on {addr}: the address is already in use (another demo or server?); \
+         choose another port: ringway demo {flag} 127.0.0.1:PORT (port 0 takes any free one)"
+    )]
+    InUse {
+        addr: SocketAddr,
+        flag: &'static str,
+    },
+    #[error(transparent)]
+    Server(ServerError),
+    #[error("cannot build the demo's settings: {0}")]
+    Defaults(#[source] clap::Error),
+}
+
 /// Run the demo until SIGTERM/SIGINT.
-pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let backend = spawn_echo_backend("127.0.0.1:0".parse()?)?;
-    let certs = DemoCerts::generate()?;
-    let mut proxy = <Cli as clap::Parser>::try_parse_from(["ringway", "--upstream", "x:1"])?.proxy;
+///
+/// Nothing it writes outlives it: signals are caught before its directory
+/// exists, the directory is owned by a guard that removes it on every return
+/// and unwind, and the certificate and private key leave the disk as soon as
+/// they are loaded (the demo never reloads them), so even a SIGKILL leaves at
+/// most the CA's public certificate.
+pub fn run(args: &DemoArgs, cores: usize) -> Result<(), DemoError> {
+    // Before anything is written: a SIGTERM/SIGINT from now on stops the
+    // demo through its normal return, never the default action, which
+    // would skip the guard's drop.
+    let shutdown = crate::server::shutdown::Shutdown::new();
+    crate::server::signals::install_drain_only(shutdown.clone());
+    let dir = DemoDir::create()?;
+    let certs = DemoCerts::generate(&dir)?;
+    let backend = spawn_echo_backend(([127, 0, 0, 1], 0).into()).map_err(DemoError::Backend)?;
+    let mut proxy = default_proxy_args()?;
     proxy.upstream = vec![backend.to_string()];
     proxy.listen = vec![args.listen.into()];
     proxy.tls_listen = vec![args.tls_listen.into()];
@@ -73,8 +117,23 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
     proxy.key = Some(certs.key.clone());
     proxy.workers = args.workers.or(Some(cores.min(2)));
     let settings = Settings::from_args(&proxy, cores)?;
-    let shutdown = crate::server::shutdown::Shutdown::new();
-    let server = crate::server::start(settings, shutdown.clone())?;
+    // Loaded into memory; SIGHUP does not reload the demo.
+    certs.forget_key();
+    // Stopped while starting: there is nothing to drain.
+    if shutdown.is_triggered() {
+        return Ok(());
+    }
+    let server = crate::server::start(settings, shutdown).map_err(|e| match e {
+        ServerError::Listen(ListenError::InUse { addr }) => DemoError::InUse {
+            addr,
+            flag: if addr == args.tls_listen {
+                "--tls-listen"
+            } else {
+                "--listen"
+            },
+        },
+        e => DemoError::Server(e),
+    })?;
     let (at, tls_at) = (server.local_addrs()[0], server.local_addrs()[1]);
     let tls_port = tls_at.port();
     let ca = certs.ca.display();
@@ -91,15 +150,70 @@ pub fn run(args: &DemoArgs, cores: usize) -> Result<(), Box<dyn std::error::Erro
          about it unless {ca} is imported as a trusted authority.\n\
          Ctrl-C stops it.\n"
     );
-    crate::server::signals::install_drain_only(shutdown);
-    let stopped = server.wait();
-    certs.remove();
-    stopped?;
+    server.wait().map_err(DemoError::Server)?;
+    drop(dir);
     Ok(())
 }
 
+/// The proxy's flags at their defaults (an upstream is required to parse;
+/// the demo replaces it).
+fn default_proxy_args() -> Result<ProxyArgs, DemoError> {
+    <Cli as clap::Parser>::try_parse_from(["ringway", "--upstream", "x:1"])
+        .map(|cli| cli.proxy)
+        .map_err(DemoError::Defaults)
+}
+
+/// The demo's directory under the temp dir (`ringway-demo-PID`), removed
+/// with everything in it when this is dropped: on every return and unwind.
+struct DemoDir(PathBuf);
+
+impl DemoDir {
+    /// Make a new directory only its owner may enter. One that exists (left
+    /// by a killed demo whose process id is now ours, or made by someone
+    /// else in a shared /tmp) is never written into: the next free name
+    /// (`ringway-demo-PID.1`, ...) is taken instead.
+    fn create() -> Result<DemoDir, DemoError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir().join(format!("ringway-demo-{}", std::process::id()));
+        let mut last = None;
+        for n in 0..100 {
+            let dir = if n == 0 {
+                base.clone()
+            } else {
+                base.with_extension(n.to_string())
+            };
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(DemoDir(dir)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(source) => {
+                    return Err(DemoError::TempDir {
+                        dir: std::env::temp_dir(),
+                        source,
+                    })
+                }
+            }
+        }
+        let source = last.unwrap_or_else(|| io::Error::other("no free name"));
+        Err(DemoError::TempDir { dir: base, source })
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
 /// A throwaway CA and a certificate it signs for localhost and 127.0.0.1,
-/// written as PEM files to a fresh directory under the temp dir.
+/// written as PEM files into the demo's directory.
 struct DemoCerts {
     ca: PathBuf,
     cert: PathBuf,
@@ -107,7 +221,7 @@ struct DemoCerts {
 }
 
 impl DemoCerts {
-    fn generate() -> Result<DemoCerts, Box<dyn std::error::Error>> {
+    fn generate(dir: &DemoDir) -> Result<DemoCerts, DemoError> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -124,26 +238,31 @@ impl DemoCerts {
         let leaf_key = KeyPair::generate()?;
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
 
-        let dir = std::env::temp_dir().join(format!("ringway-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
         let certs = DemoCerts {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
         };
-        std::fs::write(&certs.ca, ca.pem())?;
+        let write = |path: &Path, pem: &str| {
+            write_private(path, pem).map_err(|source| DemoError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        write(&certs.ca, &ca.pem())?;
         // The chain a server sends: its own certificate, then the CA's.
-        std::fs::write(&certs.cert, format!("{}{}", leaf.pem(), ca.pem()))?;
-        write_private(&certs.key, &leaf_key.serialize_pem())?;
+        write(&certs.cert, &format!("{}{}", leaf.pem(), ca.pem()))?;
+        write(&certs.key, &leaf_key.serialize_pem())?;
         Ok(certs)
     }
-}
 
-impl DemoCerts {
-    /// Remove the files (and their directory) at the end of the demo.
-    fn remove(&self) {
-        if let Some(dir) = self.ca.parent() {
-            let _ = std::fs::remove_dir_all(dir);
+    /// Remove the certificate and its private key once they are loaded:
+    /// the CA alone stays, for clients to trust.
+    fn forget_key(&self) {
+        for path in [&self.key, &self.cert] {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
         }
     }
 }

@@ -19,8 +19,8 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_level);
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
-    let result = match cli.command {
-        Some(Command::Demo(args)) => ringway::demo::run(&args, cores),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Some(Command::Demo(args)) => ringway::demo::run(&args, cores).map_err(Into::into),
         Some(Command::Check(args)) => {
             return match Settings::from_args(&args.proxy, cores) {
                 Ok(settings) => {

@@ -105,11 +105,24 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "timeouts: connect {:?}, handshake {:?}, idle {:?}, drain {:?}; workers {}",
+            "timeouts: connect {:?}, handshake {:?}, upstream answer {:?}, idle {:?}, \
+             half-close {:?}, drain {:?}; tcp keepalive {}; workers {}",
             config.connect_timeout,
             config.handshake_timeout,
+            config.upstream_answer_timeout,
             config.idle_timeout,
+            config.half_close_timeout,
             config.drain_timeout,
+            match startup.tcp_keepalive.0 {
+                Some(k) => format!(
+                    "{:?} idle, {:?} interval, {} probes ({:?} in all)",
+                    k.idle,
+                    k.interval,
+                    k.count,
+                    k.budget()
+                ),
+                None => "off".to_string(),
+            },
             startup.workers
         );
         let _ = writeln!(

@@ -49,6 +49,9 @@ impl Proxy {
         all.extend(["--log-level".into(), "debug".into()]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
             .args(&all)
+            // Every refusal's line, not one per reason per 10 s: tests count
+            // them (tests/logs.rs checks the rate limit).
+            .env("RINGWAY_LOG_INTERVAL_MS", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -36,7 +36,20 @@ impl Raw {
     /// Start ringway with `args` (`--workers 2`); `interval_ms` sets the
     /// error log's rate-limit interval (`None`: its default).
     fn start(args: &[&str], interval_ms: Option<&str>) -> Raw {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway"));
+        Raw::start_limited(args, interval_ms, None)
+    }
+
+    /// The same, under an open-files limit of `nofile` (soft and hard).
+    fn start_limited(args: &[&str], interval_ms: Option<&str>, nofile: Option<u32>) -> Raw {
+        let bin = env!("CARGO_BIN_EXE_ringway");
+        let mut cmd = match nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                sh
+            }
+        };
         cmd.args(args)
             .args(["--workers", "2"])
             .env_remove("RUST_LOG")
@@ -432,4 +445,56 @@ fn a_flood_of_garbage_costs_a_few_lines_and_every_one_is_counted() {
     // The access log still has its line per request answered.
     let access = std::fs::read_to_string(&access).unwrap();
     assert_eq!(access.lines().count(), 3 * N + SLOW, "{access}");
+}
+
+/// Out of descriptors, each worker's accept fails every 100 ms: one ERROR
+/// line per worker, not one per failure, and every failure counted.
+#[test]
+fn accepts_failing_for_want_of_descriptors_are_logged_once_and_counted() {
+    let backend = Backend::echo();
+    let upstream = backend.addr.to_string();
+    let raw = Raw::start_limited(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--handshake-timeout",
+            "60s",
+            "--access-log",
+            "off",
+        ],
+        None,
+        Some(128),
+    );
+    let ws = raw.listeners[0];
+    // Silent clients, each holding a descriptor of ringway's, until there
+    // are none left; then some more wait in the backlog.
+    let held: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(ws).unwrap()).collect();
+    let deadline = Instant::now() + PATIENCE;
+    while !raw.text().contains("accept: ") {
+        assert!(Instant::now() < deadline, "no accept error: {}", raw.text());
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Long enough for each worker to fail 10 more times.
+    thread::sleep(Duration::from_millis(1500));
+    drop(held);
+    let metrics = raw.metrics.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let failures = loop {
+        let n = std::panic::catch_unwind(|| scrape(metrics, "/metrics").1)
+            .ok()
+            .and_then(|text| value(&text, "ringway_accept_errors_total"));
+        match n {
+            Some(n) if n >= 10.0 => break n,
+            _ => assert!(Instant::now() < deadline, "{n:?}: {}", raw.text()),
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = String::from_utf8(raw.stop()).unwrap();
+    let lines = stderr.lines().filter(|l| l.contains("accept: ")).count();
+    eprintln!("{failures} failed accepts: {lines} error-log lines");
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{stderr}");
 }

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.log_level);
+    ringway::ops::errlog::init(cli.log_level);
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Some(Command::Demo(args)) => ringway::demo::run(&args, cores).map_err(Into::into),
@@ -49,20 +49,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<log::LevelFilter>) {
-    let mut b = env_logger::Builder::new();
-    match level {
-        Some(l) => {
-            b.filter_level(l);
-        }
-        None if std::env::var_os("RUST_LOG").is_some() => {
-            b.parse_default_env();
-        }
-        None => {
-            b.filter_level(log::LevelFilter::Info);
-        }
-    }
-    b.format_timestamp_millis().init();
 }

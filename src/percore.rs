@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::reload::Reloader;
-use crate::config::Config;
+use crate::config::{Config, Group};
 use crate::io::meter::TunnelHook;
 use crate::io::pipes::Pipes;
 use crate::io::ring::Reactor;
@@ -84,9 +84,13 @@ pub struct Generation {
 pub struct TlsSetupError(pub String);
 
 impl Generation {
+    /// This core's (`core`) state for `config`; `previous` is the
+    /// generation it replaces (none at start).
     fn new(
         config: Arc<Config>,
         version: u64,
+        core: usize,
+        previous: Option<&Generation>,
         cache: &SessionCache,
         metrics: &CoreMetrics,
     ) -> Result<Generation, TlsSetupError> {
@@ -127,13 +131,33 @@ impl Generation {
                 .iter()
                 .map(|g| {
                     let params: Vec<_> = g.servers.iter().map(|s| s.params).collect();
-                    GroupBalancer::new(&params, g.method)
+                    // A group whose servers are unchanged carries on where
+                    // it was; any other starts at this core's and this
+                    // reload's offset, so that reloads do not send every
+                    // core's first connections to the first server.
+                    let offset = core.wrapping_add(version as usize);
+                    let mut balancer = GroupBalancer::new(&params, g.method).starting_at(offset);
+                    if let Some(old) = previous.and_then(|p| p.balancer_of(g)) {
+                        balancer.carry_on_from(old);
+                    }
+                    balancer
                 })
                 .collect(),
             tls,
             config,
             version,
         })
+    }
+}
+
+impl Generation {
+    /// This generation's balancer of a group with `group`'s name, method
+    /// and servers (addresses, names, parameters, in order), if it has one.
+    fn balancer_of(&self, group: &Group) -> Option<&GroupBalancer> {
+        let i = self.config.groups.iter().position(|g| {
+            g.name == group.name && g.method == group.method && g.servers == group.servers
+        })?;
+        self.balancers.get(i)
     }
 }
 
@@ -169,7 +193,7 @@ impl Core {
         let tls_cache = crate::proto::tls::session_cache();
         let buffer_size = reloader.startup().buffer_size;
         let pipes = Pipes::new(reloader.startup().splice_pipes);
-        let generation = Generation::new(config, version, &tls_cache, &metrics)?;
+        let generation = Generation::new(config, version, id, None, &tls_cache, &metrics)?;
         Ok(Core {
             id,
             // Always ready for TLS: a reload may add wss:// backends.
@@ -236,7 +260,15 @@ impl Core {
         let (version, config) = self.reloader.current();
         // Tried once per reload, whatever the outcome.
         self.seen.set(version);
-        match Generation::new(config, version, &self.tls_cache, &self.metrics) {
+        let previous = self.current.borrow().clone();
+        match Generation::new(
+            config,
+            version,
+            self.id,
+            Some(&previous),
+            &self.tls_cache,
+            &self.metrics,
+        ) {
             Ok(generation) => {
                 self.sweeper.set_timeouts(timeouts(&generation.config));
                 *self.current.borrow_mut() = Rc::new(generation);

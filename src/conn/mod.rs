@@ -92,7 +92,12 @@ pub fn serve(
                 }
                 Ok((src, dst)) => (src, dst.map(Box::new)),
                 Err(why) => {
-                    log::warn!("client={peer} PROXY protocol: {why}; connection closed");
+                    core.metrics.proxy_header_errors.inc();
+                    crate::ops::ratelog::limited!(
+                        crate::ops::ratelog::Topic::ProxyHeader,
+                        log::Level::Warn,
+                        "client={peer} PROXY protocol: {why}; connection closed"
+                    );
                     return;
                 }
             }

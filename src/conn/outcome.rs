@@ -11,11 +11,15 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use log::Level;
+
 use crate::config::Backend as Server;
 use crate::io::sweep::Expiry;
 use crate::ops::access_log::{CoreLog, Entry};
 use crate::ops::ending::{Closed, Kind, Timeout};
+use crate::ops::escape::Escaped;
 use crate::ops::metrics::CoreMetrics;
+use crate::ops::ratelog::{self, limited, Topic};
 use crate::percore::Generation;
 use crate::proto::http::path::BadPath;
 use crate::proto::http::request::HandshakeError as BadHead;
@@ -369,27 +373,40 @@ pub(super) struct Ended<'a> {
 impl Ended<'_> {
     /// Count it on this core and log it: one access-log line, and a WARN
     /// line with the reason for a refusal. A client gone before its request
-    /// gets a debug line only, a failed TLS handshake an INFO line.
+    /// gets a debug line only, a failed TLS handshake an INFO line. WARN and
+    /// INFO lines are rate-limited per reason ([`ratelog`]); the counters
+    /// and the access log take every one.
     pub fn record(&self, gen: &Generation, metrics: &CoreMetrics, log: &CoreLog) {
         self.count(metrics);
-        match &self.outcome {
+        let refusal = match &self.outcome {
             Outcome::Gone(why) => {
                 log::debug!("client={} left before a request: {why}", self.peer);
                 return;
             }
             Outcome::TlsFailed(why) => {
-                log::info!("client={} tls handshake failed: {why}", self.peer);
+                limited!(
+                    Topic::TlsHandshake,
+                    Level::Info,
+                    "client={} tls handshake failed: {}",
+                    self.peer,
+                    Escaped::quoted(&why.to_string())
+                );
                 return;
             }
-            _ => {}
-        }
+            Outcome::Refused { refusal, .. } => Some(refusal),
+            _ => None,
+        };
         let route = self
             .known
             .route
             .and_then(|i| gen.routes.get(i as usize))
             .map(|(label, _)| &**label);
-        if let Some(line) = self.warn_line(route) {
-            log::warn!("{line}");
+        if let Some(refusal) = refusal {
+            if ratelog::admit(topic(refusal), Level::Warn, module_path!()) {
+                if let Some(line) = self.warn_line(route) {
+                    log::warn!("{line}");
+                }
+            }
         }
         let detail = self.detail();
         if let Some(entry) = self.entry(route, detail.as_deref(), Instant::now()) {
@@ -438,16 +455,19 @@ impl Ended<'_> {
         else {
             return None;
         };
+        fn dash(v: Option<&str>) -> Escaped<'_> {
+            Escaped::bare(v.unwrap_or("-"))
+        }
         Some(format!(
             "client={}{} route={} target={} backend={} status={} reason=\"{}\"",
             self.peer,
             self.real_ip()
                 .map_or(String::new(), |ip| format!(" real_ip={ip}")),
-            route.unwrap_or("-"),
-            target.as_deref().unwrap_or("-"),
-            server.map_or("-", |b| b.name.as_str()),
+            dash(route),
+            dash(target.as_deref()),
+            dash(server.map(|b| b.name.as_str())),
             refusal.status().code(),
-            refusal.to_string().escape_debug(),
+            Escaped::quoted(&refusal.to_string()),
         ))
     }
 
@@ -531,6 +551,31 @@ impl Ended<'_> {
             }
         }
         Some(entry)
+    }
+}
+
+/// The rate limit's reason for a refusal's WARN line. Backend faults go by
+/// their status, so that a new kind of fault needs no new topic.
+fn topic(refusal: &Refusal) -> Topic {
+    match refusal {
+        Refusal::Client(c) => match c {
+            ClientFault::BadHead(_) => Topic::BadHead,
+            ClientFault::HeadTimeout { .. } => Topic::HeadTimeout,
+            ClientFault::BadPath(_) | ClientFault::BadFilePath(_) => Topic::BadPath,
+            ClientFault::PlainHttpOnTls => Topic::PlainHttpOnTls,
+        },
+        Refusal::Policy(p) => match p {
+            Policy::OverMaxConns { .. } => Topic::OverMaxConns,
+            Policy::NoRoute => Topic::NoRoute,
+            Policy::OriginNotAllowed(_) => Topic::Origin,
+            Policy::PerIpLimit { .. } => Topic::PerIpLimit,
+        },
+        Refusal::Backend(_) => match refusal.status() {
+            Status::GatewayTimeout => Topic::BackendTimeout,
+            Status::ServiceUnavailable => Topic::NoServer,
+            _ => Topic::BackendFailed,
+        },
+        Refusal::System(_) => Topic::ShuttingDown,
     }
 }
 
@@ -769,7 +814,7 @@ mod tests {
         assert_eq!(metrics.requests_with(504), 0);
         assert_eq!(
             e.warn_line(Some("/ws")).unwrap(),
-            "client=10.0.0.1:5000 real_ip=203.0.113.7 route=/ws target=/ws?q=\"x\" \
+            "client=10.0.0.1:5000 real_ip=203.0.113.7 route=/ws target=/ws?q=\\\"x\\\" \
              backend=b1:8080 status=504 reason=\"connect to 127.0.0.1:8080 timed out\""
         );
         let entry = e
@@ -783,6 +828,96 @@ mod tests {
         assert_eq!(entry.handshake, Duration::from_millis(5));
         assert_eq!(entry.duration, Duration::from_millis(9));
         assert_eq!(entry.real_ip, Some("203.0.113.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_warning_escapes_and_caps_what_the_client_sent() {
+        let every: Vec<u8> = (0..=255u8).collect();
+        let text = String::from_utf8_lossy(&every).repeat(4);
+        let started = Instant::now();
+        for refusal in [
+            Refusal::Policy(Policy::OriginNotAllowed(text.clone().into())),
+            Refusal::Client(ClientFault::BadHead(BadHead::Malformed("x"))),
+        ] {
+            let e = ended(
+                Known::default(),
+                Outcome::Refused {
+                    refusal,
+                    target: Some(text.clone().into()),
+                    server: None,
+                    answered: started,
+                },
+                started,
+            );
+            let line = e.warn_line(Some("/")).unwrap();
+            assert!(line.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{line}");
+            assert!(line.len() < 1200, "{} bytes", line.len());
+            assert!(
+                line.contains(" target=\\x00\\x01") && line.contains("... backend=-"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_are_rate_limited_by_reason() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        for (refusal, t) in [
+            (
+                Refusal::Client(ClientFault::BadHead(BadHead::BadVersion)),
+                Topic::BadHead,
+            ),
+            (
+                Refusal::Client(ClientFault::HeadTimeout {
+                    completed_late: true,
+                }),
+                Topic::HeadTimeout,
+            ),
+            (
+                Refusal::Client(ClientFault::BadFilePath(BadPath::Nul)),
+                Topic::BadPath,
+            ),
+            (
+                Refusal::Client(ClientFault::PlainHttpOnTls),
+                Topic::PlainHttpOnTls,
+            ),
+            (
+                Refusal::Policy(Policy::OverMaxConns { max: 1 }),
+                Topic::OverMaxConns,
+            ),
+            (Refusal::Policy(Policy::NoRoute), Topic::NoRoute),
+            (
+                Refusal::Policy(Policy::OriginNotAllowed("o".into())),
+                Topic::Origin,
+            ),
+            (
+                Refusal::Backend(BackendFault::ConnectTimeout(addr)),
+                Topic::BackendTimeout,
+            ),
+            (
+                Refusal::Backend(BackendFault::NoAnswerInTime { idle: false }),
+                Topic::BackendTimeout,
+            ),
+            (
+                Refusal::Backend(BackendFault::ConnectFailed(addr, io())),
+                Topic::BackendFailed,
+            ),
+            (
+                Refusal::Backend(BackendFault::BadAnswer(BadResponse::Malformed)),
+                Topic::BackendFailed,
+            ),
+            (
+                Refusal::Backend(BackendFault::NoServer { group: "g".into() }),
+                Topic::NoServer,
+            ),
+            (
+                Refusal::System(SystemFault::ShuttingDown),
+                Topic::ShuttingDown,
+            ),
+        ] {
+            assert_eq!(topic(&refusal), t, "{refusal}");
+        }
     }
 
     #[test]

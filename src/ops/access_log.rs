@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ops::ending::{Closed, Kind};
+use crate::ops::escape::Escaped;
 use crate::proto::http::date::civil_from_days;
 
 /// A core hands its buffer to the writer once it holds this many bytes.
@@ -451,8 +452,9 @@ fn reopen(out: &mut dyn Output) {
 
 /// One text line: the time, the kind, then `key=value` fields; `route`,
 /// `target` and `backend` print `-` when absent, `real_ip` and `tls` are left
-/// out. No value can hold a space, a quote outside its own quotes, or a
-/// control character, so a line can be neither split nor forged.
+/// out. Values go through [`Escaped`]: none can hold a space, a quote
+/// outside its own quotes or a byte outside printable ASCII, or pass its
+/// cap, so a line can be neither split nor forged, and stays short.
 fn format_text(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     push_time(out, time);
     out.push(b' ');
@@ -485,8 +487,7 @@ fn format_text(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     // Our own words: printable ASCII without quotes or backslashes.
     let _ = write!(out, "{}", e.closed);
     if let Some(detail) = e.detail {
-        out.extend_from_slice(b": ");
-        push_quoted(out, detail);
+        let _ = write!(out, ": {}", Escaped::quoted(detail));
     }
     out.push(b'"');
     if let Some(tls) = e.tls {
@@ -496,7 +497,8 @@ fn format_text(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// One JSON object on one line; absent fields are `null`.
+/// One JSON object on one line, printable ASCII ([`Escaped::json`]);
+/// absent fields are `null`.
 fn format_json(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     push_time(out, time);
@@ -552,61 +554,15 @@ fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     );
 }
 
-fn push_hex(out: &mut Vec<u8>, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&[
-        b'\\',
-        b'x',
-        HEX[usize::from(b >> 4)],
-        HEX[usize::from(b & 15)],
-    ]);
-}
-
-/// A value inside `"..."`: printable ASCII as is, `"` and `\` backslashed,
-/// every other byte (controls, non-ASCII) as `\xHH`.
-fn push_quoted(out: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0x20..=0x7e => out.push(b),
-            _ => push_hex(out, b),
-        }
-    }
-}
-
-/// An unquoted value: as [`push_quoted`], and a space as `%20`, so that it
-/// cannot end the field.
+/// A value in its text form, bare (`key=value`).
 fn push_bare(out: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        match b {
-            b' ' => out.extend_from_slice(b"%20"),
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0x21..=0x7e => out.push(b),
-            _ => push_hex(out, b),
-        }
-    }
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}", Escaped::bare(s));
 }
 
-/// A JSON string with its quotes: `"` and `\` backslashed, control
-/// characters as `\u00XX`, everything else (UTF-8 included) as is.
+/// A JSON string with its quotes.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            0x00..=0x1f | 0x7f => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
+    let _ = write!(out, "\"{}\"", Escaped::json(s));
 }
 
 fn push_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
@@ -870,6 +826,32 @@ mod tests {
         assert_eq!(map["detail"], s(nasty));
         assert_eq!(map["tls"], Value::Null);
         assert_eq!(map.len(), 15);
+    }
+
+    #[test]
+    fn every_byte_value_leaves_both_formats_printable_and_short() {
+        let every: Vec<u8> = (0..=255u8).collect();
+        let value = String::from_utf8_lossy(&every).repeat(8);
+        let e = Entry {
+            route: Some(&value),
+            target: Some(&value),
+            backend: Some(&value),
+            detail: Some(&value),
+            closed: Closed::Refused,
+            ..example()
+        };
+        for line in [text(&e), json(&e)] {
+            let body = line.strip_suffix('\n').unwrap();
+            assert!(body.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{line}");
+            assert!(line.len() < 4 * 1024, "{} bytes", line.len());
+        }
+        let map = parse_object(&json(&e));
+        let Value::Str(target) = &map["target"] else {
+            panic!("{map:?}")
+        };
+        // Cut, but what is there is the value's start.
+        let kept = target.strip_suffix("...").unwrap();
+        assert!(value.starts_with(kept) && kept.len() > 40, "{kept:?}");
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! [`GroupBalancer::succeeded`], and calls [`GroupBalancer::release`] when the
 //! tunnel ends.
 //!
+//! Reloads: each configuration gets new balancers (one per group per core).
+//! A group whose servers are unchanged carries on its predecessor's
+//! round-robin ([`GroupBalancer::carry_on_from`]); any other starts its
+//! passes at an offset ([`GroupBalancer::starting_at`]: the core and the
+//! reload's number), so that frequent reloads do not send every core's
+//! first connections to the first server (nginx, which rebuilds its peers
+//! from zero at each reload, does).
+//!
 //! Time: nginx keeps `checked`/`accessed` in whole seconds (`ngx_time()`) and
 //! compares `now - checked <= fail_timeout` in seconds; ringway compares exact
 //! [`Instant`]s and [`Duration`]s, so a mark lasts exactly `fail_timeout`.
@@ -188,6 +196,10 @@ pub struct GroupBalancer {
     /// Sum of the primary servers' weights, `down` ones included (nginx's
     /// `peers->total_weight`, which ip-hash walks).
     total_weight: u64,
+    /// Where a pass over a tier begins (modulo its length): smooth
+    /// round-robin's and least-conn's ties go to the first server from
+    /// here. 0 is nginx's order.
+    start: usize,
 }
 
 /// One client connection's choosing (nginx's per-request
@@ -255,7 +267,41 @@ impl GroupBalancer {
             servers: servers.iter().copied().map(Server::new).collect(),
             primary,
             backup,
+            start: 0,
         }
+    }
+
+    /// The same, its passes beginning at `offset` (modulo the tier's
+    /// length): with equal weights, its first choice is the `offset`-th
+    /// server. Any offset keeps the round-robin smooth and exact: each
+    /// cycle of total-weight choices gives each server its weight.
+    pub fn starting_at(mut self, offset: usize) -> GroupBalancer {
+        self.start = offset;
+        self
+    }
+
+    /// Carry on `old`'s round-robin, where it left off (after a reload that
+    /// kept the group's servers): its current weights and its offset, so
+    /// that the two balancers' choices together are one smooth sequence.
+    /// Connection counts and failure marks stay with `old` (its
+    /// connections give their counts back to it). Only when both have the
+    /// same method and the same servers' parameters, in order (the caller
+    /// checks that they are the same servers); returns whether it did.
+    pub fn carry_on_from(&mut self, old: &GroupBalancer) -> bool {
+        let same = self.method == old.method
+            && self.servers.len() == old.servers.len()
+            && self
+                .servers
+                .iter()
+                .zip(old.servers.iter())
+                .all(|(a, b)| a.params == b.params);
+        if same {
+            for (new, old) in self.servers.iter().zip(old.servers.iter()) {
+                new.current_weight.set(old.current_weight.get());
+            }
+            self.start = old.start;
+        }
+        same
     }
 
     /// Start choosing for one connection from `client` (the client address
@@ -351,6 +397,11 @@ impl GroupBalancer {
         }
     }
 
+    /// The position in `tier` where a pass begins.
+    fn first_of(&self, tier: &[usize]) -> usize {
+        self.start.checked_rem(tier.len()).unwrap_or(0)
+    }
+
     /// nginx's `failed:` label: the primary tier gave nothing, so this and
     /// later tries use the backups, if there are any and the attempt is not
     /// on them already.
@@ -389,7 +440,9 @@ impl GroupBalancer {
     fn smooth_weighted(&self, attempt: &mut Attempt, now: Instant) -> Option<usize> {
         let mut best: Option<usize> = None;
         let mut total = 0;
-        for &i in self.tier(attempt) {
+        let tier = self.tier(attempt);
+        let (wrapped, from_first) = tier.split_at(self.first_of(tier));
+        for &i in from_first.iter().chain(wrapped) {
             let s = &self.servers[i];
             if attempt.tried(i) || s.skipped(now) {
                 continue;
@@ -430,9 +483,13 @@ impl GroupBalancer {
         let load =
             |of: &Server, by: &Server| u64::from(of.conns.get()) * u64::from(by.params.weight);
         let tier = self.tier(attempt);
-        let mut best: Option<usize> = None; // position in `tier`
+        // Positions count from where the pass begins.
+        let first = self.first_of(tier);
+        let at = |p: usize| tier[(first + p) % tier.len()];
+        let mut best: Option<usize> = None; // position in the pass
         let mut many = false;
-        for (p, &i) in tier.iter().enumerate() {
+        for p in 0..tier.len() {
+            let i = at(p);
             let s = &self.servers[i];
             if attempt.tried(i) || s.skipped(now) {
                 continue;
@@ -443,7 +500,7 @@ impl GroupBalancer {
                     many = false;
                 }
                 Some(b) => {
-                    let b = &self.servers[tier[b]];
+                    let b = &self.servers[at(b)];
                     if load(s, b) < load(b, s) {
                         best = Some(p);
                         many = false;
@@ -456,9 +513,12 @@ impl GroupBalancer {
         let mut best = best?;
         let mut total = 0;
         if many {
-            for (p, &i) in tier.iter().enumerate().skip(best) {
+            // From the first of the least loaded on; `best` moves on below.
+            let from = best;
+            for p in from..tier.len() {
+                let i = at(p);
                 let s = &self.servers[i];
-                let b = &self.servers[tier[best]];
+                let b = &self.servers[at(best)];
                 // nginx's order: tried, down, same load, failed.
                 if attempt.tried(i) || s.params.down || load(s, b) != load(b, s) || s.failed(now) {
                     continue;
@@ -469,7 +529,7 @@ impl GroupBalancer {
                 }
             }
         }
-        let chosen = tier[best];
+        let chosen = at(best);
         let s = &self.servers[chosen];
         s.current_weight.set(s.current_weight.get() - total);
         s.touch(now);
@@ -617,6 +677,126 @@ mod tests {
             counts[first(&g, t)] += 1;
         }
         assert_eq!(counts, [500, 333, 167]);
+    }
+
+    // ---- reloads: one generation after another ----
+
+    /// `generations` balancers in turn, each made as a reload makes it
+    /// (`make(previous, number)`), each taking `per` connections: how many
+    /// each server got.
+    fn over_generations(
+        weights: &[u32],
+        generations: usize,
+        per: usize,
+        make: impl Fn(Option<&GroupBalancer>, usize) -> GroupBalancer,
+    ) -> Vec<usize> {
+        let t = Instant::now();
+        let mut counts = vec![0; weights.len()];
+        let mut previous: Option<GroupBalancer> = None;
+        for n in 0..generations {
+            let g = make(previous.as_ref(), n);
+            for _ in 0..per {
+                counts[first(&g, t)] += 1;
+            }
+            previous = Some(g);
+        }
+        counts
+    }
+
+    fn params(weights: &[u32]) -> Vec<ServerParams> {
+        weights.iter().map(|&w| weighted(w)).collect()
+    }
+
+    #[test]
+    fn a_reload_that_keeps_the_servers_carries_on_the_round_robin() {
+        for method in [Method::RoundRobin, Method::LeastConn] {
+            for (weights, want) in [
+                (&[1, 1, 1][..], &[100, 100, 100][..]),
+                (&[5, 1, 1], &[500, 100, 100]),
+                (&[3, 2, 1], &[350, 233, 117]),
+            ] {
+                let total = want.iter().sum::<usize>();
+                // One connection per generation: before, every one went to
+                // the first server.
+                let counts = over_generations(weights, total, 1, |prev, _| {
+                    let mut g = GroupBalancer::new(&params(weights), method);
+                    if let Some(prev) = prev {
+                        assert!(g.carry_on_from(prev));
+                    }
+                    g
+                });
+                assert_eq!(counts, want, "{method:?} {weights:?}");
+                // The sequence is the one a single balancer gives.
+                let g = GroupBalancer::new(&params(weights), method);
+                let t = Instant::now();
+                let mut one = vec![0; weights.len()];
+                for _ in 0..total {
+                    one[first(&g, t)] += 1;
+                }
+                assert_eq!(one, counts, "{method:?} {weights:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_predecessor_each_generation_starts_at_its_offset() {
+        // Servers changed at each reload: nothing to carry on; the offset
+        // (the reload's number here) spreads the first choices.
+        let counts = over_generations(&[1, 1, 1, 1], 400, 1, |_, n| {
+            GroupBalancer::new(&params(&[1, 1, 1, 1]), Method::RoundRobin).starting_at(n)
+        });
+        assert_eq!(counts, [100, 100, 100, 100]);
+        let counts = over_generations(&[1, 1, 1], 300, 1, |_, n| {
+            GroupBalancer::new(&params(&[1, 1, 1]), Method::LeastConn).starting_at(n)
+        });
+        assert_eq!(counts, [100, 100, 100]);
+        // Cores at their own offsets: their first choices differ.
+        let t = Instant::now();
+        let firsts: Vec<usize> = (0..6)
+            .map(|core| first(&group(&[1, 1, 1], Method::RoundRobin).starting_at(core), t))
+            .collect();
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn any_offset_keeps_the_round_robin_smooth_and_exact() {
+        let t = Instant::now();
+        for weights in [&[5, 1, 1][..], &[3, 2, 1], &[1, 1, 1, 1, 1], &[2, 7, 1, 4]] {
+            let total: u32 = weights.iter().sum();
+            for offset in 0..weights.len() + 2 {
+                for method in [Method::RoundRobin, Method::LeastConn] {
+                    let g = GroupBalancer::new(&params(weights), method).starting_at(offset);
+                    // Every window of one cycle, over three cycles, gives
+                    // each server exactly its weight.
+                    let picks: Vec<usize> = (0..3 * total).map(|_| first(&g, t)).collect();
+                    for window in picks.windows(total as usize) {
+                        let mut counts = vec![0u32; weights.len()];
+                        for &p in window {
+                            counts[p] += 1;
+                        }
+                        assert_eq!(counts, weights, "{method:?} offset {offset}: {picks:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_carried_on_from_other_servers_or_another_method() {
+        let t = Instant::now();
+        let old = group(&[1, 1], Method::RoundRobin).starting_at(1);
+        assert_eq!(first(&old, t), 1);
+        let mut other_weights = group(&[2, 1], Method::RoundRobin);
+        assert!(!other_weights.carry_on_from(&old));
+        assert_eq!(first(&other_weights, t), 0, "a fresh start");
+        let mut other_method = group(&[1, 1], Method::LeastConn);
+        assert!(!other_method.carry_on_from(&old));
+        let mut more = group(&[1, 1, 1], Method::RoundRobin);
+        assert!(!more.carry_on_from(&old));
+        let mut same = group(&[1, 1], Method::RoundRobin);
+        assert!(same.carry_on_from(&old));
+        assert_eq!(first(&same, t), 0, "where the old one left off");
+        assert_eq!(first(&same, t), 1);
     }
 
     #[test]

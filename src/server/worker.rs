@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use log::Level;
 use monoio::net::TcpListener;
 
 use crate::config::reload::Reloader;
@@ -22,6 +23,7 @@ use crate::io::ring::{self, Reactor};
 use crate::io::sweep::Sweeper;
 use crate::ops::access_log::CoreLog;
 use crate::ops::metrics::CoreMetrics;
+use crate::ops::ratelog::{self, limited, Topic};
 use crate::percore::{Core, CoreParts, TlsSetupError};
 use crate::policy::limits::Shared;
 use crate::server::drain;
@@ -255,6 +257,7 @@ async fn main(spec: WorkerSpec, driver: &'static str) -> Result<(), WorkerError>
                 core.refresh();
                 core.sweeper.tick();
                 core.publish_ring_stats();
+                ratelog::flush();
             }
         })
     };
@@ -301,14 +304,23 @@ async fn accept_loop(
                 Some(libc::ECONNABORTED) | Some(libc::EINTR) => {}
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => {
-                    log::error!(
+                    core.metrics.accept_errors.inc();
+                    limited!(
+                        Topic::Accept,
+                        Level::Error,
                         "worker {}: accept: {e}; pausing accepts for 100ms (raise the open-files limit?)",
                         core.id
                     );
                     monoio::time::sleep(Duration::from_millis(100)).await;
                 }
                 _ => {
-                    log::error!("worker {}: accept: {e}", core.id);
+                    core.metrics.accept_errors.inc();
+                    limited!(
+                        Topic::Accept,
+                        Level::Error,
+                        "worker {}: accept: {e}",
+                        core.id
+                    );
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             },

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use log::Level;
+
 use super::{Metrics, State};
+use crate::ops::ratelog::{limited, Topic};
 
 /// How long the endpoint waits for a whole request head, from accept.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,12 +71,20 @@ fn serve(listener: &TcpListener, metrics: &Arc<Metrics>, state: &StateFn) {
                     });
                 if let Err(e) = spawned {
                     busy.fetch_sub(1, Ordering::AcqRel);
-                    log::warn!("metrics endpoint: cannot start a thread: {e}");
+                    limited!(
+                        Topic::MetricsEndpoint,
+                        Level::Warn,
+                        "metrics endpoint: cannot start a thread: {e}"
+                    );
                 }
             }
             Err(e) => {
                 // EMFILE and the like: wait for descriptors to come back.
-                log::warn!("metrics endpoint: accept: {e}");
+                limited!(
+                    Topic::MetricsEndpoint,
+                    Level::Warn,
+                    "metrics endpoint: accept: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

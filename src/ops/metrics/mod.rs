@@ -276,6 +276,11 @@ pub struct CoreMetrics {
     request_status: Box<[Counter]>,
     /// TLS handshakes with clients that failed.
     pub tls_failures: Counter,
+    /// Connections closed for their PROXY protocol header (bad, missing,
+    /// from an untrusted peer).
+    pub proxy_header_errors: Counter,
+    /// Failed accepts (out of descriptors...).
+    pub accept_errors: Counter,
     /// By [`CloseReason::index`].
     closed: [Counter; CloseReason::ALL.len()],
     /// Bytes client -> backend, counted as they move.
@@ -328,6 +333,8 @@ impl Default for CoreMetrics {
             handshake_errors: statuses(),
             request_status: statuses(),
             tls_failures: Counter::default(),
+            proxy_header_errors: Counter::default(),
+            accept_errors: Counter::default(),
             closed: Default::default(),
             bytes_up: Counter::default(),
             bytes_down: Counter::default(),

@@ -204,6 +204,18 @@ impl Metrics {
             self.sum(|c| c.tls_failures.get()),
         );
         o.single(
+            "ringway_proxy_header_errors_total",
+            "counter",
+            "Connections closed for a bad, missing or untrusted PROXY protocol header.",
+            self.sum(|c| c.proxy_header_errors.get()),
+        );
+        o.single(
+            "ringway_accept_errors_total",
+            "counter",
+            "Accepts that failed (out of descriptors or memory).",
+            self.sum(|c| c.accept_errors.get()),
+        );
+        o.single(
             "ringway_ring_buffers_free",
             "gauge",
             "Receive buffers of the completion rings waiting for bytes (all cores).",
@@ -410,6 +422,8 @@ mod tests {
         b.handshake_error(400);
         a.request(200);
         a.tls_failures.inc();
+        b.proxy_header_errors.add(4);
+        a.accept_errors.inc();
         a.closed(CloseReason::IdleTimeout);
         b.closed(CloseReason::IdleTimeout);
         b.closed(CloseReason::Client);
@@ -455,6 +469,8 @@ mod tests {
             "ringway_handshakes_total{result=\"error\",status=\"400\"} 2",
             "ringway_requests_total{status=\"200\"} 1",
             "ringway_tls_handshake_failures_total 1",
+            "ringway_proxy_header_errors_total 4",
+            "ringway_accept_errors_total 1",
             "ringway_tunnels_closed_total{reason=\"client_close\"} 1",
             "ringway_tunnels_closed_total{reason=\"backend_close\"} 0",
             "ringway_tunnels_closed_total{reason=\"idle_timeout\"} 2",

@@ -378,11 +378,15 @@ impl<'a> Conn<'a> {
         let mut head: Vec<u8> = Vec::new();
         let mut interim = 0;
         let refuse = |fault| Err(AnswerError::Refuse(fault));
+        // An upgrade's answer was waited for already (`Conn::send_head`).
+        let mut ready = upgrade;
         loop {
-            let read = self
-                .cx
-                .read_some(backend, |b| head.extend_from_slice(b))
-                .await;
+            let append = |b: &[u8]| head.extend_from_slice(b);
+            let read = if std::mem::take(&mut ready) {
+                self.cx.read_ready(backend, append).await
+            } else {
+                self.cx.read_some(backend, append).await
+            };
             if flow.client_gone.get() {
                 return Err(AnswerError::ClientGone);
             }

@@ -38,6 +38,7 @@ use monoio::net::TcpStream;
 use crate::config::{Listen, Target};
 use crate::io::sweep::Tracked;
 use crate::io::tunnel::{Ctx, Peer};
+use crate::ops::ratelog::{limited, Topic};
 use crate::percore::{Core, Generation};
 use crate::policy::limits::Over;
 use crate::proto::http::path;
@@ -73,7 +74,12 @@ pub fn serve(
         if total.over == Some(Over::Ceiling) {
             // No descriptor to spare for an answer: closed unanswered.
             core.metrics.shed.inc();
-            log::debug!("client={peer}: closed unanswered: out of descriptors");
+            limited!(
+                Topic::OutOfDescriptors,
+                log::Level::Warn,
+                "client={peer}: closed unanswered: far over the connections the open-files \
+                 limit leaves room for"
+            );
             return;
         }
         // Declared after `client`, so dropped (unregistered) before it closes.
@@ -93,8 +99,8 @@ pub fn serve(
                 Ok((src, dst)) => (src, dst.map(Box::new)),
                 Err(why) => {
                     core.metrics.proxy_header_errors.inc();
-                    crate::ops::ratelog::limited!(
-                        crate::ops::ratelog::Topic::ProxyHeader,
+                    limited!(
+                        Topic::ProxyHeader,
                         log::Level::Warn,
                         "client={peer} PROXY protocol: {why}; connection closed"
                     );

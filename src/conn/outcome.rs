@@ -566,6 +566,7 @@ fn topic(refusal: &Refusal) -> Topic {
         },
         Refusal::Policy(p) => match p {
             Policy::OverMaxConns { .. } => Topic::OverMaxConns,
+            Policy::OutOfDescriptors => Topic::OutOfDescriptors,
             Policy::NoRoute => Topic::NoRoute,
             Policy::OriginNotAllowed(_) => Topic::Origin,
             Policy::PerIpLimit { .. } => Topic::PerIpLimit,
@@ -575,7 +576,8 @@ fn topic(refusal: &Refusal) -> Topic {
             Status::ServiceUnavailable => Topic::NoServer,
             _ => Topic::BackendFailed,
         },
-        Refusal::System(_) => Topic::ShuttingDown,
+        Refusal::System(SystemFault::ShuttingDown) => Topic::ShuttingDown,
+        Refusal::System(SystemFault::Local(_)) => Topic::LocalFailure,
     }
 }
 

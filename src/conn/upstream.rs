@@ -22,6 +22,7 @@ use crate::config::{Backend as Server, Group};
 use crate::io::sweep::{Expiry, Phase, Tracked};
 use crate::io::tunnel::{HandshakeError, Peer};
 use crate::ops::metrics::ServerMetrics;
+use crate::ops::ratelog::{limited, Topic};
 use crate::percore::Generation;
 use crate::policy::balance::GroupBalancer;
 use crate::proto::proxy_protocol;
@@ -119,7 +120,9 @@ impl<'a> Conn<'a> {
             };
             let b = &group.servers[i];
             if let Some((why, failed)) = &last {
-                log::info!(
+                limited!(
+                    Topic::Retry,
+                    log::Level::Info,
                     "client={} {}: {why}; trying {}",
                     self.peer,
                     failed.name,
@@ -154,7 +157,9 @@ impl<'a> Conn<'a> {
                 }
             }
             if slot.failed(Instant::now(), b.params.fail_timeout) {
-                log::warn!(
+                limited!(
+                    Topic::ServerMarked,
+                    log::Level::Warn,
                     "group {} server {} ({}) marked unavailable for {:?}: {failure}",
                     group.name,
                     b.name,

@@ -349,6 +349,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// [`Ctx::read_some`] for a source known to be readable already (a
+    /// readiness wait just ended): read at once, and wait only if nothing
+    /// was there after all. Saves the second readiness wait.
+    pub async fn read_ready<R>(
+        self,
+        src: Peer<'_>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<Option<R>> {
+        {
+            let scratch = self.scratch;
+            let mut buf = scratch.buf.borrow_mut();
+            let mut aux = scratch.aux.borrow_mut();
+            match recv(src, &mut buf, &mut aux, scratch.cap)? {
+                Got::WouldBlock => {}
+                Got::Eof => return Ok(None),
+                Got::Data { data, .. } => return Ok(Some(f(data))),
+            }
+        }
+        self.read_some(src, f).await
+    }
+
     /// Write all of `buf` to `dst`, waiting for room whenever the socket is
     /// full. Each bit of progress counts as activity for the idle timeout.
     pub async fn write_all(self, dst: Peer<'_>, buf: &[u8]) -> io::Result<()> {

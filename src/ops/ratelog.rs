@@ -78,6 +78,15 @@ pub enum Topic {
     NoServer,
     /// Refused while shutting down.
     ShuttingDown,
+    /// Over the room the open-files limit leaves (or closed unanswered
+    /// far over it).
+    OutOfDescriptors,
+    /// ringway lacked a descriptor, memory or a port to reach a backend.
+    LocalFailure,
+    /// A failed server, and the next one tried.
+    Retry,
+    /// A server marked unavailable for its fail_timeout.
+    ServerMarked,
     /// A client's TLS handshake failed.
     TlsHandshake,
     /// A bad (or missing, or untrusted) PROXY protocol header.
@@ -109,6 +118,10 @@ impl Topic {
             Topic::BackendTimeout => "refused: backend timed out",
             Topic::NoServer => "refused: no server available",
             Topic::ShuttingDown => "refused: shutting down",
+            Topic::OutOfDescriptors => "refused: out of descriptors",
+            Topic::LocalFailure => "refused: out of a local resource",
+            Topic::Retry => "trying the next server",
+            Topic::ServerMarked => "server marked unavailable",
             Topic::TlsHandshake => "tls handshake failed",
             Topic::ProxyHeader => "PROXY protocol header refused",
             Topic::Accept => "accept failed",
@@ -249,6 +262,10 @@ const TOPICS: [Topic; Topic::COUNT] = [
     Topic::BackendTimeout,
     Topic::NoServer,
     Topic::ShuttingDown,
+    Topic::OutOfDescriptors,
+    Topic::LocalFailure,
+    Topic::Retry,
+    Topic::ServerMarked,
     Topic::TlsHandshake,
     Topic::ProxyHeader,
     Topic::Accept,

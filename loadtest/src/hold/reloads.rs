@@ -143,6 +143,9 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
         .flat_map(|t| t.seen())
         .map(|t| t.echoed)
         .collect();
+    // With the tunnels open, before the reloads (echoes have not all
+    // started: their phases spread over a period).
+    let s1 = rw.sample()?;
 
     // The reloads.
     // Each tunnel holds two descriptors of ringway's: client and backend.
@@ -274,8 +277,9 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
     v.check(
         "ringway RSS",
         format!(
-            "{} at start, {} after {warmup} reloads, {} after {applied} (peak {})",
+            "{} at start, {} with the tunnels, {} after {warmup} reloads, {} after {applied} (peak {})",
             mib(s0.rss_kib),
+            mib(s1.rss_kib),
             mib(warm.rss_kib),
             mib(end_sample.rss_kib),
             mib(rss_peak)

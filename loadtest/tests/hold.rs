@@ -134,3 +134,20 @@ fn churn_with_memory_flat() {
     .unwrap();
     assert_held(&v);
 }
+
+#[test]
+fn the_command_says_what_it_cannot_run() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway-hold"))
+        .args(["--ringway", "/nonexistent/ringway", "churn"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ringway"), "{err}");
+    // A bound that the scenario could not judge is refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway-hold"))
+        .args(["backend-restart", "--fail-timeout", "500ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -5,8 +5,8 @@
 //! "1h"`) and "b" (`upstream = [backend b]`, `idle-timeout = "2h"`). Half of
 //! the tunnels are opened under "a", half under "b", so live tunnels hold
 //! two generations. Then the file is rewritten and ringway sent SIGHUP
-//! `reloads` times, at most `rate` per second, each reload awaited in the
-//! log before the next; after each one a short connection (connect, echo,
+//! `reloads` times, at most `rate` per second (and over two tunnel periods
+//! at least), each reload awaited in the log before the next; after each one a short connection (connect, echo,
 //! close) must be answered by the backend the new file names, so every
 //! reload is proven in force (and makes the core build a generation for
 //! it). Judged at the end:
@@ -150,7 +150,10 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
     // The reloads.
     // Each tunnel holds two descriptors of ringway's: client and backend.
     let with_tunnels = s0.fds + 2 * o.tunnels as u64;
-    let gap = Duration::from_secs_f64(1.0 / o.rate.max(0.01));
+    // At most `rate` per second, and spread over two periods at least, so
+    // that every tunnel echoes while the reloads go on.
+    let gap =
+        Duration::from_secs_f64(1.0 / o.rate.max(0.01)).max(o.period * 2 / o.reloads.max(1) as u32);
     let warmup = (o.reloads / WARMUP_SHARE).max(1).min(o.reloads);
     let mut warm = None;
     let mut probes = (0usize, 0usize);

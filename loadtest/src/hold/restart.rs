@@ -53,6 +53,10 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
     if o.fail_timeout < EDGE * 4 {
         bail!("--fail-timeout must be at least {:?}", EDGE * 4);
     }
+    if o.period * 2 > o.fail_timeout {
+        // a's tunnels must echo while b is marked.
+        bail!("--period must be at most half of --fail-timeout");
+    }
     let mut v = Verdict::new("hold: a backend killed and restarted under live tunnels");
     let dir = TempDir::new("restart")?;
     let a = Echo::start(setup, "a", "127.0.0.1:0".parse()?)?;

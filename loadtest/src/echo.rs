@@ -1,7 +1,9 @@
 //! A fast WebSocket echo backend for load runs, so that the backend is not
 //! what gets measured: one thread per core, SO_REUSEPORT listeners, each
 //! read's complete frames echoed in one write. With a TLS configuration it
-//! serves wss:// instead.
+//! serves wss:// instead. With a name it says which backend answered, in an
+//! `X-Echo-Name` header of its 101 (the hold scenarios tell backends apart
+//! by it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,25 @@ pub fn spawn_with(
     pin: &[usize],
     tls: Option<Arc<ServerConfig>>,
 ) -> Result<SocketAddr> {
+    spawn_named(addr, threads, pin, tls, None)
+}
+
+/// The header of the 101 that names the backend (see [`spawn_named`]).
+pub const NAME_HEADER: &str = "X-Echo-Name";
+
+/// [`spawn_with`], answering every upgrade with `X-Echo-Name: NAME` when
+/// `name` is given.
+pub fn spawn_named(
+    addr: SocketAddr,
+    threads: usize,
+    pin: &[usize],
+    tls: Option<Arc<ServerConfig>>,
+    name: Option<String>,
+) -> Result<SocketAddr> {
+    // The 101's extra header line, written once.
+    let named: Arc<str> = name
+        .map_or_else(String::new, |n| format!("{NAME_HEADER}: {n}\r\n"))
+        .into();
     let (group, bound) = ringway::server::listener::bind_group(
         addr,
         threads.max(1),
@@ -40,7 +61,7 @@ pub fn spawn_with(
     .with_context(|| format!("echo backend on {addr}"))?;
     for (t, l) in group.into_iter().enumerate() {
         let cpu = (!pin.is_empty()).then(|| pin[t % pin.len()]);
-        let tls = tls.clone();
+        let (tls, named) = (tls.clone(), named.clone());
         std::thread::Builder::new()
             .name(format!("echo-{t}"))
             .spawn(move || {
@@ -57,9 +78,9 @@ pub fn spawn_with(
                         Err(e) => return eprintln!("echo backend: {e}"),
                     };
                     while let Ok((s, _)) = listener.accept().await {
-                        let tls = tls.clone();
+                        let (tls, named) = (tls.clone(), named.clone());
                         monoio::spawn(async move {
-                            let _ = serve(s, tls).await;
+                            let _ = serve(s, tls, &named).await;
                         });
                     }
                 });
@@ -68,7 +89,8 @@ pub fn spawn_with(
     Ok(bound)
 }
 
-async fn serve(s: TcpStream, tls: Option<Arc<ServerConfig>>) -> Result<()> {
+/// One connection; `named` is the 101's extra header line ("" for none).
+async fn serve(s: TcpStream, tls: Option<Arc<ServerConfig>>, named: &str) -> Result<()> {
     s.set_nodelay(true)?;
     let mut s = match tls {
         None => Conn::Plain(s),
@@ -97,7 +119,7 @@ async fn serve(s: TcpStream, tls: Option<Arc<ServerConfig>>) -> Result<()> {
                     return Ok(());
                 };
                 let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{named}\r\n",
                     ws::accept_key(key)
                 );
                 acc.drain(..n);

@@ -8,10 +8,14 @@
 //! - [`echo`]: the fast echo backend the runs are made against.
 //! - [`compare`]: starts backend, ringway and nginx, runs every scenario
 //!   against each, and prints and charts the ratios.
+//! - [`hold`]: starts ringway and named backends, and checks that what held
+//!   still holds: a backend killed and restarted under live tunnels, many
+//!   reloads under live tunnels, connection churn with memory flat.
 
 pub mod client;
 pub mod compare;
 pub mod echo;
+pub mod hold;
 pub mod perfstat;
 pub mod procstat;
 pub mod report;

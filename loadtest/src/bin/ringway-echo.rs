@@ -28,6 +28,10 @@ struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Name this backend in an `X-Echo-Name` header of every 101, so that a
+    /// client can tell which backend a proxy chose.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -38,7 +42,7 @@ fn main() -> Result<()> {
         _ => bail!("--tls-cert and --tls-key go together"),
     };
     let what = if tls.is_some() { " (wss)" } else { "" };
-    let bound = ringway_load::echo::spawn_with(cli.listen, cli.threads, &cli.pin, tls)?;
+    let bound = ringway_load::echo::spawn_named(cli.listen, cli.threads, &cli.pin, tls, cli.name)?;
     println!("ringway-echo listening on {bound}{what}");
     loop {
         std::thread::park();

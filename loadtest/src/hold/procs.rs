@@ -290,18 +290,25 @@ impl Ringway {
         let end = Instant::now() + limit;
         loop {
             setup.check_stop()?;
+            // The descriptors first, then the scrape: the metrics endpoint
+            // keeps each scrape's socket open for up to 100 ms after its
+            // answer, and the last scrape's must be gone when counting.
+            std::thread::sleep(SCRAPE_LINGER);
+            let s = self.sample()?;
             let now_open = self
                 .scrape()?
                 .get("ringway_connections_open", &[])
                 .unwrap_or(-1.0);
-            let s = self.sample()?;
             if (s.fds == fds && now_open == open as f64) || Instant::now() >= end {
                 return Ok(s);
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
+
+/// Longer than the metrics endpoint keeps a scrape's socket open after its
+/// answer (100 ms).
+const SCRAPE_LINGER: Duration = Duration::from_millis(150);
 
 /// One sample of a scrape: its name, its labels, its value.
 type MetricSample = (String, Vec<(String, String)>, f64);

@@ -161,16 +161,17 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
         "all, within period + 6 s",
         closed_b == on_b,
     );
-    // ringway counts each of them closed, by the backend's close (FIN) or
-    // an error (RST, when b died with bytes unread).
+    // ringway counts each of them closed by the backend: its close (FIN)
+    // or its reset (RST, when b died with bytes unread); any other error
+    // would be a wrong reason.
     let closes = |m: &Metrics, reason: &str| {
         m.value("ringway_tunnels_closed_total", &[("reason", reason)]) as u64
     };
     let mut m1 = rw.scrape()?;
     let counted = |m: &Metrics| {
-        closes(m, "backend_close") + closes(m, "error")
+        closes(m, "backend_close") + closes(m, "backend_reset")
             - closes(&m0, "backend_close")
-            - closes(&m0, "error")
+            - closes(&m0, "backend_reset")
     };
     let end = Instant::now() + Duration::from_secs(2);
     while counted(&m1) < on_b as u64 && Instant::now() < end {
@@ -180,8 +181,9 @@ pub fn run(setup: &Setup, o: &Options) -> Result<Verdict> {
     v.check(
         "ringway closed them for the backend",
         format!(
-            "backend_close {}, error {}",
+            "backend_close {}, backend_reset {}, error {}",
             closes(&m1, "backend_close") - closes(&m0, "backend_close"),
+            closes(&m1, "backend_reset") - closes(&m0, "backend_reset"),
             closes(&m1, "error") - closes(&m0, "error")
         ),
         &format!("sum = {on_b}"),

@@ -20,11 +20,16 @@
 //! - [`server`]: start-up, the pinned workers and their accept loops,
 //!   listeners, signals, shutdown and drain.
 //! - [`demo`]: `ringway demo` and its built-in echo backend.
+//!
+//! Beside them, `fuzzing` (hidden from the docs) holds the fuzz targets'
+//! checks of the `proto` parsers, for `fuzz/` and `tests/fuzz_corpus.rs`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
 
 pub mod config;
 pub mod conn;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod ops;
 pub mod percore;

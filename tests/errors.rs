@@ -327,3 +327,21 @@ fn a_502_reaches_a_client_that_keeps_sending_before_the_answer() {
     assert_eq!(status_of(&resp), 502, "{}", String::from_utf8_lossy(&resp));
     proxy.assert_fds_at_baseline();
 }
+
+#[test]
+fn a_character_across_byte_7_of_the_path_is_routed() {
+    // Found by the `path` fuzz target: routing compared the path's first 7
+    // bytes with "http://" by slicing it inside this `é`, and the panic
+    // took the worker, and with it the proxy, down.
+    let backend = Backend::echo();
+    let proxy = start_proxy(&backend, &[]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(upgrade_head("/ws/aa\u{e9}", "").as_bytes())
+        .unwrap();
+    let (head, _) = read_head(&mut s);
+    assert_eq!(status_of(head.as_bytes()), 101, "{head}");
+    drop(s);
+    expect(&proxy, b"this is not http\r\n\r\n", 400);
+    proxy.assert_fds_at_baseline();
+}

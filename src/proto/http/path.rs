@@ -81,7 +81,11 @@ pub fn normalize(target: &str) -> Result<String, BadPath> {
 pub fn route_path(target: &str) -> Result<String, BadPath> {
     let mut target = target;
     for scheme in ["http://", "https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // `get`: the scheme's length may fall inside a character.
+        if target
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        {
             let rest = &target[scheme.len()..];
             target = rest.find('/').map_or("/", |i| &rest[i..]);
         }
@@ -225,6 +229,15 @@ mod tests {
         assert_eq!(route_path("/a%2"), Err(BadPath::BadEscape));
         assert_eq!(route_path("/a%00"), Err(BadPath::Nul));
         assert_eq!(route_path("*"), Err(BadPath::NotOriginForm));
+    }
+
+    #[test]
+    fn a_scheme_cut_inside_a_character_is_no_scheme() {
+        // Found by the `path` fuzz target: this panicked (a request
+        // `GET http:/é HTTP/1.1` took down its worker).
+        assert_eq!(route_path("http:/é"), Err(BadPath::NotOriginForm));
+        assert_eq!(route_path("https:/é/"), Err(BadPath::NotOriginForm));
+        assert_eq!(route_path("http://é/a"), Ok("/a".into()));
     }
 
     fn ok(target: &str) -> String {

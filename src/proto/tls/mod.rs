@@ -215,6 +215,28 @@ impl ServerTls {
     pub fn load(files: CertFiles) -> Result<ServerTls, String> {
         let provider = provider();
         let resolver = Resolver::load(&files, &provider)?;
+        ServerTls::with_resolver(provider, resolver)
+    }
+
+    /// Certificates already in memory (the fuzz targets make their own):
+    /// `default`, and `named` ones picked by SNI as `--sni-cert` gives them.
+    pub(crate) fn from_keys(
+        default: Arc<CertifiedKey>,
+        named: Vec<(String, Arc<CertifiedKey>)>,
+        strict: bool,
+    ) -> Result<ServerTls, String> {
+        let resolver = Resolver {
+            default,
+            named,
+            strict,
+        };
+        ServerTls::with_resolver(provider(), resolver)
+    }
+
+    fn with_resolver(
+        provider: Arc<CryptoProvider>,
+        resolver: Resolver,
+    ) -> Result<ServerTls, String> {
         let ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("cannot make a session ticket key: {e}"))?;
         Ok(ServerTls {

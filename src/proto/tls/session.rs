@@ -182,7 +182,18 @@ impl Session {
         buf: &mut [u8],
         cap: usize,
     ) -> io::Result<Step> {
-        let (filled, got) = self.fill(sock, buf, cap, true)?;
+        self.handshake_with(buf, cap, |room| sys::recv(sock, room))
+    }
+
+    /// [`Session::handshake_step`] with `read` standing for the socket's
+    /// `recv` (the fuzz targets read from a byte slice).
+    pub(crate) fn handshake_with(
+        &mut self,
+        buf: &mut [u8],
+        cap: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<Xfer>,
+    ) -> io::Result<Step> {
+        let (filled, got) = self.fill(buf, cap, true, read)?;
         if got == Xfer::Eof {
             return Ok(Step::Eof);
         }
@@ -213,11 +224,27 @@ impl Session {
         cap: usize,
         plain_out: &mut [u8],
     ) -> io::Result<Received> {
+        let got = self.recv_with(buf, cap, plain_out, |room| sys::recv(sock, room))?;
+        // Answers rustls owes the peer (a key update): out now if they fit.
+        self.try_flush(sock)?;
+        Ok(got)
+    }
+
+    /// [`Session::recv`] with `read` standing for the socket's `recv`, and
+    /// without the flush of what rustls owes the peer (it waits in
+    /// `outgoing`).
+    pub(crate) fn recv_with(
+        &mut self,
+        buf: &mut [u8],
+        cap: usize,
+        plain_out: &mut [u8],
+        read: impl FnOnce(&mut [u8]) -> io::Result<Xfer>,
+    ) -> io::Result<Received> {
         // Right after the handshake, only what is kept: rustls may hold a
         // record's plaintext already, and more on top could overflow
         // `plain_out`.
         let read_socket = !std::mem::take(&mut self.pending);
-        let (filled, got) = self.fill(sock, buf, cap, read_socket)?;
+        let (filled, got) = self.fill(buf, cap, read_socket, read)?;
         let raw = match got {
             Xfer::Done(n) => n,
             _ => 0,
@@ -238,8 +265,6 @@ impl Session {
         if done.closed {
             self.peer_closed = true;
         }
-        // Answers rustls owes the peer (a key update): out now if they fit.
-        self.try_flush(sock)?;
         let eof = done.plain == 0 && (self.peer_closed || got == Xfer::Eof);
         Ok(Received {
             plain: done.plain,
@@ -252,10 +277,10 @@ impl Session {
     /// read after them.
     fn fill(
         &mut self,
-        sock: &TcpStream,
         buf: &mut [u8],
         cap: usize,
         read_socket: bool,
+        read: impl FnOnce(&mut [u8]) -> io::Result<Xfer>,
     ) -> io::Result<(usize, Xfer)> {
         let kept = self.incoming.len();
         if kept >= cap {
@@ -272,7 +297,7 @@ impl Session {
         if !read_socket {
             return Ok((kept, Xfer::WouldBlock));
         }
-        let got = match sys::recv(sock, &mut buf[kept..cap]) {
+        let got = match read(&mut buf[kept..cap]) {
             Ok(g) => g,
             Err(e) => {
                 self.incoming = buf[..kept].to_vec();
@@ -284,6 +309,17 @@ impl Session {
             _ => kept,
         };
         Ok((filled, got))
+    }
+
+    /// Take what waits to be sent, as a socket that takes everything would
+    /// (the fuzz targets hand it to their client).
+    pub(crate) fn take_outgoing(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// Bytes kept for the next read (the start of a record).
+    pub(crate) fn kept(&self) -> usize {
+        self.incoming.len()
     }
 
     /// Keep the bytes rustls could not take yet (the start of a record).

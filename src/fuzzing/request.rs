@@ -203,7 +203,10 @@ impl<'h> Oracle<'h> {
             || req.version != Some(1)
             || !o.options.iter().any(|t| t.eq_ignore_ascii_case(b"upgrade"))
             || !matches!(keys[..], [key] if canonical_key(key))
-            || version != Some(b"13");
+            || version != Some(b"13")
+            // A body behind an upgrade (smuggling): refused.
+            || o.chunked
+            || o.lengths.iter().any(|l| l.is_some_and(|n| n > 0));
         o
     }
 

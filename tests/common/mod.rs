@@ -564,8 +564,15 @@ pub fn blackhole() -> (SocketAddr, Vec<TcpStream>, socket2::Socket) {
 
 /// A port on which nothing listens.
 pub fn dead_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    // Bound, never listening, and kept for the test process's life: a
+    // connect to it is refused, and no other process (another test's
+    // ringway on port 0) can be given the port meanwhile.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(sock);
+    addr
 }
 
 /// The address in a `listening on ADDR (...)` log line.

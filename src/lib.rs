@@ -25,6 +25,18 @@
 //! checks of the `proto` parsers, for `fuzz/` and `tests/fuzz_corpus.rs`.
 #![deny(unsafe_code)] // also in Cargo.toml [lints]; only `sys` allows it
 
+/// The commit ringway was built from (`build.rs`: `RINGWAY_COMMIT`, else
+/// git, else `unknown`), for `--version` and `ringway_build_info`.
+pub const COMMIT: &str = env!("RINGWAY_COMMIT");
+
+/// `--version`: the crate's version and that commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RINGWAY_COMMIT"),
+    ")"
+);
+
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ringway::ops::errlog::init(cli.log_level);
+    ringway::ops::errlog::init(cli.log_level, cli.log_format);
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Some(Command::Demo(args)) => ringway::demo::run(&args, cores).map_err(Into::into),

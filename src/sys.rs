@@ -640,3 +640,46 @@ mod tests {
         attach_reuseport_cpu_steering(&s, &[(0, 0), (1, 1)], 2).unwrap();
     }
 }
+
+/// A blocking inotify instance (`inotify_init1(IN_CLOEXEC)`), for the
+/// `--watch-config` thread; read its events with `std::io::Read` on a
+/// `File` made from it.
+pub fn inotify() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; on success the new descriptor is ours alone and
+    // is wrapped at once in an OwnedFd that closes it.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by inotify_init1(2) and nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `inotify_add_watch(fd, path, mask)`: the watch descriptor (the same one
+/// again for a path already watched).
+pub fn inotify_add_watch(fd: &impl AsRawFd, path: &std::path::Path, mask: u32) -> io::Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c_path` is a NUL-terminated string the kernel only reads
+    // during the call; `fd` is borrowed from its owner and stays open.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c_path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
+/// `CLOCK_MONOTONIC` in microseconds: systemd's `MONOTONIC_USEC` of a
+/// reload notification.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a local timespec that clock_gettime fills; no other
+    // pointer is passed. CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}

@@ -319,6 +319,8 @@ fn the_unit_reloads_has_a_log_directory_and_its_flags_are_valid() {
     let lines: Vec<&str> = unit.lines().map(str::trim).collect();
     for want in [
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "Type=notify",
+        "NotifyAccess=main",
         "LogsDirectory=ringway",
         "ProtectSystem=strict",
     ] {

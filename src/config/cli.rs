@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::error::{ConfigError, FileError};
 use crate::config::file;
-use crate::ops::access_log;
+use crate::ops::{access_log, errlog};
 use crate::policy::balance::Method;
 use crate::policy::limits::{Cidr, OriginPattern};
 use crate::proto::proxy_protocol;
@@ -61,7 +61,7 @@ pub const DEFAULT_FAIL_TIMEOUT: &str = "10s";
 #[derive(Debug, Parser)]
 #[command(
     name = "ringway",
-    version,
+    version = crate::VERSION,
     about = "A thread-per-core io_uring WebSocket (ws:// and wss://) reverse proxy",
     long_about = "A thread-per-core io_uring WebSocket (ws:// and wss://) reverse proxy.\n\n\
         The nginx seeds' `location /websocket/ { proxy_pass ...; }`:\n  \
@@ -85,6 +85,10 @@ pub struct Cli {
     /// is used when this flag is absent).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<log::LevelFilter>,
+    /// Error log (stderr) format: text (`[time LEVEL target] message`) or
+    /// json (one object per line: time, level, target, message).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = errlog::Format::Text)]
+    pub log_format: errlog::Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +130,15 @@ pub struct ProxyArgs {
     /// setting of the same name (a list flag replaces the file's whole list).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Reload when the --config file changes, as on SIGHUP: watched with
+    /// inotify, a rewrite in place and an atomic rename or symlink swap (a
+    /// Kubernetes ConfigMap's) alike; a bad file is refused and logged, and
+    /// the configuration in force stays.
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
+    /// Write the process id to FILE once listening (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Address to accept ws:// clients on, IPv4 or [IPv6]:port, with
     /// `,proxy-protocol` to require a PROXY protocol v1/v2 header first
     /// (repeatable; default 0.0.0.0:8080 unless --tls-listen is given).

@@ -127,7 +127,8 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "operations: metrics {}, access log {} ({:?}), close frames at drain {}",
+            "operations: metrics {}, access log {} ({:?}), close frames at drain {}, \
+             config watch {}, pid file {}",
             startup
                 .metrics_listen
                 .map_or_else(|| "off".to_string(), |a| format!("on http://{a}/metrics")),
@@ -142,6 +143,14 @@ impl Settings {
             } else {
                 "off"
             },
+            startup
+                .watch_config
+                .as_ref()
+                .map_or_else(|| "off".to_string(), |p| p.display().to_string()),
+            startup
+                .pid_file
+                .as_ref()
+                .map_or_else(|| "off".to_string(), |p| p.display().to_string()),
         );
         let _ = writeln!(
             s,

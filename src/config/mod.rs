@@ -28,6 +28,7 @@ pub mod static_root;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,10 @@ pub struct Startup {
     /// TCP keepalive for every client and backend socket (set on the
     /// listeners, whose accepted sockets inherit it).
     pub tcp_keepalive: Keepalive,
+    /// The `--config` file to watch and reload on change (`--watch-config`).
+    pub watch_config: Option<PathBuf>,
+    /// Where the process id is written once listening.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// What a reload may replace: everything a connection reads. Read-only,
@@ -292,6 +297,8 @@ impl Settings {
                 access_log: args.access_log.clone(),
                 access_log_format: args.access_log_format,
                 tcp_keepalive: args.tcp_keepalive,
+                watch_config: args.config.clone().filter(|_| args.watch_config),
+                pid_file: args.pid_file.clone(),
             },
             config: Config {
                 tls,
@@ -347,6 +354,8 @@ impl Startup {
             access_log,
             access_log_format,
             tcp_keepalive,
+            watch_config,
+            pid_file,
         } = self;
         [
             ("listen/tls-listen", *listen == old.listen),
@@ -370,6 +379,8 @@ impl Startup {
                 *access_log_format == old.access_log_format,
             ),
             ("tcp-keepalive", *tcp_keepalive == old.tcp_keepalive),
+            ("watch-config", *watch_config == old.watch_config),
+            ("pid-file", *pid_file == old.pid_file),
         ]
         .into_iter()
         .filter(|&(_, same)| !same)

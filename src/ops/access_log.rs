@@ -539,7 +539,7 @@ fn format_json(e: &Entry<'_>, time: SystemTime, out: &mut Vec<u8>) {
 /// `time` as RFC 3339 UTC with milliseconds (truncated, never rounded up
 /// into the next second), e.g. `2026-11-21T10:00:00.123Z`. Times before 1970
 /// (a clock set far back) print as the epoch.
-fn push_time(out: &mut Vec<u8>, time: SystemTime) {
+pub(crate) fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);

@@ -9,7 +9,7 @@
 //! Printable ASCII stays as it is; every other byte becomes `\xNN` (in
 //! JSON, every other character `\uNNNN`, so the line stays valid JSON);
 //! quotes and backslashes are backslashed. [`Line`] escapes a whole error-log
-//! message once more at the logger, for lines this crate does not format
+//! message once more at the logger (as text or as a JSON string), for lines this crate does not format
 //! (a library's) and as a net under the ones it does.
 
 use std::fmt::{self, Write};
@@ -89,9 +89,31 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// A whole message (`format_args!`), in [`Style::Line`], cut at
-/// [`LINE_MAX`]: what the logger writes after a line's header.
-pub struct Line<'a>(pub &'a fmt::Arguments<'a>);
+/// A whole message (`format_args!`), cut at [`LINE_MAX`]: what the logger
+/// writes after a line's header ([`Line::text`]), or as the value of a JSON
+/// line's `message` ([`Line::json`]).
+pub struct Line<'a> {
+    args: &'a fmt::Arguments<'a>,
+    style: Style,
+}
+
+impl<'a> Line<'a> {
+    /// In [`Style::Line`]: the text error log.
+    pub fn text(args: &'a fmt::Arguments<'a>) -> Line<'a> {
+        Line {
+            args,
+            style: Style::Line,
+        }
+    }
+
+    /// In [`Style::Json`], without the quotes: the JSON error log.
+    pub fn json(args: &'a fmt::Arguments<'a>) -> Line<'a> {
+        Line {
+            args,
+            style: Style::Json,
+        }
+    }
+}
 
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,8 +121,9 @@ impl fmt::Display for Line<'_> {
             out: f,
             room: LINE_MAX,
             cut: false,
+            style: self.style,
         };
-        w.write_fmt(*self.0)?;
+        w.write_fmt(*self.args)?;
         if w.cut {
             w.out.write_str("...")?;
         }
@@ -114,11 +137,12 @@ struct LineWriter<'a, 'b> {
     out: &'a mut fmt::Formatter<'b>,
     room: usize,
     cut: bool,
+    style: Style,
 }
 
 impl fmt::Write for LineWriter<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if !self.cut && !put(self.out, s.as_bytes(), Style::Line, &mut self.room)? {
+        if !self.cut && !put(self.out, s.as_bytes(), self.style, &mut self.room)? {
             self.cut = true;
         }
         Ok(())
@@ -378,13 +402,23 @@ mod tests {
         let target = "/x\u{1b}]0;title\u{7}";
         let args = format_args!("client=1.2.3.4:5 target={target} \"{}\"", 42);
         assert_eq!(
-            Line(&args).to_string(),
+            Line::text(&args).to_string(),
             "client=1.2.3.4:5 target=/x\\x1b]0;title\\x07 \"42\""
+        );
+        assert_eq!(
+            Line::json(&args).to_string(),
+            "client=1.2.3.4:5 target=/x\\u001b]0;title\\u0007 \\\"42\\\""
         );
         let long = "\u{0}".repeat(LINE_MAX);
         let args = format_args!("a{long}b{long}");
-        let s = Line(&args).to_string();
+        let s = Line::text(&args).to_string();
         assert!(s.starts_with("a\\x00") && s.ends_with("\\x00..."), "{s}");
+        assert!(s.len() <= LINE_MAX + 3 && printable(&s));
+        let s = Line::json(&args).to_string();
+        assert!(
+            s.starts_with("a\\u0000") && s.ends_with("\\u0000..."),
+            "{s}"
+        );
         assert!(s.len() <= LINE_MAX + 3 && printable(&s));
     }
 }

@@ -1,7 +1,9 @@
 //! The process: start one pinned worker per core, hand each its listeners,
 //! wait for them. The folder: `listener` (SO_REUSEPORT groups, steering),
 //! `worker` (one core's runtime and tasks), `drain` (one core's shutdown),
-//! `shutdown` (the cross-thread drain signal), `signals`.
+//! `shutdown` (the cross-thread drain signal), `signals`, and what tells
+//! the world outside: `notify` (systemd readiness), `pidfile`, `watch`
+//! (`--watch-config`).
 //!
 //! Listeners are bound here, on the calling thread, before any worker runs
 //! (see `server::listener` for why). [`start`] returns once every worker has built
@@ -10,8 +12,11 @@
 
 pub mod drain;
 pub mod listener;
+pub mod notify;
+pub mod pidfile;
 pub mod shutdown;
 pub mod signals;
+pub mod watch;
 pub mod worker;
 
 use std::ffi::OsString;
@@ -46,6 +51,28 @@ pub enum ServerError {
     AccessLog(#[from] AccessLogError),
     #[error("--metrics-listen {0}: {1}")]
     Metrics(SocketAddr, std::io::Error),
+    #[error("--pid-file {0}: {1}")]
+    PidFile(std::path::PathBuf, std::io::Error),
+    #[error("--watch-config {0}: {1}")]
+    Watch(std::path::PathBuf, std::io::Error),
+}
+
+/// What asked for a reload: how its log lines begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP (`systemctl reload`, `kill -HUP`).
+    Signal,
+    /// The `--config` file changed (`--watch-config`).
+    ConfigFile,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::ConfigFile => "config file change",
+        })
+    }
 }
 
 /// A running ringway.
@@ -113,27 +140,36 @@ pub struct Operations {
 }
 
 impl Operations {
-    /// SIGHUP: reopen the access log; read the configuration and
-    /// certificates again, or log why not (the configuration in force
-    /// stays). Returns whether the configuration was reloaded.
-    pub fn reload(&self) -> bool {
+    /// SIGHUP (or a `--watch-config` change, `trigger`): reopen the
+    /// access log; read the configuration and certificates again, or log
+    /// why not (the configuration in force stays). systemd hears of the
+    /// reload and of its end. Returns whether the configuration was
+    /// reloaded.
+    pub fn reload(&self, trigger: Trigger) -> bool {
+        notify::reloading();
         self.access.reopen();
-        match self.reloader.reload() {
+        let done = match self.reloader.reload() {
             Ok(summary) => {
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 log::info!(
-                    "SIGHUP: configuration reloaded ({summary}); new connections use it, live ones keep theirs"
+                    "{trigger}: configuration reloaded ({summary}); new connections use it, live ones keep theirs"
                 );
                 true
             }
             Err(why) => {
                 self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 log::error!(
-                    "SIGHUP: configuration reload failed: {why}; keeping the configuration in force"
+                    "{trigger}: configuration reload failed: {why}; keeping the configuration in force"
                 );
                 false
             }
-        }
+        };
+        notify::ready(if done {
+            "running; last reload applied"
+        } else {
+            "running; last reload refused (see the log)"
+        });
+        done
     }
 }
 
@@ -268,13 +304,19 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
     }
     drop(ready_tx);
     let mut failure = None;
+    let mut drivers: Vec<&'static str> = Vec::with_capacity(n);
     for _ in 0..n {
         match ready_rx.recv() {
-            Ok((_, Ok(_))) => {}
+            Ok((_, Ok(driver))) => drivers.push(driver),
             Ok((id, Err(e))) => failure = failure.or(Some(ServerError::WorkerStart(id, e))),
             Err(_) => break,
         }
     }
+    drivers.dedup();
+    metrics.set_driver(match drivers.as_slice() {
+        [one] => one,
+        _ => "mixed",
+    });
     let server = Server {
         addrs,
         shutdown,
@@ -332,24 +374,55 @@ pub fn run(settings: Settings, argv: Vec<OsString>, cores: usize) -> Result<(), 
     // Signals are handled from before the start, SIGHUP once it is done,
     // on a thread of its own: a slow reload (names to resolve, files to
     // read) must not hold up a SIGTERM behind it.
-    let (hup_tx, hup_rx) = std::sync::mpsc::channel::<()>();
+    // One reload at a time, whoever asks: SIGHUP or the config watcher.
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<Trigger>();
+    let hup_tx = reload_tx.clone();
     signals::install(
         shutdown.clone(),
         Box::new(move || {
-            let _ = hup_tx.send(());
+            let _ = hup_tx.send(Trigger::Signal);
         }),
     );
+    let (pid_file, watch_config) = {
+        let startup = reloader.startup();
+        (startup.pid_file.clone(), startup.watch_config.clone())
+    };
     let server = start_with(reloader, shutdown)?;
     let ops = server.operations();
     let spawned = std::thread::Builder::new()
         .name("ringway-reload".into())
         .spawn(move || {
-            while hup_rx.recv().is_ok() {
-                ops.reload();
+            while let Ok(trigger) = reload_rx.recv() {
+                ops.reload(trigger);
             }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the reload thread ({e}); SIGHUP will not reload");
     }
+    let started = (|| {
+        if let Some(file) = watch_config {
+            watch::spawn(file.clone(), reload_tx).map_err(|e| ServerError::Watch(file, e))?;
+        }
+        pid_file
+            .map(|p| pidfile::PidFile::write(&p).map_err(|e| ServerError::PidFile(p, e)))
+            .transpose()
+    })();
+    let _pid_file = match started {
+        Ok(p) => p,
+        Err(e) => {
+            server.shutdown.force();
+            let _ = server.wait();
+            return Err(e);
+        }
+    };
+    notify::ready(&format!(
+        "running; listening on {}",
+        server
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     server.wait()
 }

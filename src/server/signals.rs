@@ -35,6 +35,7 @@ pub fn install(shutdown: Shutdown, on_hup: Box<dyn Fn() + Send>) {
                     log::warn!("signal {sig} again: closing every connection now");
                 } else {
                     log::info!("signal {sig}: no longer accepting; draining live tunnels");
+                    super::notify::stopping();
                 }
                 shutdown.trigger();
             }

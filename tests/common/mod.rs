@@ -45,6 +45,15 @@ impl Proxy {
     /// [`Proxy::start`] through a wrapper that execs ringway (`prlimit
     /// --nofile=N:N --`, say), so that the process is still ringway.
     pub fn start_via(wrapper: &[&str], args: &[&str]) -> Proxy {
+        Proxy::launch(wrapper, &[], args)
+    }
+
+    /// [`Proxy::start`] with these environment variables set.
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Proxy {
+        Proxy::launch(&[], env, args)
+    }
+
+    fn launch(wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Proxy {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--listen") {
             all.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -67,6 +76,7 @@ impl Proxy {
             // Every refusal's line, not one per reason per 10 s: tests count
             // them (tests/logs.rs checks the rate limit).
             .env("RINGWAY_LOG_INTERVAL_MS", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

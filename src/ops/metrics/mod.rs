@@ -442,6 +442,9 @@ pub struct Metrics {
     pub access_log_dropped: AtomicU64,
     /// For `ringway_uptime_seconds`.
     started: Instant,
+    /// The workers' I/O driver (`io_uring`, `epoll`), for
+    /// `ringway_build_info`; set once they have started.
+    driver: OnceLock<&'static str>,
 }
 
 impl Metrics {
@@ -454,7 +457,19 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             access_log_dropped: AtomicU64::new(0),
             started: Instant::now(),
+            driver: OnceLock::new(),
         }
+    }
+
+    /// Record the driver the workers run on (`io_uring`, `epoll`, or
+    /// `mixed`); the first call wins.
+    pub fn set_driver(&self, driver: &'static str) {
+        let _ = self.driver.set(driver);
+    }
+
+    /// The workers' driver, `unknown` before they have started.
+    pub fn driver(&self) -> &'static str {
+        self.driver.get().copied().unwrap_or("unknown")
     }
 
     fn sum(&self, f: impl Fn(&CoreMetrics) -> u64) -> u64 {

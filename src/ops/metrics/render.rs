@@ -312,6 +312,20 @@ impl Metrics {
             "Worker threads (cores).",
             self.cores.len(),
         );
+        o.family(
+            "ringway_build_info",
+            "gauge",
+            "Always 1: the version and commit ringway was built from, and the I/O driver its workers run on.",
+        );
+        o.sample(
+            "ringway_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::COMMIT),
+                ("driver", self.driver()),
+            ],
+            1,
+        );
         o.single(
             "ringway_uptime_seconds",
             "gauge",
@@ -492,6 +506,21 @@ mod tests {
         ] {
             assert!(has(&text, line), "missing {line:?} in\n{text}");
         }
+        let info = |driver: &str| {
+            format!(
+                "ringway_build_info{{version=\"{}\",commit=\"{}\",driver=\"{driver}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                crate::COMMIT
+            )
+        };
+        assert!(has(&text, &info("unknown")), "{text}");
+        m.set_driver("io_uring");
+        m.set_driver("epoll");
+        let state = State {
+            draining: false,
+            open_connections: 0,
+        };
+        assert!(has(&m.render(state), &info("io_uring")));
         // Only statuses seen; each route and server once.
         assert_eq!(text.matches("result=\"error\"").count(), 2);
         assert_eq!(text.matches("ringway_requests_total{").count(), 1);

@@ -1,0 +1,84 @@
+//! The README keeps up with the binary: every flag of `ringway --help` has
+//! a row in its Flags table, and every metric family `/metrics` exports
+//! has a row in its metrics table.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::*;
+
+const README: &str = include_str!("../README.md");
+
+/// The long flags a help text names (`--name`), without `--help`/`--version`.
+fn flags_in_help(help: &str) -> BTreeSet<String> {
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("--") || l.starts_with('-'))
+        .filter_map(|l| {
+            let at = l.find("--")?;
+            let name: String = l[at..]
+                .chars()
+                .skip(2)
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            Some(format!("--{name}"))
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+/// The lines of the README section that starts with `heading`.
+fn section(heading: &str) -> Vec<&'static str> {
+    README
+        .lines()
+        .skip_while(|l| *l != heading)
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .collect()
+}
+
+#[test]
+fn every_flag_has_a_row_in_the_flags_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let flags = flags_in_help(&help);
+    assert!(flags.len() > 40 && flags.contains("--upstream"), "{flags:?}");
+    let rows: BTreeSet<String> = section("## Flags")
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("| `--"))
+        .map(|l| {
+            let name: String = l
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            format!("--{name}")
+        })
+        .collect();
+    let missing: Vec<_> = flags.difference(&rows).collect();
+    assert!(missing.is_empty(), "flags without a README row: {missing:?}");
+}
+
+#[test]
+fn every_metric_has_a_row_in_the_metrics_table() {
+    let backend = Backend::echo();
+    let proxy = start_proxy(&backend, &["--metrics-listen", "127.0.0.1:0"]);
+    let (status, text) = scrape(metrics_addr(&proxy), "/metrics");
+    assert_eq!(status, 200);
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 20, "{families:?}");
+    let table = section("## Operations").join("\n");
+    let missing: Vec<_> = families
+        .iter()
+        .filter(|f| !table.contains(&format!("`{f}`")) && !table.contains(&format!("`{f}{{")))
+        .collect();
+    assert!(missing.is_empty(), "metrics without a README row: {missing:?}");
+}

@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Some(Command::Demo(args)) => ringway::demo::run(&args, cores).map_err(Into::into),
+        Some(Command::Man(args)) => config::docs::man(args.out_dir.as_deref()).map_err(Into::into),
+        Some(Command::Completions(args)) => {
+            config::docs::completions(args.shell).map_err(Into::into)
+        }
         Some(Command::Check(args)) => {
             return match Settings::from_args(&args.proxy, cores) {
                 Ok(settings) => {

@@ -99,6 +99,27 @@ pub enum Command {
     /// Validate the flags (and --config file), print the resolved listeners,
     /// routes and groups, and exit: 0 when valid, 2 with the mistake if not.
     Check(Box<CheckArgs>),
+    /// Print ringway's man page (roff) to stdout, made from these flags'
+    /// help; with --out-dir, write it and one page per subcommand there.
+    Man(ManArgs),
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish or
+    /// powershell) to stdout, made from these flags and subcommands.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ringway.1 and a page per subcommand (ringway-check.1, ...)
+    /// into DIR (made if missing) instead of printing ringway.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -15,11 +15,13 @@
 //! The folder, lowest first: `error.rs` (every message), `file.rs` (the
 //! TOML file as arguments), `cli.rs` (clap's types, `parse_cli`),
 //! `static_root.rs`, `upstream.rs` (servers and groups), `routes.rs`, this
-//! file (validation), `describe.rs` (`ringway check`), `reload.rs`. The
+//! file (validation), `describe.rs` (`ringway check`), `reload.rs`,
+//! `docs.rs` (`ringway man`, `ringway completions`). The
 //! names used outside are re-exported here.
 
 pub mod cli;
 mod describe;
+pub mod docs;
 pub mod error;
 mod file;
 pub mod reload;

@@ -13,9 +13,12 @@ const README: &str = include_str!("../README.md");
 
 /// The long flags a help text names (`--name`), without `--help`/`--version`.
 fn flags_in_help(help: &str) -> BTreeSet<String> {
+    // An option's own line is indented 2 (`-h, --help`) or 6 spaces
+    // (`--name`); its wrapped description, further.
     help.lines()
+        .filter(|l| l.len() - l.trim_start().len() <= 6)
         .map(str::trim_start)
-        .filter(|l| l.starts_with("--") || l.starts_with('-'))
+        .filter(|l| l.starts_with('-'))
         .filter_map(|l| {
             let at = l.find("--")?;
             let name: String = l[at..]

@@ -72,7 +72,7 @@ pub const DEFAULT_FAIL_TIMEOUT: &str = "10s";
         Load balancing (nginx's upstream { ip_hash; server ...; }):\n  \
         ringway --listen 0.0.0.0:80 --route /ws/=ws --balance ws=ip-hash \\\n    \
         --upstream ws=backend1:8080 --upstream ws=backend2:8080 --upstream ws=backend3:8080\n\n\
-        Check a configuration without starting:  ringway check [FLAGS]\n\
+        Check a configuration without starting:  ringway check [FLAGS]\n\n\
         Try it without a backend:  ringway demo",
     args_conflicts_with_subcommands = true
 )]

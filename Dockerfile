@@ -2,7 +2,7 @@
 #
 # ringway in a container: README.md, "Deploy" > "Container".
 #
-#   docker build -t ringway:0.1.0 .
+#   docker build --build-arg RINGWAY_COMMIT=$(git rev-parse --short=12 HEAD) -t ringway:0.1.0 .
 #   docker run -d --name ringway -p 80:8080 -p 127.0.0.1:9090:9090 \
 #       -v "$PWD/config:/etc/ringway:ro" --stop-timeout 40 ringway:0.1.0
 #
@@ -15,6 +15,10 @@ WORKDIR /src
 # The whole workspace: Cargo.toml names loadtest/ and the benches, and
 # --locked needs Cargo.lock as committed.
 COPY . .
+# The commit --version and ringway_build_info name: .git is not copied
+# (.dockerignore), so pass it: --build-arg RINGWAY_COMMIT=$(git rev-parse
+# --short=12 HEAD). Without it they say `unknown`.
+ARG RINGWAY_COMMIT=
 # The cache mounts keep crates.io downloads and the target directory between
 # builds (BuildKit, Docker's default builder since 23.0); the binary is
 # copied out of the cached target directory, which the image does not keep.

@@ -1,6 +1,6 @@
 //! The README keeps up with the binary: every flag of `ringway --help` has
 //! a row in its Flags table, and every metric family `/metrics` exports
-//! has a row in its metrics table.
+//! has a row in its metrics table; every link to a heading finds it.
 
 mod common;
 
@@ -50,7 +50,10 @@ fn every_flag_has_a_row_in_the_flags_table() {
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     let flags = flags_in_help(&help);
-    assert!(flags.len() > 40 && flags.contains("--upstream"), "{flags:?}");
+    assert!(
+        flags.len() > 40 && flags.contains("--upstream"),
+        "{flags:?}"
+    );
     let rows: BTreeSet<String> = section("## Flags")
         .into_iter()
         .filter_map(|l| l.strip_prefix("| `--"))
@@ -63,7 +66,10 @@ fn every_flag_has_a_row_in_the_flags_table() {
         })
         .collect();
     let missing: Vec<_> = flags.difference(&rows).collect();
-    assert!(missing.is_empty(), "flags without a README row: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "flags without a README row: {missing:?}"
+    );
 }
 
 #[test]
@@ -83,5 +89,38 @@ fn every_metric_has_a_row_in_the_metrics_table() {
         .iter()
         .filter(|f| !table.contains(&format!("`{f}`")) && !table.contains(&format!("`{f}{{")))
         .collect();
-    assert!(missing.is_empty(), "metrics without a README row: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "metrics without a README row: {missing:?}"
+    );
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_link_within_the_readme_has_its_heading() {
+    let anchors: BTreeSet<String> = README
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect();
+    assert!(anchors.contains("config-file-and-ringway-check"));
+    let links: Vec<&str> = README
+        .split("](#")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .collect();
+    assert!(links.len() > 30, "{links:?}");
+    let broken: Vec<_> = links.iter().filter(|l| !anchors.contains(**l)).collect();
+    assert!(broken.is_empty(), "links to no heading: {broken:?}");
 }

@@ -92,7 +92,7 @@ fn build_chunked(input: &mut Input<'_>) -> Vec<u8> {
         } else {
             format!("{size:X}")
         };
-        if size != 0 || shape % 3 == 0 {
+        if size != 0 || shape.is_multiple_of(3) {
             out.extend_from_slice(hex.as_bytes());
         }
         match (shape >> 3) % 4 {

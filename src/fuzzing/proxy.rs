@@ -113,7 +113,7 @@ fn address(input: &mut Input<'_>) -> SocketAddr {
             let mut octets = [0u8; 16];
             // Sparse addresses too, so `::` compression shows up.
             for o in octets.iter_mut() {
-                *o = if kind & 0x80 != 0 && input.byte() % 2 == 0 {
+                *o = if kind & 0x80 != 0 && input.byte().is_multiple_of(2) {
                     0
                 } else {
                     input.byte()

@@ -311,12 +311,12 @@ fn after_handshake(input: &mut Input<'_>, hostile: bool) {
         data.resize(len, b'd');
         client.writer().write_all(&data).expect("client write");
         sent.extend_from_slice(&data);
-        if input.byte() % 5 == 0 {
+        if input.byte().is_multiple_of(5) {
             // TLS 1.3 only; a TLS 1.2 client refuses, which is fine.
             let _ = client.refresh_traffic_keys();
         }
     }
-    let close = input.byte() % 2 == 0;
+    let close = input.byte().is_multiple_of(2);
     if close {
         client.send_close_notify();
     }

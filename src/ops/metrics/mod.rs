@@ -164,7 +164,7 @@ fn epoch() -> Instant {
 fn millis_since_epoch(t: Instant, round_up: bool) -> u64 {
     let d = t.saturating_duration_since(epoch());
     let ms = d.as_millis();
-    let ms = if round_up && d.as_nanos() % 1_000_000 != 0 {
+    let ms = if round_up && !d.as_nanos().is_multiple_of(1_000_000) {
         ms + 1
     } else {
         ms

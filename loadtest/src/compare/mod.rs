@@ -56,7 +56,7 @@ use wss::{Kind, TlsVariant, Wss};
 )]
 pub struct Options {
     /// Short runs (3 rounds of 1 s, 1000 idle connections, a 2000-tunnel
-    /// fleet): about 4 minutes.
+    /// fleet): under 4 minutes.
     #[arg(long)]
     pub quick: bool,
     /// Rounds; each runs every scenario against every target [3].
@@ -2369,7 +2369,14 @@ impl Summary<'_> {
         if self.noise.as_deref().is_some_and(|n| n.contains(DISTURBED)) {
             out.push(format!("Disturbed run: {DISTURBED}."));
         }
-        out.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        // One line each in the chart (the text and the JSON have them whole).
+        out.extend(self.warnings.iter().map(|w| {
+            let w: String = format!("warning: {w}");
+            match w.char_indices().nth(140) {
+                Some((at, _)) => format!("{}...", &w[..at]),
+                None => w,
+            }
+        }));
         out
     }
 
@@ -2915,7 +2922,10 @@ mod tests {
         );
         // A quiet run: no warning.
         let recs = with_others(2.0);
-        let svg = summary_of(&plan, &recs).svg("x.json");
+        let mut quiet = summary_of(&plan, &recs);
+        quiet.warnings = vec!["x".repeat(300)];
+        assert_eq!(quiet.alerts(), [format!("warning: {}...", "x".repeat(131))]);
+        let svg = quiet.svg("x.json");
         assert!(!svg.contains(DISTURBED), "{svg}");
         assert!(svg.contains("noise: on the proxy core"));
         // Without wss:// or fleet, nothing to say about direct.

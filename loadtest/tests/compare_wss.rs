@@ -37,6 +37,7 @@ fn wss_and_fleet_through_ringway_without_nginx() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{stdout}");
     assert!(
         out.status.success(),
         "{stdout}\n{}",

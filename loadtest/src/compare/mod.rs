@@ -713,9 +713,11 @@ impl Plan {
                 ),
             },
             Scenario::Fleet => format!(
-                "{} tunnels held, {}% of them sending {} msg/s in all, {} B (fresh proxy process each run)",
-                self.fleet_tunnels
-                    .map_or("as many as the open-files limits allow".to_string(), |n| n.to_string()),
+                "{}, {}% of them sending {} msg/s in all, {} B (fresh proxy process each run)",
+                self.fleet_tunnels.map_or(
+                    "as many tunnels held as the open-files limits allow".to_string(),
+                    |n| format!("{n} tunnels held")
+                ),
                 self.fleet_active * 100.0,
                 self.fleet_rate,
                 self.size
@@ -2089,7 +2091,7 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
     let nginx_errors = std::fs::read_to_string(lab.dir().join("nginx/error.log"))
-        .map(|s| s.lines().take(20).map(str::to_string).collect::<Vec<_>>())
+        .map(|s| nginx::notable_errors(&s))
         .unwrap_or_default();
     warnings.append(&mut lab.warnings);
     drop(lab);

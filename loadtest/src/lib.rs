@@ -3,6 +3,7 @@
 //! - [`scenario`]: the load scenarios (echo, bulk, connect, idle) on pinned
 //!   monoio threads, reported by [`report`] with CPU and memory of watched
 //!   processes from [`procstat`] and their system calls from [`perfstat`].
+//! - [`fleet`]: many tunnels held, a few of them busy (a chat service).
 //! - [`client`]: one connection's handshake and a header-only frame counter.
 //! - [`tls`]: wss:// (rustls over monoio), for the generator and the backend.
 //! - [`echo`]: the fast echo backend the runs are made against.
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod compare;
 pub mod echo;
+pub mod fleet;
 pub mod hold;
 pub mod perfstat;
 pub mod procstat;

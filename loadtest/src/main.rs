@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ringway::config::parse_duration;
 use ringway_load::client::Target;
+use ringway_load::fleet::{self, FleetOpts};
 use ringway_load::scenario::{self, Common, EchoOpts, Load};
 use ringway_load::tls::TlsOptions;
 
@@ -74,6 +75,28 @@ enum Scenario {
         common: CommonArgs,
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// A chat service's shape: hold many tunnels, a small share of them
+    /// sending at a fixed total rate (open loop), the rest idle and pinged
+    /// at the end; RSS per tunnel, CPU per message and latency of each
+    /// watched process. Spread the tunnels over --source-ips.
+    Fleet {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Tunnels held [as many as the open-files limits of this process
+        /// and of the watched ones allow: half the smallest, less 200, since
+        /// a proxy holds 2 descriptors per tunnel].
+        #[arg(long)]
+        tunnels: Option<usize>,
+        /// Share of the tunnels that send (0 to 1, at least one tunnel).
+        #[arg(long, default_value_t = fleet::DEFAULT_ACTIVE_SHARE)]
+        active: f64,
+        /// Messages per second over all active tunnels (open loop).
+        #[arg(long, default_value_t = fleet::DEFAULT_RATE)]
+        rate: f64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = fleet::DEFAULT_SIZE)]
+        size: usize,
     },
 }
 
@@ -210,6 +233,21 @@ fn main() -> Result<()> {
             common,
             connections,
         } => (common, scenario::idle(&common.common()?, *connections)?),
+        Scenario::Fleet {
+            common,
+            tunnels,
+            active,
+            rate,
+            size,
+        } => {
+            let opts = FleetOpts {
+                tunnels: tunnels.unwrap_or_else(|| fleet::default_tunnels(&common.watch)),
+                active_share: *active,
+                rate: *rate,
+                size: *size,
+            };
+            (common, fleet::fleet(&common.common()?, &opts)?)
+        }
     };
     report.print_summary();
     if let Some(path) = &args.json {

@@ -119,7 +119,7 @@ impl TlsSummary {
 /// The unit of work of a scenario, as the summary names it.
 pub fn unit_of(scenario: &str) -> &'static str {
     match scenario {
-        "echo" => "msg",
+        "echo" | "fleet" => "msg",
         "bulk" => "MB",
         "connect" => "handshake",
         _ => "conn",

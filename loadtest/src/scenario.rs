@@ -67,21 +67,21 @@ pub struct EchoOpts {
 }
 
 /// What one thread measured.
-struct Tally {
-    sent: u64,
+pub(crate) struct Tally {
+    pub(crate) sent: u64,
     /// Every echo (or completed cycle), inside the window or not.
-    echoed: u64,
+    pub(crate) echoed: u64,
     /// Those inside the measured window.
-    received: u64,
-    errors: Vec<String>,
-    error_count: u64,
-    hist: Histogram<u64>,
+    pub(crate) received: u64,
+    pub(crate) errors: Vec<String>,
+    pub(crate) error_count: u64,
+    pub(crate) hist: Histogram<u64>,
     /// wss:// only.
-    tls: Option<TlsSummary>,
+    pub(crate) tls: Option<TlsSummary>,
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(crate) fn new() -> Tally {
         Tally {
             sent: 0,
             echoed: 0,
@@ -93,13 +93,13 @@ impl Tally {
         }
     }
 
-    fn tls(&mut self, info: Option<TlsInfo>) {
+    pub(crate) fn tls(&mut self, info: Option<TlsInfo>) {
         if let Some(info) = info {
             self.tls.get_or_insert_with(TlsSummary::default).add(&info);
         }
     }
 
-    fn error(&mut self, e: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, e: impl std::fmt::Display) {
         self.error_count += 1;
         if self.errors.len() < 5 {
             self.errors.push(e.to_string());
@@ -125,9 +125,9 @@ impl Tally {
 
 /// The shared timeline of a run: set once every thread is connected.
 #[derive(Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
 }
 
 impl Window {
@@ -139,8 +139,8 @@ impl Window {
 /// What [`run_threads`] measured: the threads' tally, what each watched pid
 /// used in the window, the window's length, and why system calls were not
 /// counted (if they were not).
-struct Measured {
-    total: Tally,
+pub(crate) struct Measured {
+    pub(crate) total: Tally,
     usage: Vec<Usage>,
     window_s: f64,
     syscalls_note: Option<String>,
@@ -151,7 +151,7 @@ struct Measured {
 /// the warm-up from that moment. Samples watched pids at its edges, and
 /// counts their system calls in between (`perf stat`, started before the
 /// threads with its counters off, switched on and off at the edges).
-fn run_threads<S, F, SF, RF>(common: &Common, setup: SF, work: RF) -> Result<Measured>
+pub(crate) fn run_threads<S, F, SF, RF>(common: &Common, setup: SF, work: RF) -> Result<Measured>
 where
     S: 'static,
     SF: Fn(usize) -> Pin<Box<dyn Future<Output = Result<S>>>> + Send + Sync + 'static,
@@ -255,7 +255,7 @@ fn sleep_until(t: Instant) {
 }
 
 /// Connections of thread `t` out of `total` split over `threads`.
-fn share(total: usize, threads: usize, t: usize) -> usize {
+pub(crate) fn share(total: usize, threads: usize, t: usize) -> usize {
     total / threads + usize::from(t < total % threads)
 }
 
@@ -264,7 +264,11 @@ fn source(common: &Common, i: usize) -> Option<IpAddr> {
 }
 
 /// Open `count` connections from thread `t`, 64 at a time.
-async fn open_many(common: &Common, t: usize, count: usize) -> Result<Vec<(Conn, Vec<u8>)>> {
+pub(crate) async fn open_many(
+    common: &Common,
+    t: usize,
+    count: usize,
+) -> Result<Vec<(Conn, Vec<u8>)>> {
     let request = common.target.request();
     let mut out = Vec::with_capacity(count);
     let mut i = 0;
@@ -359,7 +363,7 @@ pub fn echo(common: &Common, opts: &EchoOpts) -> Result<Report> {
 
 /// Build the report; `units(received, mb)` is what CPU and system calls
 /// are divided by.
-fn finish(
+pub(crate) fn finish(
     scenario: &'static str,
     common: &Common,
     connections: u64,
@@ -452,7 +456,7 @@ impl Credits {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn echo_conn(
+pub(crate) async fn echo_conn(
     stream: Conn,
     early: Vec<u8>,
     frame: Bytes,
@@ -730,55 +734,65 @@ pub fn idle(common: &Common, connections: usize) -> Result<Report> {
             }
             // Hold: nothing pending on any connection.
             monoio::time::sleep_until(w.end.into()).await;
-            let ping = client::frame_with(ws::OP_PING, b"alive?");
-            let mut tasks = Vec::new();
-            for (mut s, _) in streams {
-                let ping = ping.clone();
-                tasks.push(monoio::spawn(async move {
-                    let (r, _) = s.write_all(ping).await;
-                    r?;
-                    let mut counter = FrameCounter::default();
-                    let mut pong = false;
-                    let mut buf = Vec::with_capacity(64);
-                    while !pong {
-                        buf.clear();
-                        let (res, b) = monoio::time::timeout(Duration::from_secs(10), s.read(buf))
-                            .await
-                            .map_err(|_| anyhow::anyhow!("no pong within 10s"))?;
-                        buf = b;
-                        if res? == 0 {
-                            bail!("closed while idle");
-                        }
-                        counter.feed(&buf, |op| pong |= op == ws::OP_PONG);
-                    }
-                    Ok::<_, anyhow::Error>(())
-                }));
-            }
-            for task in tasks {
-                match task.await {
-                    Ok(()) => {
-                        tally.echoed += 1;
-                        tally.received += 1;
-                    }
-                    Err(e) => tally.error(e),
-                }
-            }
+            ping_all(streams.into_iter().map(|(s, _)| s), &mut tally).await;
             tally
         },
     )?;
     let mut r = finish("idle", common, connections as u64, measured, 0.0, |r, _| r);
-    // Memory per held connection: from before the connections were opened to
-    // the end of the hold.
+    held_memory(&mut r, &before, connections);
+    Ok(r)
+}
+
+/// Memory per held connection: from `before` (sampled before the
+/// connections were opened) to the end of the window, per connection.
+pub(crate) fn held_memory(r: &mut Report, before: &[procstat::Sample], connections: usize) {
     r.rss_kib_per_conn = before
         .iter()
         .zip(&r.usage)
         .map(|(b, u)| (u.rss_kib_after as f64 - b.rss_kib as f64) / connections.max(1) as f64)
         .collect();
-    for (u, b) in r.usage.iter_mut().zip(&before) {
+    for (u, b) in r.usage.iter_mut().zip(before) {
         u.rss_kib_before = b.rss_kib;
         u.fds_before = b.fds;
     }
-    Ok(r)
+}
+
+/// Ping every connection and wait for each pong (10 s at most each): a
+/// pong counts as echoed and received, anything else as an error.
+pub(crate) async fn ping_all(streams: impl Iterator<Item = Conn>, tally: &mut Tally) {
+    let ping = client::frame_with(ws::OP_PING, b"alive?");
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        let ping = ping.clone();
+        tasks.push(monoio::spawn(async move {
+            let (r, _) = s.write_all(ping).await;
+            r?;
+            let mut counter = FrameCounter::default();
+            let mut pong = false;
+            let mut buf = Vec::with_capacity(64);
+            while !pong {
+                buf.clear();
+                let (res, b) = monoio::time::timeout(Duration::from_secs(10), s.read(buf))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no pong within 10s"))?;
+                buf = b;
+                if res? == 0 {
+                    bail!("closed while idle");
+                }
+                counter.feed(&buf, |op| pong |= op == ws::OP_PONG);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok(()) => {
+                tally.echoed += 1;
+                tally.received += 1;
+            }
+            Err(e) => tally.error(e),
+        }
+    }
 }
 
 #[cfg(test)]

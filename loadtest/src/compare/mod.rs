@@ -7,10 +7,19 @@
 //! `direct` (the backend itself), `ringway` and `nginx`, in an order that
 //! rotates from round to round, so drift on a noisy machine hits all alike.
 //! The medians over the rounds become one table of ratios, one JSON file
-//! with every raw report, and one SVG chart.
+//! with every raw report, and one SVG chart ([`chart`]).
+//!
+//! The wss:// scenarios ([`wss`]) run against the two proxies only, both
+//! serving one certificate made for the run; nginx's configuration is
+//! [`nginx`]'s. The fleet scenario is `ringway-load fleet`
+//! ([`crate::fleet`]): many tunnels held, a few busy.
 //!
 //! Every child is stopped when the runner ends, by error or by a signal
 //! (SIGINT/SIGTERM), and every wait is bounded.
+
+mod chart;
+mod nginx;
+pub mod wss;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -29,6 +38,14 @@ use serde_json::{json, Value};
 use crate::perfstat::signal;
 use crate::procstat;
 
+pub use chart::{svg_chart, xml_escape, Bar};
+pub use nginx::{
+    cpu_mask, nginx_config, parse_nginx_size, parse_nginx_version, tls_directives, NginxConf,
+    NginxTls,
+};
+use nginx::{find_or_install_nginx, NginxBin};
+use wss::{Kind, TlsVariant, Wss};
+
 /// Flags of `ringway-compare` (`loadtest/compare` passes the binaries).
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -38,23 +55,26 @@ use crate::procstat;
              through nginx; print a table of ratios, write JSON and an SVG chart"
 )]
 pub struct Options {
-    /// Short runs (2 s, 2 rounds, 2000 idle connections): under 3 minutes.
+    /// Short runs (3 rounds of 1 s, 1000 idle connections, a 2000-tunnel
+    /// fleet): under 4 minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds; each runs every scenario against every target [3, quick 2].
+    /// Rounds; each runs every scenario against every target [3].
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Measured time of each run [10s, quick 2s].
+    /// Measured time of each run [10s, quick 1s].
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Warm-up before each run's window [1s, quick 500ms].
+    /// Warm-up before each run's window [1s, quick 300ms].
     #[arg(long, value_parser = parse_duration)]
     pub warmup: Option<Duration>,
-    /// Scenarios to run, comma-separated: echo, open, bulk, connect, idle.
+    /// Scenarios to run, comma-separated: echo, open, bulk, connect, idle;
+    /// wss-connect, wss-resume, wss12-connect, wss12-resume, wss-echo,
+    /// wss-bulk, wss-idle (or `wss` for all seven); fleet.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "echo,open,bulk,connect,idle"
+        default_value = "echo,open,bulk,connect,idle,wss,fleet"
     )]
     pub scenarios: Vec<String>,
     /// CPU both proxies are pinned to.
@@ -75,9 +95,20 @@ pub struct Options {
     /// Connections in progress at once in the connect scenario.
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
-    /// Idle connections held [8000, quick 2000]; a proxy spends 2 descriptors on each.
+    /// Idle connections held (ws:// and wss://) [8000, quick 1000]; a
+    /// proxy spends 2 descriptors on each.
     #[arg(long)]
     pub idle_connections: Option<usize>,
+    /// Fleet: tunnels held [as many as the open-files limits allow (about
+    /// 9,900 at 20,000), quick 2000].
+    #[arg(long)]
+    pub fleet_tunnels: Option<usize>,
+    /// Fleet: share of the tunnels that send, 0 to 1.
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_ACTIVE_SHARE)]
+    pub fleet_active: f64,
+    /// Fleet: messages per second over all active tunnels.
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_RATE)]
+    pub fleet_rate: f64,
     /// The ringway binary [next to this one].
     #[arg(long)]
     pub ringway: Option<PathBuf>,
@@ -144,15 +175,27 @@ pub enum Scenario {
     Connect,
     /// Many idle connections held: memory per tunnel.
     Idle,
+    /// One of the wss:// scenarios (proxies only).
+    Wss(Wss),
+    /// Many tunnels held, a few of them busy at a fixed rate (proxies only).
+    Fleet,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Echo,
         Scenario::Open,
         Scenario::Bulk,
         Scenario::Connect,
         Scenario::Idle,
+        Scenario::Wss(Wss::Connect13),
+        Scenario::Wss(Wss::Resume13),
+        Scenario::Wss(Wss::Connect12),
+        Scenario::Wss(Wss::Resume12),
+        Scenario::Wss(Wss::Echo),
+        Scenario::Wss(Wss::Bulk),
+        Scenario::Wss(Wss::Idle),
+        Scenario::Fleet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -162,14 +205,48 @@ impl Scenario {
             Scenario::Bulk => "bulk",
             Scenario::Connect => "connect",
             Scenario::Idle => "idle",
+            Scenario::Wss(w) => w.name(),
+            Scenario::Fleet => "fleet",
         }
     }
 
-    pub fn parse(s: &str) -> Result<Scenario> {
+    /// One name, or `wss` for every wss:// scenario.
+    pub fn parse(s: &str) -> Result<Vec<Scenario>> {
+        let s = s.trim();
+        if s == "wss" {
+            return Ok(Wss::ALL.into_iter().map(Scenario::Wss).collect());
+        }
         Scenario::ALL
             .into_iter()
-            .find(|sc| sc.name() == s.trim())
-            .ok_or_else(|| anyhow!("unknown scenario {s:?} (echo, open, bulk, connect, idle)"))
+            .find(|sc| sc.name() == s)
+            .map(|sc| vec![sc])
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|sc| sc.name()).collect();
+                anyhow!("unknown scenario {s:?} ({}, or wss)", names.join(", "))
+            })
+    }
+
+    /// The wss:// set-up, for a wss:// scenario.
+    pub fn tls(self) -> Option<TlsVariant> {
+        match self {
+            Scenario::Wss(w) => Some(w.variant()),
+            _ => None,
+        }
+    }
+
+    /// Runs against `t`? The backend serves ws:// only, and the fleet's
+    /// figures are the proxies'.
+    pub fn runs_on(self, t: Target) -> bool {
+        t != Target::Direct || !matches!(self, Scenario::Wss(_) | Scenario::Fleet)
+    }
+
+    /// Each run gets a fresh proxy process, so that its memory growth is
+    /// the run's own.
+    pub fn fresh_proxy(self) -> bool {
+        matches!(
+            self,
+            Scenario::Idle | Scenario::Wss(Wss::Idle) | Scenario::Fleet
+        )
     }
 }
 
@@ -303,29 +380,56 @@ const fn fig(
 use Better::{Higher, Lower};
 use Metric::*;
 
+/// The units say what the label does not: a label that says "per
+/// message" has a unit of `µs`, not `µs/msg`; a count per unit has none.
 #[rustfmt::skip]
 pub const FIGURES: &[Figure] = &[
     fig("echo_rate", "echo rate", "msg/s", Scenario::Echo, PerSec, Higher),
     fig("echo_p50", "echo latency p50", "µs", Scenario::Echo, P50, Lower),
     fig("echo_p99", "echo latency p99", "µs", Scenario::Echo, P99, Lower),
-    fig("echo_cpu", "proxy CPU per message", "µs/msg", Scenario::Echo, ProxyCpu, Lower),
-    fig("echo_syscalls", "proxy syscalls per message", "1/msg", Scenario::Echo, ProxySyscalls, Lower),
-    fig("echo_uring", "proxy io_uring_enter per message", "1/msg", Scenario::Echo, ProxyUringEnters, Lower),
+    fig("echo_cpu", "proxy CPU per message", "µs", Scenario::Echo, ProxyCpu, Lower),
+    fig("echo_syscalls", "proxy syscalls per message", "", Scenario::Echo, ProxySyscalls, Lower),
+    fig("echo_uring", "proxy io_uring_enter per message", "", Scenario::Echo, ProxyUringEnters, Lower),
     fig("open_p50", "fixed-rate latency p50", "µs", Scenario::Open, P50, Lower),
     fig("open_p99", "fixed-rate latency p99", "µs", Scenario::Open, P99, Lower),
     fig("open_p999", "fixed-rate latency p99.9", "µs", Scenario::Open, P999, Lower),
-    fig("open_cpu", "proxy CPU per message at fixed rate", "µs/msg", Scenario::Open, ProxyCpu, Lower),
-    fig("open_syscalls", "proxy syscalls per message at fixed rate", "1/msg", Scenario::Open, ProxySyscalls, Lower),
-    fig("open_uring", "proxy io_uring_enter per message at fixed rate", "1/msg", Scenario::Open, ProxyUringEnters, Lower),
+    fig("open_cpu", "proxy CPU per message at fixed rate", "µs", Scenario::Open, ProxyCpu, Lower),
+    fig("open_syscalls", "proxy syscalls per message at fixed rate", "", Scenario::Open, ProxySyscalls, Lower),
+    fig("open_uring", "proxy io_uring_enter per message at fixed rate", "", Scenario::Open, ProxyUringEnters, Lower),
     fig("bulk_rate", "bulk throughput each way", "MB/s", Scenario::Bulk, MbPerSec, Higher),
-    fig("bulk_cpu", "proxy CPU per MB", "µs/MB", Scenario::Bulk, ProxyCpu, Lower),
-    fig("bulk_syscalls", "proxy syscalls per MB", "1/MB", Scenario::Bulk, ProxySyscalls, Lower),
-    fig("connect_rate", "handshakes", "1/s", Scenario::Connect, PerSec, Higher),
+    fig("bulk_cpu", "proxy CPU per MB", "µs", Scenario::Bulk, ProxyCpu, Lower),
+    fig("bulk_syscalls", "proxy syscalls per MB", "", Scenario::Bulk, ProxySyscalls, Lower),
+    fig("connect_rate", "handshake rate", "1/s", Scenario::Connect, PerSec, Higher),
     fig("connect_p99", "handshake latency p99", "µs", Scenario::Connect, P99, Lower),
-    fig("connect_cpu", "proxy CPU per handshake", "µs/hs", Scenario::Connect, ProxyCpu, Lower),
-    fig("connect_syscalls", "proxy syscalls per handshake", "1/hs", Scenario::Connect, ProxySyscalls, Lower),
-    fig("idle_rss", "proxy RSS per idle connection", "KiB/conn", Scenario::Idle, ProxyRss, Lower),
+    fig("connect_cpu", "proxy CPU per handshake", "µs", Scenario::Connect, ProxyCpu, Lower),
+    fig("connect_syscalls", "proxy syscalls per handshake", "", Scenario::Connect, ProxySyscalls, Lower),
+    fig("idle_rss", "proxy RSS per idle connection", "KiB", Scenario::Idle, ProxyRss, Lower),
+    fig("wss_connect_rate", "handshake rate", "1/s", WSS_CONNECT13, PerSec, Higher),
+    fig("wss_connect_cpu", "proxy CPU per handshake", "µs", WSS_CONNECT13, ProxyCpu, Lower),
+    fig("wss_resume_rate", "handshake rate", "1/s", WSS_RESUME13, PerSec, Higher),
+    fig("wss_resume_cpu", "proxy CPU per handshake", "µs", WSS_RESUME13, ProxyCpu, Lower),
+    fig("wss12_connect_rate", "handshake rate", "1/s", WSS_CONNECT12, PerSec, Higher),
+    fig("wss12_connect_cpu", "proxy CPU per handshake", "µs", WSS_CONNECT12, ProxyCpu, Lower),
+    fig("wss12_resume_rate", "handshake rate", "1/s", WSS_RESUME12, PerSec, Higher),
+    fig("wss12_resume_cpu", "proxy CPU per handshake", "µs", WSS_RESUME12, ProxyCpu, Lower),
+    fig("wss_echo_rate", "echo rate", "msg/s", WSS_ECHO, PerSec, Higher),
+    fig("wss_echo_cpu", "proxy CPU per message", "µs", WSS_ECHO, ProxyCpu, Lower),
+    fig("wss_bulk_rate", "bulk throughput each way", "MB/s", WSS_BULK, MbPerSec, Higher),
+    fig("wss_bulk_cpu", "proxy CPU per MB", "µs", WSS_BULK, ProxyCpu, Lower),
+    fig("wss_idle_rss", "proxy RSS per idle connection", "KiB", WSS_IDLE, ProxyRss, Lower),
+    fig("fleet_rss", "proxy RSS per tunnel", "KiB", Scenario::Fleet, ProxyRss, Lower),
+    fig("fleet_cpu", "proxy CPU per message", "µs", Scenario::Fleet, ProxyCpu, Lower),
+    fig("fleet_p50", "latency p50", "µs", Scenario::Fleet, P50, Lower),
+    fig("fleet_p99", "latency p99", "µs", Scenario::Fleet, P99, Lower),
 ];
+
+const WSS_CONNECT13: Scenario = Scenario::Wss(Wss::Connect13);
+const WSS_RESUME13: Scenario = Scenario::Wss(Wss::Resume13);
+const WSS_CONNECT12: Scenario = Scenario::Wss(Wss::Connect12);
+const WSS_RESUME12: Scenario = Scenario::Wss(Wss::Resume12);
+const WSS_ECHO: Scenario = Scenario::Wss(Wss::Echo);
+const WSS_BULK: Scenario = Scenario::Wss(Wss::Bulk);
+const WSS_IDLE: Scenario = Scenario::Wss(Wss::Idle);
 
 /// The settings of one comparison, defaults resolved.
 #[derive(Debug, Clone)]
@@ -342,6 +446,11 @@ pub struct Plan {
     pub rate: f64,
     pub concurrency: usize,
     pub idle_connections: usize,
+    /// Fleet: tunnels (`None`: as many as the limits allow, decided by
+    /// `ringway-load fleet` itself), active share, total rate.
+    pub fleet_tunnels: Option<usize>,
+    pub fleet_active: f64,
+    pub fleet_rate: f64,
     /// `--ringway-arg`s: appended to ringway's command line.
     pub ringway_extra: Vec<String>,
     /// Count the proxies' system calls (`perf stat`, in `ringway-load`).
@@ -369,24 +478,32 @@ impl Plan {
     pub fn new(o: &Options) -> Result<Plan> {
         let mut scenarios = Vec::new();
         for s in &o.scenarios {
-            let sc = Scenario::parse(s)?;
-            if !scenarios.contains(&sc) {
-                scenarios.push(sc);
+            for sc in Scenario::parse(s)? {
+                if !scenarios.contains(&sc) {
+                    scenarios.push(sc);
+                }
             }
+        }
+        if !(o.fleet_active > 0.0 && o.fleet_active <= 1.0) {
+            bail!(
+                "--fleet-active {}: a share above 0, at most 1",
+                o.fleet_active
+            );
         }
         if scenarios.is_empty() {
             bail!("no scenario to run");
         }
         let plan = Plan {
             quick: o.quick,
-            rounds: o.rounds.unwrap_or(if o.quick { 2 } else { 3 }).max(1),
+            // Three in quick mode too: a median of two is only a mean.
+            rounds: o.rounds.unwrap_or(3).max(1),
             duration: o.duration.unwrap_or(if o.quick {
-                Duration::from_secs(2)
+                Duration::from_secs(1)
             } else {
                 Duration::from_secs(10)
             }),
             warmup: o.warmup.unwrap_or(if o.quick {
-                Duration::from_millis(500)
+                Duration::from_millis(300)
             } else {
                 Duration::from_secs(1)
             }),
@@ -399,8 +516,14 @@ impl Plan {
             concurrency: o.concurrency.max(1),
             idle_connections: o
                 .idle_connections
-                .unwrap_or(if o.quick { 2000 } else { 8000 })
+                .unwrap_or(if o.quick { 1000 } else { 8000 })
                 .max(1),
+            fleet_tunnels: o
+                .fleet_tunnels
+                .or(o.quick.then_some(2000))
+                .map(|n| n.max(1)),
+            fleet_active: o.fleet_active,
+            fleet_rate: o.fleet_rate,
             ringway_extra: o.ringway_arg.clone(),
             count_syscalls: !o.no_perf,
         };
@@ -418,6 +541,18 @@ impl Plan {
         ];
         args.extend(self.ringway_flags());
         args
+    }
+
+    /// ringway's wss:// listener: the run's certificate, on `port`.
+    pub fn ringway_tls_args(port: u16, cert: &Path, key: &Path) -> Vec<String> {
+        vec![
+            "--tls-listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--cert".to_string(),
+            cert.display().to_string(),
+            "--key".to_string(),
+            key.display().to_string(),
+        ]
     }
 
     /// ringway's flags besides --listen and --upstream: the fixed ones,
@@ -443,8 +578,18 @@ impl Plan {
     /// The idle hold needs no long window: memory is read at its end.
     fn duration_of(&self, sc: Scenario) -> Duration {
         match sc {
-            Scenario::Idle => self.duration.min(Duration::from_secs(5)),
+            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.duration.min(Duration::from_secs(5)),
             _ => self.duration,
+        }
+    }
+
+    /// Connections a run opens before its window (the runner's time bound
+    /// grows with them).
+    fn held(&self, sc: Scenario) -> usize {
+        match sc {
+            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.idle_connections,
+            Scenario::Fleet => self.fleet_tunnels.unwrap_or(10_000),
+            _ => self.connections,
         }
     }
 
@@ -493,28 +638,89 @@ impl Plan {
                 s("--source-ips"),
                 sources(IDLE_SOURCES),
             ],
+            Scenario::Wss(w) => {
+                let mut a = self.scenario_args(match w.kind() {
+                    Kind::Connect => Scenario::Connect,
+                    Kind::Echo => Scenario::Echo,
+                    Kind::Bulk => Scenario::Bulk,
+                    Kind::Idle => Scenario::Idle,
+                });
+                // The proxies serve the run's own certificate.
+                a.push(s("--insecure"));
+                a.extend(w.variant().load_args());
+                a
+            }
+            Scenario::Fleet => {
+                let mut a = vec![
+                    s("fleet"),
+                    s("--active"),
+                    self.fleet_active.to_string(),
+                    s("--rate"),
+                    self.fleet_rate.to_string(),
+                    s("--size"),
+                    self.size.to_string(),
+                    s("--source-ips"),
+                    sources(IDLE_SOURCES),
+                ];
+                if let Some(n) = self.fleet_tunnels {
+                    a.extend([s("--tunnels"), n.to_string()]);
+                }
+                a
+            }
         }
     }
 
-    /// What the scenario was, in words (table and chart).
+    /// `name: what it does`: a chart's group heading.
+    pub fn heading(&self, sc: Scenario) -> String {
+        format!("{}: {}", sc.name(), self.describe(sc))
+    }
+
+    /// What the scenario does, in words, without its name (the text
+    /// prints the name beside it; the chart heads a group with both).
     pub fn describe(&self, sc: Scenario) -> String {
         match sc {
             Scenario::Echo => format!(
-                "echo, closed loop: {} connections, {} B messages, 1 in flight each",
+                "closed loop, {} connections, {} B messages, 1 in flight each",
                 self.connections, self.size
             ),
             Scenario::Open => format!(
-                "echo, open loop: {} msg/s in total over {} connections, {} B",
+                "fixed-rate echo, {} msg/s in all over {} connections, {} B",
                 self.rate, self.connections, self.size
             ),
-            Scenario::Bulk => "bulk: 1 MiB messages, 1 connection, 2 in flight".to_string(),
+            Scenario::Bulk => "1 MiB messages, 1 connection, 2 in flight".to_string(),
             Scenario::Connect => format!(
-                "connect: handshake + one echo + close, {} at a time",
+                "handshake + one echo + close, {} at a time",
                 self.concurrency
             ),
             Scenario::Idle => format!(
-                "idle: {} connections held open (fresh proxy process each run)",
+                "{} connections held open (fresh proxy process each run)",
                 self.idle_connections
+            ),
+            Scenario::Wss(w) => match w.kind() {
+                Kind::Connect => format!(
+                    "{}; handshake + one echo + close, {} at a time",
+                    w.variant().words(),
+                    self.concurrency
+                ),
+                Kind::Echo => format!(
+                    "TLS 1.3, closed loop, {} connections, {} B messages",
+                    self.connections, self.size
+                ),
+                Kind::Bulk => "TLS 1.3, 1 MiB messages, 1 connection, 2 in flight".to_string(),
+                Kind::Idle => format!(
+                    "TLS 1.3, {} connections held open (fresh proxy process each run)",
+                    self.idle_connections
+                ),
+            },
+            Scenario::Fleet => format!(
+                "{}, {}% of them sending {} msg/s in all, {} B (fresh proxy process each run)",
+                self.fleet_tunnels.map_or(
+                    "as many tunnels held as the open-files limits allow".to_string(),
+                    |n| format!("{n} tunnels held")
+                ),
+                self.fleet_active * 100.0,
+                self.fleet_rate,
+                self.size
             ),
         }
     }
@@ -731,347 +937,6 @@ pub fn rows(records: &[RunRecord], scenarios: &[Scenario]) -> Vec<Row> {
             }
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------
-// nginx configuration
-
-/// What the generated nginx.conf needs.
-#[derive(Debug, Clone)]
-pub struct NginxConf {
-    pub dir: PathBuf,
-    pub port: u16,
-    pub echo_port: u16,
-    pub cpu: usize,
-    pub nofile: u64,
-    /// `proxy_buffer_size`, when not nginx's default.
-    pub buffer_size: Option<String>,
-}
-
-/// An nginx size: digits, then optionally k or m.
-pub fn parse_nginx_size(s: &str) -> Result<String, String> {
-    let digits = s.trim_end_matches(['k', 'K', 'm', 'M']);
-    if !digits.is_empty()
-        && digits.len() + 1 >= s.len()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-    {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} is not an nginx size such as 16k"))
-    }
-}
-
-/// `worker_cpu_affinity` mask of one CPU: CPU 0 is `1`, CPU 2 is `100`.
-pub fn cpu_mask(cpu: usize) -> String {
-    format!("1{}", "0".repeat(cpu))
-}
-
-/// The nginx.conf of the comparison: one worker pinned like ringway's, the
-/// seeds' WebSocket `location`, every path inside `dir`.
-pub fn nginx_config(c: &NginxConf) -> String {
-    let d = c.dir.display();
-    // Both directions of a tunnel are connections: 2 per client plus the
-    // listener; stay under the descriptor limit.
-    let worker_connections = c.nofile.saturating_sub(64).clamp(1024, 1 << 20);
-    format!(
-        "# Generated by ringway-compare. One worker pinned to CPU {cpu}, like\n\
-         # `ringway --workers 1`; the WebSocket directives of the nginx guides.\n\
-         daemon off;\n\
-         worker_processes 1;\n\
-         worker_cpu_affinity {mask};\n\
-         worker_rlimit_nofile {nofile};\n\
-         pid {d}/nginx.pid;\n\
-         error_log {d}/error.log warn;\n\
-         \n\
-         events {{\n\
-         \x20   worker_connections {worker_connections};\n\
-         \x20   use epoll;\n\
-         }}\n\
-         \n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   error_log {d}/error.log warn;\n\
-         \x20   client_body_temp_path {d}/client_body_temp;\n\
-         \x20   proxy_temp_path {d}/proxy_temp;\n\
-         \x20   fastcgi_temp_path {d}/fastcgi_temp;\n\
-         \x20   uwsgi_temp_path {d}/uwsgi_temp;\n\
-         \x20   scgi_temp_path {d}/scgi_temp;\n\
-         \n\
-         \x20   map $http_upgrade $connection_upgrade {{\n\
-         \x20       default upgrade;\n\
-         \x20       ''      close;\n\
-         \x20   }}\n\
-         \n\
-         \x20   server {{\n\
-         \x20       # ringway's listen backlog is 4096 too\n\
-         \x20       listen 127.0.0.1:{port} backlog=4096;\n\
-         \n\
-         \x20       location / {{\n\
-         \x20           proxy_pass http://127.0.0.1:{echo};\n\
-         \x20           proxy_http_version 1.1;\n\
-         \x20           proxy_set_header Upgrade $http_upgrade;\n\
-         \x20           proxy_set_header Connection $connection_upgrade;\n\
-         \x20           proxy_set_header Host $host;\n\
-         \x20           proxy_set_header X-Real-IP $remote_addr;\n\
-         \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-         \x20           # ringway always sends it; the same work for both\n\
-         \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
-         \x20           proxy_read_timeout 3600s;\n\
-         \x20           proxy_send_timeout 3600s;\n\
-         \x20           proxy_connect_timeout 60s;\n\
-         \x20           proxy_buffering off;\n\
-         {buffer}\
-         \x20       }}\n\
-         \x20   }}\n\
-         }}\n",
-        cpu = c.cpu,
-        mask = cpu_mask(c.cpu),
-        nofile = c.nofile,
-        port = c.port,
-        echo = c.echo_port,
-        // With the seed's `proxy_buffers 4 SIZE` (unused without buffering)
-        // so that nginx's busy-buffers check accepts any size.
-        buffer = c.buffer_size.as_ref().map_or(String::new(), |b| format!(
-            "            proxy_buffer_size {b};\n            proxy_buffers 4 {b};\n"
-        )),
-    )
-}
-
-/// `nginx version: nginx/1.22.1` -> (1, 22, 1).
-pub fn parse_nginx_version(s: &str) -> Option<(u32, u32, u32)> {
-    let v = s.split("nginx/").nth(1)?;
-    let v: String = v
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
-}
-
-// ---------------------------------------------------------------------------
-// The chart
-
-/// One bar: how many times better ringway is than the baseline.
-#[derive(Debug, Clone)]
-pub struct Bar {
-    pub group: String,
-    pub label: String,
-    /// The two medians behind the bar, in words.
-    pub detail: String,
-    pub advantage: Option<f64>,
-}
-
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A diverging bar chart on a log2 scale: one bar per figure, grouped by
-/// scenario; right of the 1x line means ringway is better than `vs`.
-pub fn svg_chart(
-    title: &str,
-    subtitle: &[String],
-    vs: &str,
-    bars: &[Bar],
-    footer: &[String],
-) -> String {
-    const W: f64 = 1040.0;
-    const LABEL_X: f64 = 24.0;
-    const PLOT_X0: f64 = 430.0;
-    const PLOT_X1: f64 = 1000.0;
-    const ROW_H: f64 = 38.0;
-    const GROUP_H: f64 = 30.0;
-    // The scale reaches 8x each side, further when a bar needs it (32x at most).
-    let most = bars
-        .iter()
-        .filter_map(|b| b.advantage)
-        .map(|a| a.log2().abs())
-        .fold(3.0f64, f64::max)
-        .ceil()
-        .min(5.0);
-    let mid = (PLOT_X0 + PLOT_X1) / 2.0;
-    let half = (PLOT_X1 - PLOT_X0) / 2.0;
-    let x_of = |adv: f64| mid + (adv.log2().clamp(-most, most) / most) * half;
-
-    let mut groups: Vec<&str> = Vec::new();
-    for b in bars {
-        if groups.last() != Some(&b.group.as_str()) {
-            groups.push(&b.group);
-        }
-    }
-    let top = 76.0 + 18.0 * subtitle.len() as f64;
-    let axis_y = top + 24.0;
-    let body_y = axis_y + 14.0;
-    let body_h = groups.len() as f64 * GROUP_H + bars.len() as f64 * ROW_H;
-    let foot_y = body_y + body_h + 40.0;
-    let h = foot_y + 18.0 * footer.len() as f64 + 16.0;
-
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="0" y="0" width="{W}" height="{h}" fill="#ffffff"/>"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{LABEL_X}" y="34" font-size="22" font-weight="bold" fill="#111">{}</text>"##,
-        xml_escape(title)
-    );
-    for (i, line) in subtitle.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            r##"<text x="{LABEL_X}" y="{}" font-size="13" fill="#444">{}</text>"##,
-            58.0 + 18.0 * i as f64,
-            xml_escape(line)
-        );
-    }
-    // Direction labels and the scale.
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" font-size="13" fill="#b23b3b" text-anchor="end">&#8592; {} better</text>"##,
-        mid - 8.0,
-        top,
-        xml_escape(vs)
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" font-size="13" fill="#2e7d32">ringway better &#8594;</text>"##,
-        mid + 8.0,
-        top
-    );
-    // The scale's ticks; their grid lines are drawn row by row below, so
-    // that group headings stay clear of them.
-    let ticks: Vec<f64> = (0..=(2.0 * most) as i32).map(|i| i as f64 - most).collect();
-    for &k in &ticks {
-        let x = mid + (k / most) * half;
-        let label = if k >= 0.0 {
-            format!("{}x", 2f64.powf(k))
-        } else {
-            format!("1/{}x", 2f64.powf(-k))
-        };
-        let _ = writeln!(
-            s,
-            r##"<text x="{x:.1}" y="{:.1}" font-size="11" fill="#555" text-anchor="middle">{label}</text>"##,
-            axis_y - 4.0
-        );
-    }
-    // Groups and bars.
-    let mut y = body_y;
-    let mut current: Option<&str> = None;
-    for b in bars {
-        if current != Some(b.group.as_str()) {
-            current = Some(&b.group);
-            let _ = writeln!(
-                s,
-                r##"<text x="{LABEL_X}" y="{:.1}" font-size="14" font-weight="bold" fill="#1a3d6d">{}</text>"##,
-                y + 20.0,
-                xml_escape(&b.group)
-            );
-            y += GROUP_H;
-        }
-        for &k in &ticks {
-            let x = mid + (k / most) * half;
-            let (stroke, width) = if k == 0.0 {
-                ("#222", 1.6)
-            } else {
-                ("#dddddd", 1.0)
-            };
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{:.1}" stroke="{stroke}" stroke-width="{width}"/>"##,
-                y + ROW_H
-            );
-        }
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{:.1}" font-size="13" fill="#111">{}</text>"##,
-            LABEL_X + 12.0,
-            y + 16.0,
-            xml_escape(&b.label)
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{:.1}" font-size="11" fill="#666">{}</text>"##,
-            LABEL_X + 12.0,
-            y + 31.0,
-            xml_escape(&b.detail)
-        );
-        match b.advantage {
-            Some(adv) if adv > 0.0 && adv.is_finite() => {
-                let x = x_of(adv);
-                let (x0, w) = if x >= mid {
-                    (mid, x - mid)
-                } else {
-                    (x, mid - x)
-                };
-                let fill = if adv >= 1.0 { "#43a047" } else { "#d9534f" };
-                let _ = writeln!(
-                    s,
-                    r##"<rect class="bar" x="{x0:.1}" y="{:.1}" width="{:.1}" height="20" fill="{fill}"/>"##,
-                    y + 7.0,
-                    w.max(1.5)
-                );
-                let text = verdict(adv);
-                let clipped = if adv.log2().abs() > most {
-                    " (off scale)"
-                } else {
-                    ""
-                };
-                // Outside the bar's end, or inside the bar when the text
-                // would not fit before the edge (about 7 px a character).
-                let text_w = 7.0 * (verdict(adv).len() + clipped.len()) as f64 + 12.0;
-                let inside = if adv >= 1.0 {
-                    x + text_w > W - 8.0
-                } else {
-                    x - text_w < PLOT_X0 - 60.0
-                };
-                let (tx, anchor, color) = match (adv >= 1.0, inside) {
-                    (true, false) => (x + 6.0, "start", "#111"),
-                    (true, true) => (x - 6.0, "end", "#fff"),
-                    (false, false) => (x - 6.0, "end", "#111"),
-                    (false, true) => (x + 6.0, "start", "#fff"),
-                };
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{tx:.1}" y="{:.1}" font-size="12" fill="{color}" text-anchor="{anchor}">{}{clipped}</text>"##,
-                    y + 22.0,
-                    xml_escape(&text)
-                );
-            }
-            _ => {
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" font-size="12" fill="#888">n/a</text>"##,
-                    mid + 6.0,
-                    y + 22.0
-                );
-            }
-        }
-        y += ROW_H;
-    }
-    for (i, line) in footer.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            r##"<text x="{LABEL_X}" y="{:.1}" font-size="12" fill="#555">{}</text>"##,
-            foot_y + 18.0 * i as f64,
-            xml_escape(line)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }
 
 // ---------------------------------------------------------------------------
@@ -1316,109 +1181,6 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 // ---------------------------------------------------------------------------
-// nginx: find or install
-
-#[derive(Debug, Clone)]
-struct NginxBin {
-    path: PathBuf,
-    version: String,
-    parsed: Option<(u32, u32, u32)>,
-}
-
-fn nginx_version(path: &Path, tmp: &Path, stop: &Shutdown) -> Result<NginxBin> {
-    let log = tmp.join("nginx-v.log");
-    let st = run_bounded(
-        Command::new(path).arg("-v"),
-        Duration::from_secs(10),
-        &log,
-        stop,
-    )?;
-    let out = tail(&log, 5);
-    if !st.success() {
-        bail!("`{} -v` failed ({st}): {out}", path.display());
-    }
-    let line = out
-        .lines()
-        .find(|l| l.contains("nginx/"))
-        .unwrap_or(out.trim())
-        .trim()
-        .to_string();
-    Ok(NginxBin {
-        path: path.to_path_buf(),
-        parsed: parse_nginx_version(&line),
-        version: line.trim_start_matches("nginx version: ").to_string(),
-    })
-}
-
-fn find_or_install_nginx(o: &Options, tmp: &Path, stop: &Shutdown) -> Result<NginxBin> {
-    if let Some(p) = &o.nginx {
-        return nginx_version(p, tmp, stop);
-    }
-    if let Some(p) = on_path("nginx") {
-        return nginx_version(&p, tmp, stop);
-    }
-    if o.no_install {
-        bail!("nginx not found, and --no-install given");
-    }
-    let Some(apt) = on_path("apt-get") else {
-        bail!("nginx not found and there is no apt-get to install it; install nginx, or pass --nginx PATH");
-    };
-    let sudo = match euid() {
-        Some(0) => None,
-        _ => match on_path("sudo") {
-            Some(s) => Some(s),
-            None => bail!("nginx not found; installing it needs root (no sudo here)"),
-        },
-    };
-    let apt_cmd = |args: &[&str]| {
-        let mut c = match &sudo {
-            Some(s) => {
-                let mut c = Command::new(s);
-                c.arg("-n").arg(&apt);
-                c
-            }
-            None => Command::new(&apt),
-        };
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    let prefix = if sudo.is_some() { "sudo -n " } else { "" };
-    println!("nginx not found: installing it from the distribution's packages");
-    println!("  {prefix}apt-get update");
-    let log = tmp.join("apt.log");
-    let st = run_bounded(
-        &mut apt_cmd(&["update"]),
-        Duration::from_secs(180),
-        &log,
-        stop,
-    )?;
-    if !st.success() {
-        println!("  apt-get update failed ({st}); trying the install anyway");
-    }
-    // `nginx` is the small core package on current Debian and Ubuntu;
-    // `nginx-light` the basic build on older ones.
-    for pkg in ["nginx", "nginx-light"] {
-        println!("  {prefix}apt-get install -y --no-install-recommends {pkg}");
-        let st = run_bounded(
-            &mut apt_cmd(&["install", "-y", "--no-install-recommends", pkg]),
-            Duration::from_secs(300),
-            &log,
-            stop,
-        )?;
-        if st.success() {
-            if let Some(p) = on_path("nginx") {
-                let bin = nginx_version(&p, tmp, stop)?;
-                println!("  installed {} at {}", bin.version, p.display());
-                return Ok(bin);
-            }
-        } else {
-            println!("  failed ({st}): {}", tail(&log, 2).replace('\n', " | "));
-        }
-    }
-    bail!("could not install nginx with apt-get")
-}
-
-// ---------------------------------------------------------------------------
 // The lab: backend and proxies
 
 struct Binaries {
@@ -1456,6 +1218,8 @@ impl Binaries {
 struct Running {
     proc: Proc,
     port: u16,
+    /// wss:// ports by TLS set-up (ringway: one port for all of them).
+    tls_ports: Vec<(TlsVariant, u16)>,
     /// The process doing the work (nginx: its worker).
     watch: u32,
     /// Its descriptors right after start.
@@ -1485,6 +1249,9 @@ struct Lab<'a> {
     nginx_bin: Option<NginxBin>,
     nginx_buffer_size: Option<String>,
     nofile: u64,
+    /// The certificate and key both proxies serve wss:// with, when
+    /// wss:// scenarios run.
+    tls: Option<(PathBuf, PathBuf)>,
     // Dropped in this order: the proxies, then the backend, then the
     // temporary directory once every process is gone.
     ringway: Option<Running>,
@@ -1524,6 +1291,7 @@ fn start_on_free_port(
                 return Ok(Running {
                     proc,
                     port,
+                    tls_ports: Vec::new(),
                     watch: pid,
                     fds0: fds_of(pid),
                 });
@@ -1573,12 +1341,18 @@ impl Lab<'_> {
             self.dir().to_path_buf(),
         );
         let upstream = format!("127.0.0.1:{}", self.echo_port());
-        let plan = self.plan;
-        let running = start_on_free_port("ringway", true, |port| {
+        let (plan, tls) = (self.plan, self.tls.clone());
+        let mut tls_port = 0;
+        let mut running = start_on_free_port("ringway", true, |port| {
             let log = dir.join("ringway.log");
+            let mut args = plan.ringway_args(port, &upstream);
+            if let Some((cert, key)) = &tls {
+                tls_port = free_port()?;
+                args.extend(Plan::ringway_tls_args(tls_port, cert, key));
+            }
             let child = spawn_pinned(
                 Command::new(&bin)
-                    .args(plan.ringway_args(port, &upstream))
+                    .args(args)
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(File::create(&log)?))
@@ -1589,11 +1363,15 @@ impl Lab<'_> {
             )?;
             Ok((child, log))
         })?;
+        if tls.is_some() {
+            wait_listening(&mut running.proc, tls_port, Duration::from_secs(10))?;
+            running.tls_ports = TlsVariant::ALL.map(|v| (v, tls_port)).to_vec();
+        }
         self.ringway = Some(running);
         Ok(())
     }
 
-    fn nginx_conf(&self, port: u16) -> NginxConf {
+    fn nginx_conf(&self, port: u16, tls_ports: &[(TlsVariant, u16)]) -> NginxConf {
         NginxConf {
             dir: self.dir().join("nginx"),
             port,
@@ -1601,6 +1379,11 @@ impl Lab<'_> {
             cpu: self.plan.proxy_cpu,
             nofile: self.nofile,
             buffer_size: self.nginx_buffer_size.clone(),
+            tls: self.tls.as_ref().map(|(cert, key)| NginxTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                servers: tls_ports.to_vec(),
+            }),
         }
     }
 
@@ -1611,7 +1394,13 @@ impl Lab<'_> {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let conf = self.nginx_conf(port);
+            let mut tls_ports = Vec::new();
+            if self.tls.is_some() {
+                for v in TlsVariant::ALL {
+                    tls_ports.push((v, free_port()?));
+                }
+            }
+            let conf = self.nginx_conf(port, &tls_ports);
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, nginx_config(&conf))?;
             let log = dir.join("stderr.log");
@@ -1667,6 +1456,7 @@ impl Lab<'_> {
             self.nginx = Some(Running {
                 proc,
                 port,
+                tls_ports,
                 watch: worker,
                 fds0: fds_of(worker),
             });
@@ -1781,20 +1571,20 @@ impl Lab<'_> {
     }
 
     fn try_run(&mut self, sc: Scenario, t: Target) -> Result<(Value, Option<HostUse>)> {
-        if sc == Scenario::Idle && t != Target::Direct {
+        if sc.fresh_proxy() && t != Target::Direct {
             self.restart(t)?;
         }
         self.ensure(t)?;
         self.ensure(Target::Direct)?;
         let r = self.slot(t).as_ref().context("not running")?;
-        let (port, watch) = (r.port, r.watch);
+        let (url, watch) = (url_for(r, sc)?, r.watch);
         self.runs += 1;
         let json_path = self.dir().join(format!("run-{:03}.json", self.runs));
         let log = self.dir().join(format!("run-{:03}.log", self.runs));
         let duration = self.plan.duration_of(sc);
         let mut cmd = Command::new(&self.bins.load);
         cmd.args(self.plan.scenario_args(sc))
-            .args(["--url", &format!("ws://127.0.0.1:{port}/")])
+            .args(["--url", &url])
             .args(["--threads", "1", "--pin", &self.plan.load_cpu.to_string()])
             .args(["--duration", &dur_arg(duration)])
             .args(["--warmup", &dur_arg(self.plan.warmup)])
@@ -1806,12 +1596,13 @@ impl Lab<'_> {
         if !self.plan.count_syscalls {
             cmd.arg("--no-perf");
         }
-        // Setting up idle connections takes a while; everything else is
-        // bounded by the window plus the generator's 5 s grace.
+        // Setting up many connections takes a while (a TLS handshake each
+        // for wss://); everything else is bounded by the window plus the
+        // generator's 5 s grace.
         let limit = self.plan.warmup
             + duration
             + Duration::from_secs(40)
-            + Duration::from_millis(self.plan.idle_connections as u64 * 2);
+            + Duration::from_millis(self.plan.held(sc) as u64 * 4);
         let (p0, l0, ours0) = (
             cpu_times(self.plan.proxy_cpu),
             cpu_times(self.plan.load_cpu),
@@ -1846,6 +1637,21 @@ impl Lab<'_> {
     }
 }
 
+/// Where a run's load goes: `ws://` to the plain port, `wss://` to the
+/// port of the scenario's TLS set-up.
+fn url_for(r: &Running, sc: Scenario) -> Result<String> {
+    let Scenario::Wss(w) = sc else {
+        return Ok(format!("ws://127.0.0.1:{}/", r.port));
+    };
+    let server = w.nginx_server();
+    let (_, port) = r
+        .tls_ports
+        .iter()
+        .find(|(v, _)| *v == server)
+        .with_context(|| format!("no wss:// port for {}", server.words()))?;
+    Ok(format!("wss://127.0.0.1:{port}/"))
+}
+
 // ---------------------------------------------------------------------------
 // The run
 
@@ -1866,12 +1672,19 @@ pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
         median(&steal).unwrap_or(0.0)
     );
     if max > 10.0 {
-        s.push_str(
-            " -- another process shared the proxy core; rerun on a quiet machine for firm numbers",
-        );
+        let _ = write!(s, " -- {DISTURBED}");
     }
     Some(s)
 }
+
+/// What the noise line adds when another process took more than 10% of
+/// the proxy core in a run; the chart says it too.
+pub const DISTURBED: &str =
+    "another process shared the proxy core; rerun on a quiet machine for firm numbers";
+
+/// Printed once when a wss:// or fleet scenario ran.
+pub const DIRECT_NA: &str = "direct: n/a for the wss:// and fleet rows (the echo backend serves \
+    ws:// only, and the fleet's figures are the proxies')";
 
 /// Median busy % of the proxy core and the load core, per scenario and
 /// target: which core was the bottleneck of each scenario.
@@ -1880,7 +1693,7 @@ pub fn core_use(records: &[RunRecord], scenarios: &[Scenario]) -> String {
         "core use (median busy % over the run, proxy core / load core; 100 = saturated):\n",
     );
     for &sc in scenarios {
-        let mut line = format!("  {:<8}", sc.name());
+        let mut line = format!("  {:<13}", sc.name());
         for t in Target::ALL {
             let of = |f: fn(&HostUse) -> f64| {
                 let v: Vec<f64> = records
@@ -1975,25 +1788,46 @@ fn machine() -> (String, usize, String) {
 
 fn summary_line(sc: Scenario, v: &Value) -> String {
     let g = |m: Metric| m.extract(v).map_or("-".into(), num);
-    let mut s = match sc {
-        Scenario::Echo | Scenario::Open => {
+    // A wss:// run reads like the ws:// one beneath it.
+    let base = match sc {
+        Scenario::Wss(w) => match w.kind() {
+            Kind::Connect => Scenario::Connect,
+            Kind::Echo => Scenario::Echo,
+            Kind::Bulk => Scenario::Bulk,
+            Kind::Idle => Scenario::Idle,
+        },
+        sc => sc,
+    };
+    let idle = base == Scenario::Idle;
+    let mut s = match base {
+        Scenario::Echo | Scenario::Open | Scenario::Fleet => {
             format!("{} msg/s, p50 {} µs, p99 {} µs", g(PerSec), g(P50), g(P99))
         }
         Scenario::Bulk => format!("{} MB/s, p50 {} µs", g(MbPerSec), g(P50)),
         Scenario::Connect => format!("{} handshakes/s, p99 {} µs", g(PerSec), g(P99)),
-        Scenario::Idle => format!(
+        Scenario::Idle | Scenario::Wss(_) => format!(
             "{} of {} alive",
             v.get("received").and_then(Value::as_u64).unwrap_or(0),
             v.get("connections").and_then(Value::as_u64).unwrap_or(0)
         ),
     };
+    if base == Scenario::Fleet {
+        let _ = write!(
+            s,
+            ", {} tunnels",
+            v.get("connections").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
+    if let Some(tls) = wss::tls_words(v) {
+        let _ = write!(s, ", {tls}");
+    }
     if let Some(c) = ProxyCpu.extract(v) {
-        if sc != Scenario::Idle {
+        if !idle {
             let _ = write!(s, ", proxy {} µs/unit", num(c));
         }
     }
     if let Some(c) = ProxySyscalls.extract(v) {
-        if sc != Scenario::Idle {
+        if !idle {
             let _ = write!(s, ", {} syscalls/unit", num(c));
             if let Some(u) = ProxyUringEnters.extract(v).filter(|u| *u > 0.0) {
                 let _ = write!(s, " ({} io_uring_enter)", num(u));
@@ -2006,9 +1840,14 @@ fn summary_line(sc: Scenario, v: &Value) -> String {
     s
 }
 
-/// A figure's name in the table: `label (unit)`.
+/// A figure's name in the table: `label (unit)`, or the label alone for
+/// a count.
 fn row_name(f: &Figure) -> String {
-    format!("{} ({})", f.label, f.unit)
+    if f.unit.is_empty() {
+        f.label.to_string()
+    } else {
+        format!("{} ({})", f.label, f.unit)
+    }
 }
 
 /// The ratio column of ringway against `other`: `0.50 (2.00x better)`;
@@ -2092,7 +1931,7 @@ pub fn bars(rows: &[Row], plan: &Plan, vs: Target) -> Vec<Bar> {
             // says n/a rather than draw an infinite bar.
             let advantage = r.advantage_over(vs).filter(|a| a.is_finite() && *a > 0.0);
             Bar {
-                group: plan.describe(r.figure.scenario),
+                group: plan.heading(r.figure.scenario),
                 label: r.figure.label.to_string(),
                 detail,
                 advantage,
@@ -2154,6 +1993,11 @@ pub fn run(o: Options) -> Result<()> {
         }
     };
 
+    let tls = if plan.scenarios.iter().any(|s| s.tls().is_some()) {
+        Some(wss::write_certificate(&tmp.path)?)
+    } else {
+        None
+    };
     let mut lab = Lab {
         plan: &plan,
         bins: &bins,
@@ -2161,6 +2005,7 @@ pub fn run(o: Options) -> Result<()> {
         nginx_bin,
         nginx_buffer_size: o.nginx_buffer_size.clone(),
         nofile,
+        tls,
         echo: None,
         ringway: None,
         nginx: None,
@@ -2179,9 +2024,9 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
     let nginx_conf = lab
-        .nginx_bin
+        .nginx
         .as_ref()
-        .map(|_| nginx_config(&lab.nginx_conf(lab.nginx.as_ref().map_or(0, |n| n.port))));
+        .map(|n| nginx_config(&lab.nginx_conf(n.port, &n.tls_ports)));
     let have_nginx = lab.nginx.is_some();
     let targets: Vec<Target> = Target::ALL
         .into_iter()
@@ -2189,7 +2034,7 @@ pub fn run(o: Options) -> Result<()> {
         .collect();
     let nginx_version = lab.nginx_bin.as_ref().map(|b| b.version.clone());
     println!(
-        "ringway-compare: {} x {} scenarios x {} targets, {:?} each (+{:?} warm-up); proxies on CPU {}, backend and generator on CPU {}",
+        "ringway-compare: {} x {} scenarios x {} targets (wss:// and fleet: the proxies only), {:?} each (+{:?} warm-up); proxies on CPU {}, backend and generator on CPU {}",
         plural(plan.rounds, "round"),
         plan.scenarios.len(),
         targets.len(),
@@ -2202,7 +2047,12 @@ pub fn run(o: Options) -> Result<()> {
         println!("nginx: {v}");
     }
 
-    let total_runs = plan.rounds * plan.scenarios.len() * targets.len();
+    let total_runs = plan.rounds
+        * plan
+            .scenarios
+            .iter()
+            .map(|sc| targets.iter().filter(|t| sc.runs_on(**t)).count())
+            .sum::<usize>();
     let mut records = Vec::new();
     let mut interrupted = false;
     'rounds: for round in 0..plan.rounds {
@@ -2211,7 +2061,7 @@ pub fn run(o: Options) -> Result<()> {
             .filter(|t| targets.contains(t))
             .collect();
         for &sc in &plan.scenarios {
-            for &t in &order {
+            for &t in order.iter().filter(|t| sc.runs_on(**t)) {
                 if stop.is_triggered() {
                     interrupted = true;
                     break 'rounds;
@@ -2220,7 +2070,7 @@ pub fn run(o: Options) -> Result<()> {
                 let n = records.len() + 1;
                 match (&rec.report, &rec.error) {
                     (Some(v), e) => println!(
-                        "[{n:>2}/{total_runs}] round {} {:<7} {:<7} {}{} ({:.1}s)",
+                        "[{n:>2}/{total_runs}] round {} {:<13} {:<7} {}{} ({:.1}s)",
                         round + 1,
                         sc.name(),
                         t.name(),
@@ -2229,7 +2079,7 @@ pub fn run(o: Options) -> Result<()> {
                         rec.wall_s
                     ),
                     (None, e) => println!(
-                        "[{n:>2}/{total_runs}] round {} {:<7} {:<7} FAILED: {}",
+                        "[{n:>2}/{total_runs}] round {} {:<13} {:<7} FAILED: {}",
                         round + 1,
                         sc.name(),
                         t.name(),
@@ -2241,7 +2091,7 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
     let nginx_errors = std::fs::read_to_string(lab.dir().join("nginx/error.log"))
-        .map(|s| s.lines().take(20).map(str::to_string).collect::<Vec<_>>())
+        .map(|s| nginx::notable_errors(&s))
         .unwrap_or_default();
     warnings.append(&mut lab.warnings);
     drop(lab);
@@ -2373,7 +2223,7 @@ impl Summary<'_> {
         println!("{}", self.header());
         println!("{}", self.settings_line());
         for sc in &self.plan.scenarios {
-            println!("  {}: {}", sc.name(), self.plan.describe(*sc));
+            println!("  {:<13} {}", sc.name(), self.plan.describe(*sc));
         }
         if !self.have_nginx() {
             println!("NOTE: nginx {}: direct and ringway only", self.nginx.note);
@@ -2384,6 +2234,9 @@ impl Summary<'_> {
             "ratios are raw (ringway divided by the other); 'better' says which way wins. \
              rw/direct is ringway's cost over no proxy at all."
         );
+        for l in self.notes() {
+            println!("{l}");
+        }
         let failed: Vec<&RunRecord> = self.records.iter().filter(|r| r.error.is_some()).collect();
         for r in &failed {
             println!(
@@ -2490,6 +2343,45 @@ impl Summary<'_> {
         })
     }
 
+    /// Lines under the table (and the chart): direct's n/a, said once,
+    /// and what the wss:// runs negotiated.
+    fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self
+            .plan
+            .scenarios
+            .iter()
+            .any(|s| !s.runs_on(Target::Direct))
+        {
+            out.push(DIRECT_NA.to_string());
+        }
+        let tls = wss::negotiated(
+            self.records
+                .iter()
+                .filter_map(|r| Some((r.target.name(), r.report.as_ref()?))),
+        );
+        out.extend(tls.into_iter().map(|l| format!("wss:// negotiated by {l}")));
+        out
+    }
+
+    /// Red lines of the chart: the disturbance warning of the noise line,
+    /// and the run's warnings.
+    fn alerts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.noise.as_deref().is_some_and(|n| n.contains(DISTURBED)) {
+            out.push(format!("Disturbed run: {DISTURBED}."));
+        }
+        // One line each in the chart (the text and the JSON have them whole).
+        out.extend(self.warnings.iter().map(|w| {
+            let w: String = format!("warning: {w}");
+            match w.char_indices().nth(140) {
+                Some((at, _)) => format!("{}...", &w[..at]),
+                None => w,
+            }
+        }));
+        out
+    }
+
     fn svg(&self, json_name: &str) -> String {
         let vs = if self.have_nginx() {
             Target::Nginx
@@ -2514,13 +2406,23 @@ impl Summary<'_> {
             "On a 2-core machine the generator and the backend share one core: read CPU per unit \
              of work, fixed-rate latency and memory, not raw throughput alone."
                 .to_string(),
-            format!("Raw reports and medians: {json_name}"),
         ];
+        let footer: Vec<String> = footer
+            .into_iter()
+            .chain(self.notes())
+            .chain(
+                self.noise
+                    .iter()
+                    .map(|n| n.replace(&format!(" -- {DISTURBED}"), "")),
+            )
+            .chain([format!("Raw reports and medians: {json_name}")])
+            .collect();
         svg_chart(
             title,
             &subtitle,
             vs.name(),
             &bars(&self.rows, self.plan, vs),
+            &self.alerts(),
             &footer,
         )
     }
@@ -2539,84 +2441,6 @@ const RINGWAY_ARGS: [&str; 6] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn conf() -> NginxConf {
-        NginxConf {
-            dir: PathBuf::from("/tmp/x"),
-            port: 41234,
-            echo_port: 40001,
-            cpu: 2,
-            nofile: 20000,
-            buffer_size: None,
-        }
-    }
-
-    #[test]
-    fn nginx_config_has_the_seed_directives() {
-        let c = nginx_config(&conf());
-        for d in [
-            "map $http_upgrade $connection_upgrade {",
-            "default upgrade;",
-            "''      close;",
-            "proxy_pass http://127.0.0.1:40001;",
-            "proxy_http_version 1.1;",
-            "proxy_set_header Upgrade $http_upgrade;",
-            "proxy_set_header Connection $connection_upgrade;",
-            "proxy_set_header Host $host;",
-            "proxy_set_header X-Real-IP $remote_addr;",
-            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-            "proxy_read_timeout 3600s;",
-            "proxy_send_timeout 3600s;",
-            "proxy_connect_timeout 60s;",
-            "proxy_buffering off;",
-            "listen 127.0.0.1:41234 backlog=4096;",
-            "worker_processes 1;",
-            "worker_cpu_affinity 100;",
-            "worker_rlimit_nofile 20000;",
-            "worker_connections 19936;",
-            "use epoll;",
-            "access_log off;",
-            "error_log /tmp/x/error.log warn;",
-            "pid /tmp/x/nginx.pid;",
-            "proxy_temp_path /tmp/x/proxy_temp;",
-            "daemon off;",
-        ] {
-            assert!(c.contains(d), "missing {d:?} in\n{c}");
-        }
-        // Balanced braces: a config nginx can parse.
-        assert_eq!(c.matches('{').count(), c.matches('}').count());
-        assert!(!c.contains("proxy_buffer_size"));
-        let c = nginx_config(&NginxConf {
-            buffer_size: Some("64k".into()),
-            ..conf()
-        });
-        assert!(
-            c.contains("proxy_buffer_size 64k;\n            proxy_buffers 4 64k;\n        }"),
-            "{c}"
-        );
-        assert!(parse_nginx_size("16k").is_ok() && parse_nginx_size("4096").is_ok());
-        assert!(parse_nginx_size("k").is_err() && parse_nginx_size("1kk").is_err());
-    }
-
-    #[test]
-    fn cpu_masks() {
-        assert_eq!(cpu_mask(0), "1");
-        assert_eq!(cpu_mask(1), "10");
-        assert_eq!(cpu_mask(3), "1000");
-    }
-
-    #[test]
-    fn nginx_versions() {
-        assert_eq!(
-            parse_nginx_version("nginx version: nginx/1.22.1"),
-            Some((1, 22, 1))
-        );
-        assert_eq!(
-            parse_nginx_version("nginx version: nginx/1.25.3 (Ubuntu)"),
-            Some((1, 25, 3))
-        );
-        assert_eq!(parse_nginx_version("nginx version: openresty/1.21"), None);
-    }
 
     #[test]
     fn medians() {
@@ -2706,11 +2530,18 @@ mod tests {
     #[test]
     fn plan_defaults() {
         let p = plan();
-        assert_eq!((p.rounds, p.idle_connections), (2, 2000));
-        assert_eq!(p.duration, Duration::from_secs(2));
-        assert_eq!(p.scenarios.len(), 5);
+        // Quick mode: three rounds too, so that a median is a median.
+        assert_eq!((p.rounds, p.idle_connections), (3, 1000));
+        assert_eq!(p.duration, Duration::from_secs(1));
+        assert_eq!(p.fleet_tunnels, Some(2000));
+        assert_eq!(p.scenarios.len(), Scenario::ALL.len());
         let full = Plan::new(&Options::parse_from(["ringway-compare"])).unwrap();
         assert_eq!((full.rounds, full.idle_connections), (3, 8000));
+        // The full fleet: as many tunnels as ringway-load finds room for.
+        assert_eq!(full.fleet_tunnels, None);
+        assert!(!full
+            .scenario_args(Scenario::Fleet)
+            .contains(&"--tunnels".to_string()));
         assert_eq!(full.duration_of(Scenario::Idle), Duration::from_secs(5));
         let args = p.scenario_args(Scenario::Connect).join(" ");
         assert!(args.contains("--source-ips 127.0.0.2,127.0.0.3,"), "{args}");
@@ -2719,6 +2550,7 @@ mod tests {
             .scenario_args(Scenario::Open)
             .contains(&"--rate".to_string()));
         assert!(Scenario::parse("nope").is_err());
+        assert_eq!(Scenario::parse("wss").unwrap().len(), Wss::ALL.len());
         assert_eq!(dur_arg(Duration::from_millis(1500)), "1500ms");
     }
 
@@ -2735,7 +2567,7 @@ mod tests {
             .collect();
         let p = plan();
         let b = bars(&rows, &p, Target::Nginx);
-        let svg = svg_chart("t <&>", &["sub".into()], "nginx", &b, &["foot".into()]);
+        let svg = svg_chart("t <&>", &["sub".into()], "nginx", &b, &[], &["foot".into()]);
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         let charted = FIGURES.iter().filter(|f| f.metric.charted()).count();
@@ -2793,9 +2625,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {name:?} in\n{t}"))
                 .to_string()
         };
-        let l = line("proxy syscalls per message (1/msg)");
+        let l = line("proxy syscalls per message ");
         assert!(l.contains("0.10 (9.75x better)"), "{l}");
-        let l = line("proxy io_uring_enter per message (1/msg)");
+        let l = line("proxy io_uring_enter per message ");
         assert!(l.contains(" n/a "), "{l}");
         assert!(l.contains("0.20") && l.contains("0.00"), "{l}");
         assert!(!t.contains("inf") && !t.contains("NaN"), "{t}");
@@ -2817,7 +2649,7 @@ mod tests {
         let b = bars(&rows, &p, Target::Nginx);
         assert_eq!(b.len(), 5);
         assert!(b.iter().all(|b| b.advantage.is_none_or(f64::is_finite)));
-        let svg = svg_chart("t", &[], "nginx", &b, &[]);
+        let svg = svg_chart("t", &[], "nginx", &b, &[], &[]);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         // A zero on ringway's side of a charted figure: n/a, not a bar.
         let mut zero = sys.clone();
@@ -2869,8 +2701,11 @@ mod tests {
     }
 
     #[test]
-    fn every_scenario_but_idle_has_a_syscall_row() {
-        for sc in Scenario::ALL {
+    fn every_ws_scenario_but_idle_has_a_syscall_row() {
+        for sc in Scenario::ALL
+            .into_iter()
+            .filter(|s| s.runs_on(Target::Direct))
+        {
             let n = FIGURES
                 .iter()
                 .filter(|f| f.scenario == sc && f.metric == Metric::ProxySyscalls)
@@ -2945,6 +2780,164 @@ mod tests {
             "/tmp/load-check",
         ]);
         assert_eq!(o.results_dir, PathBuf::from("/tmp/load-check"));
+    }
+
+    #[test]
+    fn the_wss_and_fleet_scenarios_are_planned() {
+        let p = plan();
+        for w in Wss::ALL {
+            assert!(p.scenarios.contains(&Scenario::Wss(w)), "{w:?}");
+            // The backend is ws:// only: the proxies alone.
+            assert!(!Scenario::Wss(w).runs_on(Target::Direct));
+            assert!(Scenario::Wss(w).runs_on(Target::Nginx));
+        }
+        assert!(!Scenario::Fleet.runs_on(Target::Direct));
+        assert!(Scenario::Idle.runs_on(Target::Direct));
+        let args = |sc| p.scenario_args(sc).join(" ");
+        let a = args(Scenario::Wss(Wss::Connect13));
+        assert!(
+            a.starts_with("connect --concurrency 50 --source-ips 127.0.0.2,")
+                && a.ends_with("--insecure --tls-version 1.3"),
+            "{a}"
+        );
+        let a = args(Scenario::Wss(Wss::Resume12));
+        assert!(a.ends_with("--insecure --tls-version 1.2 --resume"), "{a}");
+        let a = args(Scenario::Wss(Wss::Idle));
+        assert!(a.starts_with("idle --connections 1000 "), "{a}");
+        let a = args(Scenario::Fleet);
+        assert!(
+            a.starts_with("fleet --active 0.05 --rate 2000 --size 64 --source-ips 127.0.1.2,")
+                && a.ends_with("--tunnels 2000"),
+            "{a}"
+        );
+        // Every scenario has figures, and the memory ones get a fresh proxy.
+        for sc in Scenario::ALL {
+            assert!(FIGURES.iter().any(|f| f.scenario == sc), "{sc:?}");
+        }
+        assert!(Scenario::Fleet.fresh_proxy() && Scenario::Wss(Wss::Idle).fresh_proxy());
+        assert!(!Scenario::Wss(Wss::Echo).fresh_proxy());
+        // ringway's wss:// listener.
+        let t = Plan::ringway_tls_args(8443, Path::new("/c.pem"), Path::new("/k.pem"));
+        assert_eq!(
+            t.join(" "),
+            "--tls-listen 127.0.0.1:8443 --cert /c.pem --key /k.pem"
+        );
+    }
+
+    #[test]
+    fn labels_say_each_thing_once() {
+        for f in FIGURES {
+            // "per message" in the label: the unit is not "µs/msg" too.
+            assert!(
+                !(f.label.contains(" per ") && f.unit.contains('/')),
+                "{}: {} ({})",
+                f.key,
+                f.label,
+                f.unit
+            );
+            let name = row_name(f);
+            assert!(!name.contains("()"), "{name}");
+        }
+        let p = plan();
+        for sc in Scenario::ALL {
+            let h = p.heading(sc);
+            let words: Vec<&str> = h
+                .split([' ', ',', ':', ';'])
+                .filter(|w| !w.is_empty())
+                .collect();
+            for pair in words.windows(2) {
+                assert_ne!(pair[0], pair[1], "{h}");
+            }
+            assert_eq!(h.matches(sc.name()).count(), 1, "{h}");
+            assert_eq!(
+                h.matches("TLS").count(),
+                usize::from(sc.tls().is_some()),
+                "{h}"
+            );
+        }
+    }
+
+    fn summary_of<'a>(plan: &'a Plan, recs: &'a [RunRecord]) -> Summary<'a> {
+        Summary {
+            plan,
+            records: recs,
+            rows: rows(recs, &plan.scenarios),
+            noise: noise_summary(recs),
+            warnings: Vec::new(),
+            nginx: NginxInfo {
+                version: Some("nginx/1.22.1".into()),
+                note: String::new(),
+                config: Some("conf".into()),
+                errors: Vec::new(),
+                buffer_size: None,
+            },
+            machine: ("cpu".into(), 2, "6.1".into()),
+            nofile: 20000,
+            date: "2026-12-03 18:00 UTC".into(),
+            total_s: 1.0,
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn a_disturbed_run_says_so_in_the_chart_too() {
+        let plan = Plan::new(&Options::parse_from([
+            "ringway-compare",
+            "--quick",
+            "--scenarios",
+            "echo,wss-connect",
+        ]))
+        .unwrap();
+        let with_others = |others: f64| {
+            let core = |o| CoreUse {
+                busy_pct: 90.0,
+                softirq_pct: 1.0,
+                steal_pct: 0.0,
+                others_pct: o,
+            };
+            let mut r = record(0, Target::Ringway, report(100.0, 10.0, Some(5.0)));
+            r.host = Some(HostUse {
+                proxy_core: core(Some(others)),
+                load_core: core(None),
+            });
+            let mut tls = record(0, Target::Nginx, report(100.0, 10.0, Some(5.0)));
+            tls.scenario = Scenario::Wss(Wss::Connect13);
+            tls.report.as_mut().unwrap()["tls"] = json!({"version": "TLSv1_3",
+                "suite": "TLS13_AES_256_GCM_SHA384", "full_handshakes": 9, "resumed_handshakes": 0});
+            vec![r, tls]
+        };
+        let recs = with_others(35.0);
+        let s = summary_of(&plan, &recs);
+        assert!(s.noise.as_deref().unwrap().contains(DISTURBED));
+        let svg = s.svg("x.json");
+        assert!(svg.contains(DISTURBED), "{svg}");
+        assert!(svg.contains("#b23b3b\">Disturbed run:"), "{svg}");
+        // The noise figures themselves are in the chart, once.
+        assert_eq!(svg.matches("noise: on the proxy core").count(), 1);
+        // Said once: direct is n/a for wss://; and what was negotiated.
+        assert_eq!(svg.matches(&xml_escape(DIRECT_NA)).count(), 1, "{svg}");
+        assert!(svg.contains("wss:// negotiated by nginx: TLSv1_3 TLS13_AES_256_GCM_SHA384"));
+        let notes = s.notes();
+        assert_eq!(
+            notes.iter().filter(|n| n.contains("direct: n/a")).count(),
+            1
+        );
+        // A quiet run: no warning.
+        let recs = with_others(2.0);
+        let mut quiet = summary_of(&plan, &recs);
+        quiet.warnings = vec!["x".repeat(300)];
+        assert_eq!(quiet.alerts(), [format!("warning: {}...", "x".repeat(131))]);
+        let svg = quiet.svg("x.json");
+        assert!(!svg.contains(DISTURBED), "{svg}");
+        assert!(svg.contains("noise: on the proxy core"));
+        // Without wss:// or fleet, nothing to say about direct.
+        let ws = Plan::new(&Options::parse_from([
+            "ringway-compare",
+            "--scenarios",
+            "echo",
+        ]))
+        .unwrap();
+        assert!(summary_of(&ws, &[]).notes().is_empty());
     }
 
     #[test]
@@ -3069,7 +3062,10 @@ mod tests {
             load_core: core(42.0),
         });
         let text = core_use(&[r], &[Scenario::Echo, Scenario::Idle]);
-        assert!(text.contains("  echo      ringway 100/42"), "{text}");
+        assert!(
+            text.contains(&format!("  {:<13}  ringway 100/42", "echo")),
+            "{text}"
+        );
         assert!(text.contains("\n  idle\n"), "{text}");
     }
 

@@ -119,17 +119,6 @@ fn chat_example_serves_its_page_and_tunnels_websockets() {
     echo_once(&mut ws, "hello through examples/chat.toml");
     close_and_drain(&mut ws);
     drop(ws);
-    let line = proxy
-        .wait_log("tunnel client=", PATIENCE)
-        .unwrap_or_else(|| panic!("no tunnel line: {:#?}", proxy.logs()));
-    assert!(
-        line.contains(" route=/ws/ ") && line.contains(" status=101 "),
-        "{line}"
-    );
-    assert!(
-        line.contains(&format!(" backend={} ", backend.addr)),
-        "{line}"
-    );
-    assert_eq!(backend.wait_requests(1).len(), 1);
+    assert_one_tunnel_through(&proxy, &backend, "/ws/");
     proxy.assert_fds_at_baseline();
 }

@@ -493,18 +493,7 @@ fn chat_example_files_on_root_websockets_on_ws() {
     echo_once(&mut ws, "and once more");
     close_and_drain(&mut ws);
     drop(ws);
-    let line = proxy
-        .wait_log("tunnel client=", PATIENCE)
-        .unwrap_or_else(|| panic!("no tunnel line: {:#?}", proxy.logs()));
-    assert!(
-        line.contains(" route=/ws/ ") && line.contains(" status=101 "),
-        "{line}"
-    );
-    assert!(
-        line.contains(&format!(" backend={} ", backend.addr)),
-        "{line}"
-    );
-    assert_eq!(backend.wait_requests(1).len(), 1);
+    assert_one_tunnel_through(&proxy, &backend, "/ws/");
 
     // /ws/ never serves files, though ROOT/ws/index.html exists: a plain
     // GET goes to the backend, and the decoy stays unread.

@@ -1441,3 +1441,21 @@ pub fn value(metrics: &str, series: &str) -> Option<f64> {
         (s == series).then(|| v.parse().unwrap())
     })
 }
+
+/// The access-log line of the one tunnel `proxy` has ended, checked to be a
+/// `101` on `route` through `backend`, which saw exactly one request.
+pub fn assert_one_tunnel_through(proxy: &Proxy, backend: &Backend, route: &str) -> String {
+    let line = proxy
+        .wait_log("tunnel client=", PATIENCE)
+        .unwrap_or_else(|| panic!("no tunnel line: {:#?}", proxy.logs()));
+    assert!(
+        line.contains(&format!(" route={route} ")) && line.contains(" status=101 "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(" backend={} ", backend.addr)),
+        "{line}"
+    );
+    assert_eq!(backend.wait_requests(1).len(), 1);
+    line
+}

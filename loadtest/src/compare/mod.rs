@@ -2955,23 +2955,8 @@ mod tests {
             record(0, Target::Nginx, report_sys(9.0, Some(3.9), Some(0.0))),
         ];
         let summary = Summary {
-            plan: &plan,
-            records: &recs,
-            rows: rows(&recs, &plan.scenarios),
             noise: None,
-            warnings: Vec::new(),
-            nginx: NginxInfo {
-                version: Some("nginx/1.22.1".into()),
-                note: String::new(),
-                config: Some("conf".into()),
-                errors: Vec::new(),
-                buffer_size: None,
-            },
-            machine: ("cpu".into(), 2, "6.1".into()),
-            nofile: 20000,
-            date: "2026-12-03 18:00 UTC".into(),
-            total_s: 1.0,
-            interrupted: false,
+            ..summary_of(&plan, &recs)
         };
         assert!(
             summary

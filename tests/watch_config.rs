@@ -76,17 +76,34 @@ fn a_rewrite_in_place_reloads_and_a_bad_file_is_refused() {
     assert_eq!(proxy.count_logs("configuration reload failed"), 1);
 }
 
+/// What the kubelet does to a ConfigMap volume at `root`: the new
+/// `ringway.toml` in a new timestamped folder, a symlink to that folder
+/// renamed over `..data`, the old folder removed. The first time (no
+/// `..data` yet) it makes the mount: `ringway.toml -> ..data/ringway.toml`.
+fn kubelet_writes(root: &Path, stamp: &str, text: &str) {
+    let folder = root.join(format!("..2026_12_04_{stamp}"));
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("ringway.toml"), text).unwrap();
+    let old = std::fs::read_link(root.join("..data")).ok();
+    if old.is_none() {
+        symlink(folder.file_name().unwrap(), root.join("..data")).unwrap();
+        symlink("..data/ringway.toml", root.join("ringway.toml")).unwrap();
+        return;
+    }
+    symlink(folder.file_name().unwrap(), root.join("..data_tmp")).unwrap();
+    // Past the watcher's settling time, so that only the rename can be
+    // what it sees the new file by.
+    settle();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join(old.unwrap())).unwrap();
+}
+
 #[test]
 fn a_kubernetes_configmap_swap_reloads() {
     let (one, two) = (Backend::echo(), Backend::echo());
     let dir = TempDir::new();
     let root = Path::new(&dir.path("")).to_path_buf();
-    // What the kubelet mounts: NAME -> ..data/NAME, ..data -> ..TIMESTAMP.
-    let first = root.join("..2026_12_04_01_00_00.000000001");
-    std::fs::create_dir(&first).unwrap();
-    std::fs::write(first.join("ringway.toml"), chat_to(&one)).unwrap();
-    symlink(first.file_name().unwrap(), root.join("..data")).unwrap();
-    symlink("..data/ringway.toml", root.join("ringway.toml")).unwrap();
+    kubelet_writes(&root, "01_00_00.000000001", &chat_to(&one));
     let file = root.join("ringway.toml");
     let proxy = Proxy::start(&["--config", file.to_str().unwrap(), "--watch-config"]);
     proxy
@@ -94,30 +111,14 @@ fn a_kubernetes_configmap_swap_reloads() {
         .expect("the watch is logged");
     assert_eq!(lands_on(&proxy, &one, &two), (1, 0));
 
-    // The kubelet's update: a new folder, a new symlink to it renamed over
-    // ..data, then the old folder removed.
-    let second = root.join("..2026_12_04_01_01_00.000000002");
-    std::fs::create_dir(&second).unwrap();
-    std::fs::write(second.join("ringway.toml"), chat_to(&two)).unwrap();
-    symlink(second.file_name().unwrap(), root.join("..data_tmp")).unwrap();
-    // Past the watcher's settling time, so that only the rename can be
-    // what it sees the new file by.
-    settle();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    std::fs::remove_dir_all(&first).unwrap();
+    kubelet_writes(&root, "01_01_00.000000002", &chat_to(&two));
     proxy
         .wait_log("config file change: configuration reloaded", PATIENCE)
         .expect("the swap reloads");
     assert_eq!(lands_on(&proxy, &one, &two), (1, 1));
 
     // And again: the watch outlives the folder it first resolved into.
-    let third = root.join("..2026_12_04_01_02_00.000000003");
-    std::fs::create_dir(&third).unwrap();
-    std::fs::write(third.join("ringway.toml"), chat_to(&one)).unwrap();
-    symlink(third.file_name().unwrap(), root.join("..data_tmp")).unwrap();
-    settle();
-    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    std::fs::remove_dir_all(&second).unwrap();
+    kubelet_writes(&root, "01_02_00.000000003", &chat_to(&one));
     proxy.wait_count("config file change: configuration reloaded", 2, PATIENCE);
     assert_eq!(lands_on(&proxy, &one, &two), (2, 1));
 }

@@ -1121,6 +1121,21 @@ fn wait_listening(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
     }
 }
 
+/// `pid`'s descriptor count once it has held still for 500 ms (at most
+/// `limit`, then the count of that moment).
+fn settled_fds(pid: u32, limit: Duration) -> u64 {
+    let end = Instant::now() + limit;
+    let (mut last, mut since) = (fds_of(pid), Instant::now());
+    while Instant::now() < end && since.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fds_of(pid);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 /// Run a command to its end, output to `log`, at most `limit`.
 fn run_bounded(
     cmd: &mut Command,
@@ -1367,6 +1382,12 @@ impl Lab<'_> {
             wait_listening(&mut running.proc, tls_port, Duration::from_secs(10))?;
             running.tls_ports = TlsVariant::ALL.map(|v| (v, tls_port)).to_vec();
         }
+        // ringway binds its listeners before its worker makes its rings and
+        // splice pipes: count the descriptors it holds at rest once that
+        // count has stopped moving, or a busy machine catches it halfway and
+        // every later run seems to leave descriptors open (and waits out
+        // `settle` for them).
+        running.fds0 = settled_fds(running.watch, Duration::from_secs(10));
         self.ringway = Some(running);
         Ok(())
     }

@@ -381,12 +381,12 @@ impl<'a> Conn<'a> {
         // An upgrade's answer was waited for already (`Conn::send_head`).
         let mut ready = upgrade;
         loop {
-            let append = |b: &[u8]| head.extend_from_slice(b);
-            let read = if std::mem::take(&mut ready) {
-                self.cx.read_ready(backend, append).await
-            } else {
-                self.cx.read_some(backend, append).await
-            };
+            let read = self
+                .cx
+                .read_after(backend, std::mem::take(&mut ready), |b| {
+                    head.extend_from_slice(b)
+                })
+                .await;
             if flow.client_gone.get() {
                 return Err(AnswerError::ClientGone);
             }

@@ -336,9 +336,23 @@ impl Ctx<'_> {
         src: Peer<'_>,
         f: impl FnOnce(&[u8]) -> R,
     ) -> io::Result<Option<R>> {
+        self.read_after(src, false, f).await
+    }
+
+    /// [`Ctx::read_some`], told whether `src` is known to be readable
+    /// already (`ready`: a readiness wait just ended), when it reads at once
+    /// and waits only if nothing was there after all: no second wait.
+    pub async fn read_after<R>(
+        self,
+        src: Peer<'_>,
+        mut ready: bool,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<Option<R>> {
         let scratch = self.scratch;
         loop {
-            readable(src, None).await?;
+            if !std::mem::take(&mut ready) {
+                readable(src, None).await?;
+            }
             let mut buf = scratch.buf.borrow_mut();
             let mut aux = scratch.aux.borrow_mut();
             match recv(src, &mut buf, &mut aux, scratch.cap)? {
@@ -347,27 +361,6 @@ impl Ctx<'_> {
                 Got::Data { data, .. } => return Ok(Some(f(data))),
             }
         }
-    }
-
-    /// [`Ctx::read_some`] for a source known to be readable already (a
-    /// readiness wait just ended): read at once, and wait only if nothing
-    /// was there after all. Saves the second readiness wait.
-    pub async fn read_ready<R>(
-        self,
-        src: Peer<'_>,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> io::Result<Option<R>> {
-        {
-            let scratch = self.scratch;
-            let mut buf = scratch.buf.borrow_mut();
-            let mut aux = scratch.aux.borrow_mut();
-            match recv(src, &mut buf, &mut aux, scratch.cap)? {
-                Got::WouldBlock => {}
-                Got::Eof => return Ok(None),
-                Got::Data { data, .. } => return Ok(Some(f(data))),
-            }
-        }
-        self.read_some(src, f).await
     }
 
     /// Write all of `buf` to `dst`, waiting for room whenever the socket is

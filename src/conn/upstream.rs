@@ -146,16 +146,14 @@ impl<'a> Conn<'a> {
             if self.track().expired() == Some(Expiry::Drain) {
                 return Err((Refusal::System(SystemFault::ShuttingDown), Some(b)));
             }
-            if let BackendFault::ConnectFailed(_, e) = &failure {
-                if SystemFault::is_local(e) {
-                    // Ours, not the server's: every server would fail alike.
+            let failure = match failure {
+                // Ours, not the server's: every server would fail alike.
+                BackendFault::ConnectFailed(_, e) if SystemFault::is_local(&e) => {
                     self.core.metrics.local_failures.inc();
-                    let BackendFault::ConnectFailed(_, e) = failure else {
-                        unreachable!("matched above")
-                    };
                     return Err((Refusal::System(SystemFault::Local(e)), Some(b)));
                 }
-            }
+                failure => failure,
+            };
             if slot.failed(Instant::now(), b.params.fail_timeout) {
                 limited!(
                     Topic::ServerMarked,

@@ -210,7 +210,7 @@ impl<'a> Conn<'a> {
         if let Some(over) = self.over {
             let refusal = Refusal::Policy(match over {
                 Over::MaxConns(max) => Policy::OverMaxConns { max },
-                Over::Descriptors(_) | Over::Ceiling => Policy::OutOfDescriptors,
+                Over::Descriptors | Over::Ceiling => Policy::OutOfDescriptors,
             });
             return (known, self.refuse(refusal, Some(target), None).await);
         }

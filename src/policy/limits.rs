@@ -130,7 +130,7 @@ pub enum Over {
     MaxConns(usize),
     /// The room the open-files limit leaves (answered 503 as for
     /// `--max-conns`).
-    Descriptors(usize),
+    Descriptors,
     /// Far over that room: closed at once, unanswered.
     Ceiling,
 }
@@ -154,7 +154,7 @@ impl Total {
         } else if let Some(m) = max.filter(|&m| before >= m && m <= room) {
             Some(Over::MaxConns(m))
         } else if before >= room {
-            Some(Over::Descriptors(room))
+            Some(Over::Descriptors)
         } else {
             None
         };
@@ -445,7 +445,7 @@ mod tests {
         let _b = t.enter(Some(10));
         // Over the room: answered 503 like --max-conns...
         let c = t.enter(Some(10));
-        assert_eq!(c.over, Some(Over::Descriptors(2)));
+        assert_eq!(c.over, Some(Over::Descriptors));
         // ...a --max-conns below the room says so itself...
         drop(c);
         assert_eq!(t.enter(Some(1)).over, Some(Over::MaxConns(1)));

@@ -115,6 +115,14 @@ impl Server {
         }
     }
 
+    /// Stop at once, without a drain, because of `why` (a start that
+    /// could not be finished); returns `why` once every worker has stopped.
+    fn abandon(self, why: ServerError) -> ServerError {
+        self.shutdown.force();
+        let _ = self.wait();
+        why
+    }
+
     /// Wait until every worker has drained and stopped.
     pub fn wait(self) -> Result<(), ServerError> {
         let mut result = Ok(());
@@ -326,12 +334,10 @@ pub fn start_with(reloader: Arc<Reloader>, shutdown: Shutdown) -> Result<Server,
         access,
         workers,
     };
-    if let Some(e) = failure {
-        server.shutdown.force();
-        let _ = server.wait();
-        return Err(e);
+    match failure {
+        Some(e) => Err(server.abandon(e)),
+        None => Ok(server),
     }
-    Ok(server)
 }
 
 /// Bind the metrics endpoint and start its thread; its address.
@@ -399,21 +405,18 @@ pub fn run(settings: Settings, argv: Vec<OsString>, cores: usize) -> Result<(), 
     if let Err(e) = spawned {
         log::error!("cannot start the reload thread ({e}); SIGHUP will not reload");
     }
-    let started = (|| {
-        if let Some(file) = watch_config {
-            watch::spawn(file.clone(), reload_tx).map_err(|e| ServerError::Watch(file, e))?;
+    if let Some(file) = watch_config {
+        if let Err(e) = watch::spawn(file.clone(), reload_tx) {
+            return Err(server.abandon(ServerError::Watch(file, e)));
         }
-        pid_file
-            .map(|p| pidfile::PidFile::write(&p).map_err(|e| ServerError::PidFile(p, e)))
-            .transpose()
-    })();
-    let _pid_file = match started {
-        Ok(p) => p,
-        Err(e) => {
-            server.shutdown.force();
-            let _ = server.wait();
-            return Err(e);
-        }
+    }
+    // Removed (if still ours) when it drops, after the workers stop.
+    let _pid_file = match pid_file {
+        None => None,
+        Some(p) => match pidfile::PidFile::write(&p) {
+            Ok(written) => Some(written),
+            Err(e) => return Err(server.abandon(ServerError::PidFile(p, e))),
+        },
     };
     notify::ready(&format!(
         "running; listening on {}",

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::error::{ConfigError, FileError};
 use crate::config::file;
-use crate::ops::{access_log, errlog};
+use crate::ops::access_log;
 use crate::policy::balance::Method;
 use crate::policy::limits::{Cidr, OriginPattern};
 use crate::proto::proxy_protocol;
@@ -87,8 +87,8 @@ pub struct Cli {
     pub log_level: Option<log::LevelFilter>,
     /// Error log (stderr) format: text (`[time LEVEL target] message`) or
     /// json (one object per line: time, level, target, message).
-    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = errlog::Format::Text)]
-    pub log_format: errlog::Format,
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = access_log::Format::Text)]
+    pub log_format: access_log::Format,
 }
 
 #[derive(Debug, Subcommand)]

@@ -67,10 +67,12 @@ impl std::str::FromStr for Sink {
     }
 }
 
-/// How lines look.
+/// How lines look, in the access log (`--access-log-format`) and the
+/// error log (`--log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// `key=value` fields after the time and kind, one line each.
+    /// Lines for people: `key=value` fields (the access log), or
+    /// `[time LEVEL target] message` (the error log).
     #[default]
     Text,
     /// One JSON object per line.

@@ -18,18 +18,9 @@ use std::io::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use super::access_log::Format;
 use super::escape::{Escaped, Line};
 use super::ratelog::{self, Topic};
-
-/// How error-log lines look (`--log-format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// `[time LEVEL target] message`.
-    #[default]
-    Text,
-    /// One JSON object per line: time, level, target, message.
-    Json,
-}
 
 /// Start the error log at `level` (`None`: `RUST_LOG`, else `info`) in
 /// `format`, and read the rate limit's interval

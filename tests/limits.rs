@@ -69,17 +69,36 @@ fn tunnel_from(proxy: &Proxy, src: &str, extra: &str) -> WebSocket<TcpStream> {
 }
 
 /// An upgrade from `src` that must be refused: the answer as text.
-fn refused_from(proxy: &Proxy, src: &str, extra: &str) -> String {
-    match upgrade_on(connect_from(src, proxy.addr), extra) {
-        Ok(_) => panic!("upgrade from {src} with {extra:?} was let in"),
-        Err(resp) => String::from_utf8(resp).unwrap(),
+fn refused_from(proxy: &Proxy, src: &str, extra: &str) -> Refused {
+    refused_on(connect_from(src, proxy.addr), extra)
+        .unwrap_or_else(|_| panic!("upgrade from {src} with {extra:?} was let in"))
+}
+
+/// A refused upgrade: the answer, and the client's address, which its
+/// WARN line names (`client=ADDR`).
+#[derive(Debug)]
+struct Refused {
+    text: String,
+    client: SocketAddr,
+}
+
+/// An upgrade on `s`, expected to be refused (`Err(())`: it was let in).
+fn refused_on(s: TcpStream, extra: &str) -> Result<Refused, ()> {
+    let client = s.local_addr().unwrap();
+    match upgrade_on(s, extra) {
+        Ok(_) => Err(()),
+        Err(resp) => Ok(Refused {
+            text: String::from_utf8(resp).unwrap(),
+            client,
+        }),
     }
 }
 
 /// The status of a refusal, checked to be a whole `Connection: close`
 /// answer with its short text body, which names no address and no flag,
-/// and a log line naming `why`.
-fn check_refusal(proxy: &Proxy, resp: &str, status: u16, why: &str) {
+/// and its own log line (by the client's address) naming `why`.
+fn check_refusal(proxy: &Proxy, refused: &Refused, status: u16, why: &str) {
+    let resp = &refused.text;
     assert_eq!(status_of(resp.as_bytes()), status, "{resp}");
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("\r\nConnection: close"), "{head}");
@@ -88,10 +107,11 @@ fn check_refusal(proxy: &Proxy, resp: &str, status: u16, why: &str) {
     for internal in ["--", "127.0.0.", "198.51.100."] {
         assert!(!body.contains(internal), "{body:?} has {internal:?}");
     }
-    let line = proxy.wait_log(why, PATIENCE);
+    let client = format!("client={} ", refused.client);
+    let line = proxy.wait_log_where(|l| l.contains(&client) && l.contains(why), PATIENCE);
     assert!(
         line.is_some(),
-        "no log line with {why:?}: {:#?}",
+        "no log line of {client:?} with {why:?}: {:#?}",
         proxy.logs()
     );
 }
@@ -171,15 +191,15 @@ fn per_ip_limit_is_exact_across_cores() {
     let tries: Vec<_> = (0..20)
         .map(|i| {
             thread::spawn(move || {
-                on_core(i, move || upgrade_on(connect_from("127.0.0.1", addr), ""))
+                on_core(i, move || refused_on(connect_from("127.0.0.1", addr), ""))
             })
         })
         .collect();
     for t in tries {
-        let resp = t.join().unwrap().expect_err("a fourth tunnel was let in");
+        let refused = t.join().unwrap().expect("a fourth tunnel was let in");
         check_refusal(
             &proxy,
-            &String::from_utf8(resp).unwrap(),
+            &refused,
             503,
             "127.0.0.1 already has 3 tunnels (--limit-conn-per-ip)",
         );
@@ -239,8 +259,8 @@ fn limit_conn_status_changes_the_answer() {
     let mut ws = tunnel_from(&proxy, "127.0.0.1", "");
     let resp = refused_from(&proxy, "127.0.0.1", "");
     assert!(
-        resp.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
-        "{resp}"
+        resp.text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{resp:?}"
     );
     check_refusal(&proxy, &resp, 429, "--limit-conn-per-ip");
     let line = proxy.wait_log("status=429 ", PATIENCE).unwrap();

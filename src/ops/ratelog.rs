@@ -15,7 +15,7 @@
 //! (and the metrics thread) has its own, with no lock and no allocation; a
 //! check is an array index and a clock read.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,15 +36,14 @@ pub const INTERVAL_ENV: &str = "RINGWAY_LOG_INTERVAL_MS";
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(INTERVAL.as_millis() as u64);
 
 /// Read [`INTERVAL_ENV`] (at start-up, before the workers); a value that is
-/// not a number keeps the default. Returns the interval in force.
-pub fn interval_from_env() -> Duration {
+/// not a number keeps the default.
+pub fn interval_from_env() {
     if let Some(ms) = std::env::var(INTERVAL_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
         INTERVAL_MS.store(ms, Ordering::Relaxed);
     }
-    interval()
 }
 
 fn interval() -> Duration {
@@ -164,6 +163,8 @@ pub struct Summary {
     /// Target and level of that line.
     pub target: &'static str,
     pub level: Level,
+    /// The limiter's interval: at most one line per this.
+    pub every: Duration,
 }
 
 impl fmt::Display for Summary {
@@ -175,7 +176,7 @@ impl fmt::Display for Summary {
             self.held,
             self.topic.words(),
             self.over.as_secs(),
-            interval().as_secs_f64(),
+            self.every.as_secs_f64(),
         )
     }
 }
@@ -213,7 +214,7 @@ impl Limiter {
                 (false, None)
             }
             since => {
-                let summary = since.and_then(|since| summary(topic, slot, now - since));
+                let summary = since.and_then(|since| summary(topic, slot, now - since, interval));
                 *slot = Slot {
                     since: (!interval.is_zero()).then_some(now),
                     held: 0,
@@ -236,7 +237,7 @@ impl Limiter {
             if over < self.interval {
                 continue;
             }
-            match summary(TOPICS[i], slot, over) {
+            match summary(TOPICS[i], slot, over, self.interval) {
                 Some(s) => {
                     emit(s);
                     slot.since = Some(now);
@@ -273,8 +274,9 @@ const TOPICS: [Topic; Topic::COUNT] = [
     Topic::Library,
 ];
 
-fn summary(topic: Topic, slot: &Slot, over: Duration) -> Option<Summary> {
+fn summary(topic: Topic, slot: &Slot, over: Duration, every: Duration) -> Option<Summary> {
     (slot.held > 0).then_some(Summary {
+        every,
         topic,
         held: slot.held,
         over,
@@ -284,21 +286,13 @@ fn summary(topic: Topic, slot: &Slot, over: Duration) -> Option<Summary> {
 }
 
 thread_local! {
-    /// This thread's limiter; its interval is read from [`INTERVAL_MS`] at
-    /// each use (set once at start-up).
-    static LIMITER: RefCell<Limiter> = const { RefCell::new(Limiter::new(INTERVAL)) };
-    /// Whether this thread's limiter has taken the interval in force.
-    static SET: Cell<bool> = const { Cell::new(false) };
+    /// This thread's limiter, with the interval in force when the thread
+    /// first logs ([`INTERVAL_MS`] is set once, at start-up).
+    static LIMITER: RefCell<Limiter> = RefCell::new(Limiter::new(interval()));
 }
 
 fn with<T>(f: impl FnOnce(&mut Limiter) -> T) -> T {
-    LIMITER.with(|l| {
-        let mut l = l.borrow_mut();
-        if !SET.replace(true) {
-            l.interval = interval();
-        }
-        f(&mut l)
-    })
+    LIMITER.with(|l| f(&mut l.borrow_mut()))
 }
 
 fn write(s: &Summary) {
@@ -310,6 +304,11 @@ fn write(s: &Summary) {
 /// [`limited!`](crate::ops::ratelog::limited), which formats the line only
 /// when it is written.
 pub fn admit(topic: Topic, level: Level, target: &'static str) -> bool {
+    // A line the log would drop anyway costs nothing, and is not counted
+    // for a summary that would be dropped too.
+    if level > log::max_level() {
+        return false;
+    }
     let (write_it, summary) = with(|l| l.admit(topic, level, target, Instant::now()));
     if let Some(s) = summary {
         write(&s);
@@ -424,6 +423,13 @@ mod tests {
         assert_eq!(written, 6);
         assert_eq!(summaries.len(), 5, "{summaries:?}");
         assert!(summaries.iter().all(|s| s.held == 9_999));
+        // A summary names its limiter's own interval.
+        let mut five = Limiter::new(secs(5));
+        five.admit(Topic::NoRoute, Level::Warn, T, t0);
+        five.admit(Topic::NoRoute, Level::Warn, T, t0 + secs(1));
+        let (_, s) = five.admit(Topic::NoRoute, Level::Warn, T, t0 + secs(6));
+        let text = s.expect("the held line's summary").to_string();
+        assert!(text.contains("at most one per 5s per reason"), "{text}");
         // Quiet now: a flush sums up the last interval, the next closes it
         // with nothing to say, and the next line is written at once.
         let later = t0 + secs(200);

@@ -8,33 +8,16 @@ use super::{cuts, seed_of};
 use crate::policy::limits::{self, Cidr};
 use crate::proto::http::body::{Chunked, Framing};
 use crate::proto::http::request::TARGET_LOG_MAX;
-use crate::proto::http::request::{prepare, ClientInfo, HandshakeError, Kind, Prepared};
+// The header lists are the policy under test, taken as they are; what the
+// oracle states independently is how they apply (`forwarded`).
+use crate::proto::http::request::{
+    prepare, ClientInfo, HandshakeError, Kind, Prepared, DROPPED, MAX_CONNECTION_TOKENS, PROTECTED,
+};
 use crate::proto::http::{has_token, path, tokens, trim, MAX_HEADERS};
 use crate::proto::ws::base64;
 
 /// The head limit the target runs `prepare` with.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Hop-by-hop headers (RFC 9110 7.6.1, and `Expect` as nginx blanks it),
-/// and the ones ringway writes itself: never passed on as sent.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "expect",
-    "x-real-ip",
-    "x-forwarded-proto",
-    "x-forwarded-for",
-];
-
-/// Headers the request's framing and routing depend on: a `Connection`
-/// list naming them cannot remove them.
-const KEPT_ALWAYS: &[&str] = &["host", "content-length", "transfer-encoding"];
-
-/// Most `Connection` options ringway takes.
-const MAX_CONNECTION_TOKENS: usize = 16;
 
 /// The request head target. For two clients (an untrusted IPv4 one over
 /// http, an IPv6 one over https behind trusted proxies), `prepare` must:
@@ -213,10 +196,10 @@ impl<'h> Oracle<'h> {
     /// Whether a header of this name is passed on as the client sent it.
     fn forwarded(&self, name: &str) -> bool {
         let named = |list: &[&str]| list.iter().any(|n| n.eq_ignore_ascii_case(name));
-        if named(NOT_FORWARDED) {
+        if named(DROPPED) {
             return false;
         }
-        named(KEPT_ALWAYS)
+        named(PROTECTED)
             || !self
                 .options
                 .iter()

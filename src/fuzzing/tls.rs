@@ -10,13 +10,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ClientConnection, ServerConfig};
 
 use super::{cuts, seed_of, Input};
-use crate::proto::tls::session::{sealed_len, Received, Session, Step, MIN_READ_SPACE};
+use crate::proto::tls::session::{sealed_len, Received, Session, Step, MAX_RECORD, MIN_READ_SPACE};
 use crate::proto::tls::{session_cache, CoreTls, NoVerification, ServerTls};
 use crate::sys::Xfer;
-
-/// The largest record on the wire (TLS 1.2 allows 2 KiB of expansion):
-/// the most a server session keeps after its handshake.
-const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
 
 /// The TLS session target. The first byte picks a case:
 ///

@@ -109,7 +109,7 @@ impl HandshakeError {
 /// 7.6.1, and nginx's list: it blanks `Expect` too), and the ones ringway
 /// sets itself. `Transfer-Encoding` is kept: the body passes through
 /// unchanged, so its framing must too.
-const DROPPED: &[&str] = &[
+pub(crate) const DROPPED: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -123,10 +123,10 @@ const DROPPED: &[&str] = &[
 
 /// Headers that a `Connection` list can never remove: dropping them would
 /// break the request's framing or the handshake itself.
-const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
+pub(crate) const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
 
 /// Most `Connection` tokens honoured; more is a malformed request.
-const MAX_CONNECTION_TOKENS: usize = 16;
+pub(crate) const MAX_CONNECTION_TOKENS: usize = 16;
 
 /// Parse and validate the request head at the start of `buf`.
 ///

@@ -43,7 +43,7 @@ const RECORD_OVERHEAD: usize = 64;
 const MAX_FRAGMENT: usize = 16 * 1024;
 
 /// The largest record on the wire (TLS 1.2 allows 2 KiB of expansion).
-const MAX_RECORD: usize = 5 + MAX_FRAGMENT + 2048;
+pub(crate) const MAX_RECORD: usize = 5 + MAX_FRAGMENT + 2048;
 
 /// Most bytes sealing `len` bytes of plaintext can produce.
 pub fn sealed_len(len: usize) -> usize {

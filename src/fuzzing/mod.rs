@@ -85,34 +85,56 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A tiny xorshift64: reproducible choices without a dependency (the cuts
+/// here, `tests/fuzz_corpus.rs`'s inputs, the tracker's tests). Its state
+/// must not be 0.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+}
+
 /// Cut points for feeding `len` bytes in pieces: ascending, the last one
 /// `len`, at most `max` of them, chosen by `seed` (so that one input always
 /// gives the same pieces). Pieces may be empty.
 fn cuts(len: usize, seed: u64, max: usize) -> Vec<usize> {
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let count = (next() % max.max(1) as u64) as usize;
-    let mut out: Vec<usize> = (0..count)
-        .map(|_| {
-            // Small pieces as often as large ones: header bytes split one
-            // by one are where trackers lose their place.
-            let r = next();
-            let near = if r & 1 == 0 { len } else { len.min(3) };
-            (r >> 8) as usize % (near + 1)
-        })
-        .collect();
+    let mut rng = Rng(seed | 1);
+    let count = rng.below(max);
+    let mut out = Vec::with_capacity(2 * count + 1);
+    for _ in 0..count {
+        let c = rng.below(len + 1);
+        out.push(c);
+        // Small pieces as often as large ones, anywhere: header bytes
+        // split one by one are where trackers lose their place.
+        if rng.next_u64() & 1 == 0 {
+            out.push((c + 1 + rng.below(3)).min(len));
+        }
+    }
     out.push(len);
     out.sort_unstable();
     out
 }
 
-/// FNV-1a: a seed from the input itself, for the pieces it is fed in.
-fn seed_of(data: &[u8]) -> u64 {
+/// FNV-1a: a seed from the input itself, for the pieces it is fed in (and,
+/// in `tests/fuzz_corpus.rs`, from a target's name).
+pub fn seed_of(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

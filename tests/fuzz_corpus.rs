@@ -105,7 +105,20 @@ fn run(name: &str, count: usize) {
 
 #[test]
 fn every_target_is_run_here() {
-    let names: Vec<&str> = ringway::fuzzing::TARGETS.iter().map(|t| t.0).collect();
+    // The targets cargo fuzz builds (fuzz/fuzz_targets/*.rs) are exactly
+    // those of ringway::fuzzing::TARGETS, each with a [[bin]] and a corpus.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut built: Vec<String> = std::fs::read_dir(format!("{root}/fuzz/fuzz_targets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|f| f.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    built.sort();
+    let mut names: Vec<String> = ringway::fuzzing::TARGETS
+        .iter()
+        .map(|t| t.0.to_string())
+        .collect();
+    // Each has its #[test] below: a new target is added there too.
     assert_eq!(
         names,
         [
@@ -117,6 +130,16 @@ fn every_target_is_run_here() {
             "tls_session"
         ]
     );
+    names.sort();
+    assert_eq!(built, names);
+    let manifest = std::fs::read_to_string(format!("{root}/fuzz/Cargo.toml")).unwrap();
+    for name in &names {
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "fuzz/Cargo.toml has no [[bin]] {name}"
+        );
+        assert!(!corpus(name).is_empty(), "no corpus for {name}");
+    }
 }
 
 #[test]

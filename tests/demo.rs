@@ -10,12 +10,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::PATIENCE;
+use common::{wait_child, PATIENCE};
 
 /// A temp directory for one test; removed (with whatever is in it) on drop.
 struct Scratch(PathBuf);
@@ -89,22 +89,6 @@ fn demo(tmp: &Scratch, listen: &str, tls_listen: &str) -> Demo {
     Demo(child)
 }
 
-/// Wait for `child` to exit, at most `within`; kills it after that.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Read a pipe to its end on a thread of its own.
 fn collect(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     thread::spawn(move || {
@@ -136,7 +120,7 @@ fn taken(flag: &str) {
     };
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
-    let status = wait_exit(&mut child, PATIENCE).expect("the demo did not exit");
+    let status = wait_child(&mut child, PATIENCE).expect("the demo did not exit");
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert!(!status.success(), "{status:?}\n{out}\n{err}");
     assert!(status.code().is_some(), "not an exit: {status:?}\n{err}");
@@ -207,7 +191,7 @@ fn only_the_ca_is_on_disk_while_it_runs_and_sigterm_removes_it() {
             "the CA's path is printed: {lines:?}"
         );
         signal(&child, sig);
-        let status = wait_exit(&mut child, PATIENCE).expect("the demo did not stop");
+        let status = wait_child(&mut child, PATIENCE).expect("the demo did not stop");
         let err = err.join().unwrap();
         assert!(status.success(), "SIG{sig}: {status:?}\n{err}");
         assert_eq!(
@@ -230,7 +214,7 @@ fn a_signal_during_start_up_leaves_no_files() {
         let err = collect(child.stderr.take().unwrap());
         thread::sleep(Duration::from_millis(delay_ms));
         signal(&child, "TERM");
-        let status = wait_exit(&mut child, PATIENCE).expect("the demo did not stop");
+        let status = wait_child(&mut child, PATIENCE).expect("the demo did not stop");
         let err = err.join().unwrap();
         assert_eq!(
             tmp.contents(),

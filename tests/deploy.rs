@@ -93,22 +93,7 @@ fn strings(y: &Yaml) -> Vec<String> {
 fn ringway_flags() -> BTreeSet<String> {
     let (code, help, _) = run_with_output(&["--help"], PATIENCE);
     assert_eq!(code, Some(0), "ringway --help");
-    let mut flags = BTreeSet::new();
-    for line in help.lines() {
-        let line = line.trim_start();
-        if !line.starts_with('-') {
-            continue;
-        }
-        for word in line.split_whitespace() {
-            if let Some(name) = word.strip_prefix("--") {
-                let name = name.trim_end_matches(',');
-                let name = name.split(['=', '<', '[']).next().unwrap();
-                if !name.is_empty() {
-                    flags.insert(name.to_string());
-                }
-            }
-        }
-    }
+    let flags = help_flags(&help);
     assert!(
         flags.contains("listen") && flags.contains("metrics-listen"),
         "no flags found in --help: {help}"
@@ -448,18 +433,7 @@ fn healthcheck_passes(command: &[String], image_port: u16, port: u16) -> bool {
         .spawn()
         .expect("run the HEALTHCHECK command");
     // Docker's --timeout, here PATIENCE.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_child(&mut child, PATIENCE).is_some_and(|st| st.success())
 }
 
 #[test]

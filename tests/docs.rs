@@ -5,32 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use common::*;
 
 const README: &str = include_str!("../README.md");
-
-/// The long flags a help text names (`--name`), without `--help`/`--version`.
-fn flags_in_help(help: &str) -> BTreeSet<String> {
-    // An option's own line is indented 2 (`-h, --help`) or 6 spaces
-    // (`--name`); its wrapped description, further.
-    help.lines()
-        .filter(|l| l.len() - l.trim_start().len() <= 6)
-        .map(str::trim_start)
-        .filter(|l| l.starts_with('-'))
-        .filter_map(|l| {
-            let at = l.find("--")?;
-            let name: String = l[at..]
-                .chars()
-                .skip(2)
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            Some(format!("--{name}"))
-        })
-        .filter(|f| f != "--help" && f != "--version")
-        .collect()
-}
 
 /// The lines of the README section that starts with `heading`.
 fn section(heading: &str) -> Vec<&'static str> {
@@ -44,12 +22,13 @@ fn section(heading: &str) -> Vec<&'static str> {
 
 #[test]
 fn every_flag_has_a_row_in_the_flags_table() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    let flags = flags_in_help(&help);
+    let (code, help, _) = run_with_output(&["--help"], PATIENCE);
+    assert_eq!(code, Some(0));
+    let flags: BTreeSet<String> = help_flags(&help)
+        .into_iter()
+        .filter(|f| f != "help" && f != "version")
+        .map(|f| format!("--{f}"))
+        .collect();
     assert!(
         flags.len() > 40 && flags.contains("--upstream"),
         "{flags:?}"

@@ -26,22 +26,6 @@ fn ok(args: &[&str]) -> String {
     out
 }
 
-/// The long flags that `help` (clap's `--help` output) declares in its
-/// `Options:` section: the lines that start an option (`  -h, --help`,
-/// `      --listen <ADDR>`), not the descriptions under them.
-fn help_flags(help: &str) -> BTreeSet<String> {
-    help.lines()
-        .skip_while(|l| *l != "Options:")
-        .filter_map(|l| {
-            let rest = l.strip_prefix("      --").or_else(|| {
-                l.strip_prefix("  -")
-                    .and_then(|r| r.get(3..)?.strip_prefix("--"))
-            })?;
-            Some(rest.split([' ', '=', '[', '<']).next()?.to_string())
-        })
-        .collect()
-}
-
 /// The long flags a man page declares: the `\fB\-\-name\fR` on the line
 /// after each `.TP` (its OPTIONS entries).
 fn page_flags(page: &str) -> BTreeSet<String> {

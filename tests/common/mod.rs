@@ -260,18 +260,44 @@ impl Proxy {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// Its exit status, if it exits within `within` (killed otherwise).
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_child(&mut self.child, within)
     }
+}
+
+/// Wait for `child` to exit, at most `within`: its status, or `None` when
+/// it had to be killed.
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The long flags (names without `--`) that `help`, clap's `--help`
+/// output, declares in its `Options:` section: the lines that start an
+/// option (`  -h, --help`, `      --listen <ADDR>`), not the descriptions
+/// under them.
+pub fn help_flags(help: &str) -> std::collections::BTreeSet<String> {
+    help.lines()
+        .skip_while(|l| *l != "Options:")
+        .filter_map(|l| {
+            let rest = l.strip_prefix("      --").or_else(|| {
+                l.strip_prefix("  -")
+                    .and_then(|r| r.get(3..)?.strip_prefix("--"))
+            })?;
+            Some(rest.split([' ', '=', '[', '<']).next()?.to_string())
+        })
+        .collect()
 }
 
 impl Drop for Proxy {
@@ -621,18 +647,7 @@ pub fn run_with_output(args: &[&str], within: Duration) -> (Option<i32>, String,
     };
     let out = pipe(Box::new(child.stdout.take().unwrap()));
     let err = pipe(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + within;
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let code = wait_child(&mut child, within).and_then(|st| st.code());
     (code, out.join().unwrap(), err.join().unwrap())
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{scrape, value, Backend, Pki, TempDir, PATIENCE};
+use common::{scrape, value, wait_child, Backend, Pki, TempDir, PATIENCE};
 
 /// Longest line either log may have.
 const LINE_BOUND: usize = 2048;
@@ -30,26 +30,15 @@ struct Raw {
     /// Listeners in the order logged: ws ones, then wss ones.
     listeners: Vec<SocketAddr>,
     metrics: Option<SocketAddr>,
+    /// The thread that copies stderr into `stderr`, until its end.
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Raw {
     /// Start ringway with `args` (`--workers 2`); `interval_ms` sets the
     /// error log's rate-limit interval (`None`: its default).
     fn start(args: &[&str], interval_ms: Option<&str>) -> Raw {
-        Raw::start_limited(args, interval_ms, None)
-    }
-
-    /// The same, under an open-files limit of `nofile` (soft and hard).
-    fn start_limited(args: &[&str], interval_ms: Option<&str>, nofile: Option<u32>) -> Raw {
-        let bin = env!("CARGO_BIN_EXE_ringway");
-        let mut cmd = match nofile {
-            None => Command::new(bin),
-            Some(n) => {
-                let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
-                sh
-            }
-        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway"));
         cmd.args(args)
             .args(["--workers", "2"])
             .env_remove("RUST_LOG")
@@ -63,7 +52,7 @@ impl Raw {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             let mut buf = [0u8; 65536];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -77,6 +66,7 @@ impl Raw {
             stderr,
             listeners: Vec::new(),
             metrics: None,
+            reader: Some(reader),
         };
         let deadline = Instant::now() + PATIENCE;
         while raw.text().matches("started: core").count() < 2 {
@@ -108,13 +98,14 @@ impl Raw {
             .unwrap()
             .success();
         assert!(ok);
-        let deadline = Instant::now() + PATIENCE;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            thread::sleep(Duration::from_millis(10));
+        assert!(
+            wait_child(&mut self.child, PATIENCE).is_some(),
+            "no exit after SIGTERM"
+        );
+        // The pipe's only writer is gone: the reader ends at its end.
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
         }
-        // The reader ends at EOF, soon after the exit.
-        thread::sleep(Duration::from_millis(100));
         let out = self.stderr.lock().unwrap().clone();
         out
     }
@@ -456,7 +447,7 @@ fn a_flood_of_garbage_costs_a_few_lines_and_every_one_is_counted() {
 fn accepts_failing_for_want_of_descriptors_are_logged_once_and_counted() {
     let backend = Backend::echo();
     let upstream = backend.addr.to_string();
-    let raw = Raw::start_limited(
+    let raw = Raw::start(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -469,7 +460,6 @@ fn accepts_failing_for_want_of_descriptors_are_logged_once_and_counted() {
             "--access-log",
             "off",
         ],
-        None,
         None,
     );
     let pid = raw.child.id();

@@ -114,8 +114,6 @@ fn a_local_failure_is_503_and_marks_no_backend() {
     let metrics = metrics_addr(&proxy);
     let mut ws = ws_client(&proxy, "/ws");
     echo_once(&mut ws, "before");
-    // Room for exactly one more descriptor: the next client's own, and
-    // none for its backend socket.
     let fds = proxy.fd_numbers();
     let soft = soft_nofile(&proxy);
     // Room for one more descriptor: the next client's own, and none for

@@ -44,7 +44,7 @@ pub use nginx::{
     NginxTls,
 };
 use nginx::{find_or_install_nginx, NginxBin};
-use wss::{Kind, TlsVariant, Wss};
+use wss::{TlsVariant, Wss};
 
 /// Flags of `ringway-compare` (`loadtest/compare` passes the binaries).
 #[derive(Parser, Debug, Clone)]
@@ -240,13 +240,18 @@ impl Scenario {
         t != Target::Direct || !matches!(self, Scenario::Wss(_) | Scenario::Fleet)
     }
 
+    /// The ws:// scenario a wss:// one runs underneath; itself otherwise.
+    pub fn base(self) -> Scenario {
+        match self {
+            Scenario::Wss(w) => w.base(),
+            sc => sc,
+        }
+    }
+
     /// Each run gets a fresh proxy process, so that its memory growth is
     /// the run's own.
     pub fn fresh_proxy(self) -> bool {
-        matches!(
-            self,
-            Scenario::Idle | Scenario::Wss(Wss::Idle) | Scenario::Fleet
-        )
+        matches!(self.base(), Scenario::Idle | Scenario::Fleet)
     }
 }
 
@@ -577,8 +582,8 @@ impl Plan {
 
     /// The idle hold needs no long window: memory is read at its end.
     fn duration_of(&self, sc: Scenario) -> Duration {
-        match sc {
-            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.duration.min(Duration::from_secs(5)),
+        match sc.base() {
+            Scenario::Idle => self.duration.min(Duration::from_secs(5)),
             _ => self.duration,
         }
     }
@@ -586,8 +591,8 @@ impl Plan {
     /// Connections a run opens before its window (the runner's time bound
     /// grows with them).
     fn held(&self, sc: Scenario) -> usize {
-        match sc {
-            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.idle_connections,
+        match sc.base() {
+            Scenario::Idle => self.idle_connections,
             Scenario::Fleet => self.fleet_tunnels.unwrap_or(10_000),
             _ => self.connections,
         }
@@ -639,12 +644,7 @@ impl Plan {
                 sources(IDLE_SOURCES),
             ],
             Scenario::Wss(w) => {
-                let mut a = self.scenario_args(match w.kind() {
-                    Kind::Connect => Scenario::Connect,
-                    Kind::Echo => Scenario::Echo,
-                    Kind::Bulk => Scenario::Bulk,
-                    Kind::Idle => Scenario::Idle,
-                });
+                let mut a = self.scenario_args(w.base());
                 // The proxies serve the run's own certificate.
                 a.push(s("--insecure"));
                 a.extend(w.variant().load_args());
@@ -696,18 +696,18 @@ impl Plan {
                 "{} connections held open (fresh proxy process each run)",
                 self.idle_connections
             ),
-            Scenario::Wss(w) => match w.kind() {
-                Kind::Connect => format!(
+            Scenario::Wss(w) => match w {
+                Wss::Connect13 | Wss::Resume13 | Wss::Connect12 | Wss::Resume12 => format!(
                     "{}; handshake + one echo + close, {} at a time",
                     w.variant().words(),
                     self.concurrency
                 ),
-                Kind::Echo => format!(
+                Wss::Echo => format!(
                     "TLS 1.3, closed loop, {} connections, {} B messages",
                     self.connections, self.size
                 ),
-                Kind::Bulk => "TLS 1.3, 1 MiB messages, 1 connection, 2 in flight".to_string(),
-                Kind::Idle => format!(
+                Wss::Bulk => "TLS 1.3, 1 MiB messages, 1 connection, 2 in flight".to_string(),
+                Wss::Idle => format!(
                     "TLS 1.3, {} connections held open (fresh proxy process each run)",
                     self.idle_connections
                 ),
@@ -1810,15 +1810,7 @@ fn machine() -> (String, usize, String) {
 fn summary_line(sc: Scenario, v: &Value) -> String {
     let g = |m: Metric| m.extract(v).map_or("-".into(), num);
     // A wss:// run reads like the ws:// one beneath it.
-    let base = match sc {
-        Scenario::Wss(w) => match w.kind() {
-            Kind::Connect => Scenario::Connect,
-            Kind::Echo => Scenario::Echo,
-            Kind::Bulk => Scenario::Bulk,
-            Kind::Idle => Scenario::Idle,
-        },
-        sc => sc,
-    };
+    let base = sc.base();
     let idle = base == Scenario::Idle;
     let mut s = match base {
         Scenario::Echo | Scenario::Open | Scenario::Fleet => {

@@ -1676,8 +1676,29 @@ fn url_for(r: &Running, sc: Scenario) -> Result<String> {
 // ---------------------------------------------------------------------------
 // The run
 
+/// The noise line, and whether another process disturbed the runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noise {
+    /// The figures: `noise: on the proxy core, ...`.
+    pub line: String,
+    /// Another process took more than 10% of the proxy core in a run.
+    pub disturbed: bool,
+}
+
+impl Noise {
+    /// The line as printed and written to the JSON: with [`DISTURBED`]
+    /// after it when disturbed.
+    pub fn full(&self) -> String {
+        if self.disturbed {
+            format!("{} -- {DISTURBED}", self.line)
+        } else {
+            self.line.clone()
+        }
+    }
+}
+
 /// How busy the proxy core was with other work during the runs.
-pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
+pub fn noise_summary(records: &[RunRecord]) -> Option<Noise> {
     let others: Vec<f64> = records
         .iter()
         .filter_map(|r| r.host.and_then(|h| h.proxy_core.others_pct))
@@ -1687,15 +1708,15 @@ pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
         .filter_map(|r| r.host.map(|h| h.proxy_core.steal_pct))
         .collect();
     let max = others.iter().copied().fold(0.0f64, f64::max);
-    let mut s = format!(
+    let line = format!(
         "noise: on the proxy core, work other than the proxies took {:.1}% of a run (median; max {max:.1}%), steal {:.1}%",
         median(&others)?,
         median(&steal).unwrap_or(0.0)
     );
-    if max > 10.0 {
-        let _ = write!(s, " -- {DISTURBED}");
-    }
-    Some(s)
+    Some(Noise {
+        line,
+        disturbed: max > 10.0,
+    })
 }
 
 /// What the noise line adds when another process took more than 10% of
@@ -2182,7 +2203,7 @@ struct Summary<'a> {
     plan: &'a Plan,
     records: &'a [RunRecord],
     rows: Vec<Row>,
-    noise: Option<String>,
+    noise: Option<Noise>,
     warnings: Vec<String>,
     nginx: NginxInfo,
     /// CPU model, CPUs, kernel.
@@ -2268,7 +2289,7 @@ impl Summary<'_> {
         }
         print!("{}", core_use(self.records, &self.plan.scenarios));
         if let Some(n) = &self.noise {
-            println!("{n}");
+            println!("{}", n.full());
         }
         for w in &self.warnings {
             println!("  warning: {w}");
@@ -2350,7 +2371,7 @@ impl Summary<'_> {
                 "error_log": self.nginx.errors,
             },
             "figures": figures,
-            "noise": self.noise,
+            "noise": self.noise.as_ref().map(Noise::full),
             "warnings": self.warnings,
             "runs": runs,
         })
@@ -2381,7 +2402,7 @@ impl Summary<'_> {
     /// and the run's warnings.
     fn alerts(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.noise.as_deref().is_some_and(|n| n.contains(DISTURBED)) {
+        if self.noise.as_ref().is_some_and(|n| n.disturbed) {
             out.push(format!("Disturbed run: {DISTURBED}."));
         }
         // One line each in the chart (the text and the JSON have them whole).
@@ -2423,11 +2444,7 @@ impl Summary<'_> {
         let footer: Vec<String> = footer
             .into_iter()
             .chain(self.notes())
-            .chain(
-                self.noise
-                    .iter()
-                    .map(|n| n.replace(&format!(" -- {DISTURBED}"), "")),
-            )
+            .chain(self.noise.iter().map(|n| n.line.clone()))
             .chain([format!("Raw reports and medians: {json_name}")])
             .collect();
         svg_chart(
@@ -2921,7 +2938,7 @@ mod tests {
         };
         let recs = with_others(35.0);
         let s = summary_of(&plan, &recs);
-        assert!(s.noise.as_deref().unwrap().contains(DISTURBED));
+        assert!(s.noise.as_ref().unwrap().full().contains(DISTURBED));
         let svg = s.svg("x.json");
         assert!(svg.contains(DISTURBED), "{svg}");
         assert!(svg.contains("#b23b3b\">Disturbed run:"), "{svg}");

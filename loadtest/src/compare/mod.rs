@@ -104,10 +104,12 @@ pub struct Options {
     #[arg(long)]
     pub fleet_tunnels: Option<usize>,
     /// Fleet: share of the tunnels that send, 0 to 1.
-    #[arg(long, default_value_t = crate::fleet::DEFAULT_ACTIVE_SHARE)]
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_ACTIVE_SHARE,
+          value_parser = crate::fleet::parse_share)]
     pub fleet_active: f64,
     /// Fleet: messages per second over all active tunnels.
-    #[arg(long, default_value_t = crate::fleet::DEFAULT_RATE)]
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_RATE,
+          value_parser = crate::fleet::parse_rate)]
     pub fleet_rate: f64,
     /// The ringway binary [next to this one].
     #[arg(long)]
@@ -488,12 +490,6 @@ impl Plan {
                     scenarios.push(sc);
                 }
             }
-        }
-        if !(o.fleet_active > 0.0 && o.fleet_active <= 1.0) {
-            bail!(
-                "--fleet-active {}: a share above 0, at most 1",
-                o.fleet_active
-            );
         }
         if scenarios.is_empty() {
             bail!("no scenario to run");
@@ -2968,6 +2964,19 @@ mod tests {
         ]))
         .unwrap();
         assert!(summary_of(&ws, &[]).notes().is_empty());
+    }
+
+    #[test]
+    fn fleet_flags_are_checked_when_parsed() {
+        let parse = |flag: &str, v: &str| Options::try_parse_from(["ringway-compare", flag, v]);
+        let e = parse("--fleet-active", "0").unwrap_err().to_string();
+        assert!(
+            e.contains("--fleet-active") && e.contains("a share above 0"),
+            "{e}"
+        );
+        assert!(parse("--fleet-active", "1.5").is_err());
+        assert!(parse("--fleet-rate", "0").is_err());
+        assert_eq!(parse("--fleet-active", "0.2").unwrap().fleet_active, 0.2);
     }
 
     #[test]

@@ -1274,7 +1274,7 @@ struct Lab<'a> {
 }
 
 fn fds_of(pid: u32) -> u64 {
-    procstat::sample(pid).map(|s| s.fds).unwrap_or(0)
+    procstat::fds(pid)
 }
 
 /// Start a server on a free port (`spawn(port)` returns the child and its

@@ -122,7 +122,7 @@ pub fn fleet(common: &Common, opts: &FleetOpts) -> Result<Report> {
         );
     }
     let (tunnels, active, threads) = (opts.tunnels, opts.active(), common.threads.max(1));
-    let per_conn_rate = opts.rate / active as f64;
+    let (rate, per_conn_rate) = (opts.rate, opts.rate / active as f64);
     let frame = client::frame(ws::OP_BINARY, opts.size);
     let c = common.clone();
     let before = procstat::sample_all(&common.watch)?;
@@ -147,10 +147,10 @@ pub fn fleet(common: &Common, opts: &FleetOpts) -> Result<Report> {
                 let mut streams = streams.into_iter();
                 let mut tasks = Vec::new();
                 for (i, (s, rest)) in streams.by_ref().take(mine).enumerate() {
-                    // Spread the schedules over one interval, as `echo --rate` does.
-                    let phase = Duration::from_secs_f64(
-                        ((first + i) as f64 / active as f64) / per_conn_rate,
-                    );
+                    // Spread the schedules over one interval, as `echo --rate` does:
+                    // ((first + i) / active) / per_conn_rate, per_conn_rate being
+                    // rate / active.
+                    let phase = Duration::from_secs_f64((first + i) as f64 / rate);
                     tasks.push(monoio::spawn(scenario::echo_conn(
                         s,
                         rest,

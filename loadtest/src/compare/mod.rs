@@ -714,7 +714,7 @@ impl Plan {
                     "as many tunnels held as the open-files limits allow".to_string(),
                     |n| format!("{n} tunnels held")
                 ),
-                self.fleet_active * 100.0,
+                percent(self.fleet_active),
                 self.fleet_rate,
                 self.size
             ),
@@ -778,6 +778,13 @@ pub fn plural(n: usize, what: &str) -> String {
 }
 
 /// A number for the table: three significant digits or so.
+/// A share as a percentage, to 0.001%, without trailing zeros: `5`, `7`
+/// (not 7.000000000000001), `0.1`.
+fn percent(share: f64) -> String {
+    let p = format!("{:.3}", share * 100.0);
+    p.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 pub fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 100.0 {
@@ -2977,6 +2984,15 @@ mod tests {
         assert!(parse("--fleet-active", "1.5").is_err());
         assert!(parse("--fleet-rate", "0").is_err());
         assert_eq!(parse("--fleet-active", "0.2").unwrap().fleet_active, 0.2);
+    }
+
+    #[test]
+    fn fleet_share_in_words() {
+        assert_eq!(percent(0.05), "5");
+        assert_eq!(percent(0.07), "7");
+        assert_eq!(percent(1.0), "100");
+        assert_eq!(percent(0.001), "0.1");
+        assert_eq!(percent(0.125), "12.5");
     }
 
     #[test]

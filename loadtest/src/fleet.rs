@@ -32,6 +32,27 @@ pub const DEFAULT_ACTIVE_SHARE: f64 = 0.05;
 pub const DEFAULT_RATE: f64 = 2000.0;
 pub const DEFAULT_SIZE: usize = 64;
 
+/// Parses a share of the tunnels that send (`--active`, `--fleet-active`):
+/// above 0, at most 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("give a share above 0, at most 1".to_string())
+    }
+}
+
+/// Parses a total message rate (`--rate`, `--fleet-rate`): above 0.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err("give a rate above 0".to_string())
+    }
+}
+
 /// What a fleet run does.
 #[derive(Debug, Clone)]
 pub struct FleetOpts {
@@ -91,15 +112,6 @@ pub fn fleet(common: &Common, opts: &FleetOpts) -> Result<Report> {
     if opts.tunnels == 0 {
         bail!("--tunnels 0: nothing to hold");
     }
-    if !(opts.active_share > 0.0 && opts.active_share <= 1.0) {
-        bail!(
-            "--active {}: give a share above 0, at most 1",
-            opts.active_share
-        );
-    }
-    if opts.rate <= 0.0 {
-        bail!("--rate {}: give a rate above 0", opts.rate);
-    }
     // The generator holds one descriptor per tunnel.
     let (soft, _) = ringway::sys::raise_nofile_limit().unwrap_or((1024, 1024));
     if opts.tunnels as u64 + HEADROOM / 2 > soft {
@@ -110,7 +122,7 @@ pub fn fleet(common: &Common, opts: &FleetOpts) -> Result<Report> {
         );
     }
     let (tunnels, active, threads) = (opts.tunnels, opts.active(), common.threads.max(1));
-    let per_conn_rate = opts.rate / active as f64;
+    let (rate, per_conn_rate) = (opts.rate, opts.rate / active as f64);
     let frame = client::frame(ws::OP_BINARY, opts.size);
     let c = common.clone();
     let before = procstat::sample_all(&common.watch)?;
@@ -135,10 +147,10 @@ pub fn fleet(common: &Common, opts: &FleetOpts) -> Result<Report> {
                 let mut streams = streams.into_iter();
                 let mut tasks = Vec::new();
                 for (i, (s, rest)) in streams.by_ref().take(mine).enumerate() {
-                    // Spread the schedules over one interval, as `echo --rate` does.
-                    let phase = Duration::from_secs_f64(
-                        ((first + i) as f64 / active as f64) / per_conn_rate,
-                    );
+                    // Spread the schedules over one interval, as `echo --rate` does:
+                    // ((first + i) / active) / per_conn_rate, per_conn_rate being
+                    // rate / active.
+                    let phase = Duration::from_secs_f64((first + i) as f64 / rate);
                     tasks.push(monoio::spawn(scenario::echo_conn(
                         s,
                         rest,
@@ -209,5 +221,18 @@ mod tests {
         assert_eq!(o(50, 0.05).active(), 3);
         assert_eq!(o(10, 0.001).active(), 1);
         assert_eq!(o(10, 1.0).active(), 10);
+    }
+
+    #[test]
+    fn flag_values() {
+        assert_eq!(parse_share("0.05"), Ok(0.05));
+        assert_eq!(parse_share("1"), Ok(1.0));
+        assert!(parse_share("0").unwrap_err().contains("above 0, at most 1"));
+        assert!(parse_share("1.5").is_err());
+        assert!(parse_share("NaN").is_err());
+        assert!(parse_share("x").is_err());
+        assert_eq!(parse_rate("200"), Ok(200.0));
+        assert!(parse_rate("0").unwrap_err().contains("above 0"));
+        assert!(parse_rate("-1").is_err());
     }
 }

@@ -89,10 +89,10 @@ enum Scenario {
         #[arg(long)]
         tunnels: Option<usize>,
         /// Share of the tunnels that send (0 to 1, at least one tunnel).
-        #[arg(long, default_value_t = fleet::DEFAULT_ACTIVE_SHARE)]
+        #[arg(long, default_value_t = fleet::DEFAULT_ACTIVE_SHARE, value_parser = fleet::parse_share)]
         active: f64,
         /// Messages per second over all active tunnels (open loop).
-        #[arg(long, default_value_t = fleet::DEFAULT_RATE)]
+        #[arg(long, default_value_t = fleet::DEFAULT_RATE, value_parser = fleet::parse_rate)]
         rate: f64,
         /// Payload bytes per message.
         #[arg(long, default_value_t = fleet::DEFAULT_SIZE)]

@@ -30,15 +30,20 @@ pub fn sample(pid: u32) -> Result<Sample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
     Ok(Sample {
         pid,
         cpu_s: sched_cpu_s(pid).unwrap_or(ticks as f64 / clock_ticks()),
         rss_kib,
-        fds,
+        fds: fds(pid),
     })
+}
+
+/// Open descriptors of `pid` (entries of /proc/PID/fd); 0 when they
+/// cannot be read. Cheap enough to poll, unlike a whole [`sample`].
+pub fn fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
 }
 
 /// CPU seconds of every live thread, in nanoseconds from
@@ -113,6 +118,7 @@ mod tests {
         std::hint::black_box(x);
         let b = sample(me).unwrap();
         assert!(a.rss_kib > 0 && a.fds > 0);
+        assert!(fds(me) > 0 && fds(u32::MAX) == 0);
         let u = Usage::between(&a, &b);
         assert!(u.cpu_s >= 0.0 && u.cpu_s < 10.0, "{u:?}");
         assert!(sample(u32::MAX).is_err());

@@ -757,31 +757,35 @@ pub(crate) fn held_memory(r: &mut Report, before: &[procstat::Sample], connectio
     }
 }
 
-/// Ping every connection and wait for each pong (10 s at most each): a
-/// pong counts as echoed and received, anything else as an error.
+/// Ping every connection and wait for each pong (10 s at most each, from
+/// the ping's send to its pong): a pong counts as echoed and received,
+/// anything else as an error.
 pub(crate) async fn ping_all(streams: impl Iterator<Item = Conn>, tally: &mut Tally) {
     let ping = client::frame_with(ws::OP_PING, b"alive?");
     let mut tasks = Vec::new();
     for mut s in streams {
         let ping = ping.clone();
         tasks.push(monoio::spawn(async move {
-            let (r, _) = s.write_all(ping).await;
-            r?;
-            let mut counter = FrameCounter::default();
-            let mut pong = false;
-            let mut buf = Vec::with_capacity(64);
-            while !pong {
-                buf.clear();
-                let (res, b) = monoio::time::timeout(Duration::from_secs(10), s.read(buf))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no pong within 10s"))?;
-                buf = b;
-                if res? == 0 {
-                    bail!("closed while idle");
+            let exchange = async {
+                let (r, _) = s.write_all(ping).await;
+                r?;
+                let mut counter = FrameCounter::default();
+                let mut pong = false;
+                let mut buf = Vec::with_capacity(64);
+                while !pong {
+                    buf.clear();
+                    let (res, b) = s.read(buf).await;
+                    buf = b;
+                    if res? == 0 {
+                        bail!("closed while idle");
+                    }
+                    counter.feed(&buf, |op| pong |= op == ws::OP_PONG);
                 }
-                counter.feed(&buf, |op| pong |= op == ws::OP_PONG);
-            }
-            Ok::<_, anyhow::Error>(())
+                Ok::<_, anyhow::Error>(())
+            };
+            monoio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .map_err(|_| anyhow::anyhow!("no pong within 10s"))?
         }));
     }
     for task in tasks {

@@ -44,7 +44,7 @@ pub use nginx::{
     NginxTls,
 };
 use nginx::{find_or_install_nginx, NginxBin};
-use wss::{Kind, TlsVariant, Wss};
+use wss::{TlsVariant, Wss};
 
 /// Flags of `ringway-compare` (`loadtest/compare` passes the binaries).
 #[derive(Parser, Debug, Clone)]
@@ -104,10 +104,12 @@ pub struct Options {
     #[arg(long)]
     pub fleet_tunnels: Option<usize>,
     /// Fleet: share of the tunnels that send, 0 to 1.
-    #[arg(long, default_value_t = crate::fleet::DEFAULT_ACTIVE_SHARE)]
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_ACTIVE_SHARE,
+          value_parser = crate::fleet::parse_share)]
     pub fleet_active: f64,
     /// Fleet: messages per second over all active tunnels.
-    #[arg(long, default_value_t = crate::fleet::DEFAULT_RATE)]
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_RATE,
+          value_parser = crate::fleet::parse_rate)]
     pub fleet_rate: f64,
     /// The ringway binary [next to this one].
     #[arg(long)]
@@ -240,13 +242,18 @@ impl Scenario {
         t != Target::Direct || !matches!(self, Scenario::Wss(_) | Scenario::Fleet)
     }
 
+    /// The ws:// scenario a wss:// one runs underneath; itself otherwise.
+    pub fn base(self) -> Scenario {
+        match self {
+            Scenario::Wss(w) => w.base(),
+            sc => sc,
+        }
+    }
+
     /// Each run gets a fresh proxy process, so that its memory growth is
     /// the run's own.
     pub fn fresh_proxy(self) -> bool {
-        matches!(
-            self,
-            Scenario::Idle | Scenario::Wss(Wss::Idle) | Scenario::Fleet
-        )
+        matches!(self.base(), Scenario::Idle | Scenario::Fleet)
     }
 }
 
@@ -484,12 +491,6 @@ impl Plan {
                 }
             }
         }
-        if !(o.fleet_active > 0.0 && o.fleet_active <= 1.0) {
-            bail!(
-                "--fleet-active {}: a share above 0, at most 1",
-                o.fleet_active
-            );
-        }
         if scenarios.is_empty() {
             bail!("no scenario to run");
         }
@@ -577,8 +578,8 @@ impl Plan {
 
     /// The idle hold needs no long window: memory is read at its end.
     fn duration_of(&self, sc: Scenario) -> Duration {
-        match sc {
-            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.duration.min(Duration::from_secs(5)),
+        match sc.base() {
+            Scenario::Idle => self.duration.min(Duration::from_secs(5)),
             _ => self.duration,
         }
     }
@@ -586,8 +587,8 @@ impl Plan {
     /// Connections a run opens before its window (the runner's time bound
     /// grows with them).
     fn held(&self, sc: Scenario) -> usize {
-        match sc {
-            Scenario::Idle | Scenario::Wss(Wss::Idle) => self.idle_connections,
+        match sc.base() {
+            Scenario::Idle => self.idle_connections,
             Scenario::Fleet => self.fleet_tunnels.unwrap_or(10_000),
             _ => self.connections,
         }
@@ -639,12 +640,7 @@ impl Plan {
                 sources(IDLE_SOURCES),
             ],
             Scenario::Wss(w) => {
-                let mut a = self.scenario_args(match w.kind() {
-                    Kind::Connect => Scenario::Connect,
-                    Kind::Echo => Scenario::Echo,
-                    Kind::Bulk => Scenario::Bulk,
-                    Kind::Idle => Scenario::Idle,
-                });
+                let mut a = self.scenario_args(w.base());
                 // The proxies serve the run's own certificate.
                 a.push(s("--insecure"));
                 a.extend(w.variant().load_args());
@@ -696,18 +692,18 @@ impl Plan {
                 "{} connections held open (fresh proxy process each run)",
                 self.idle_connections
             ),
-            Scenario::Wss(w) => match w.kind() {
-                Kind::Connect => format!(
+            Scenario::Wss(w) => match w {
+                Wss::Connect13 | Wss::Resume13 | Wss::Connect12 | Wss::Resume12 => format!(
                     "{}; handshake + one echo + close, {} at a time",
                     w.variant().words(),
                     self.concurrency
                 ),
-                Kind::Echo => format!(
+                Wss::Echo => format!(
                     "TLS 1.3, closed loop, {} connections, {} B messages",
                     self.connections, self.size
                 ),
-                Kind::Bulk => "TLS 1.3, 1 MiB messages, 1 connection, 2 in flight".to_string(),
-                Kind::Idle => format!(
+                Wss::Bulk => "TLS 1.3, 1 MiB messages, 1 connection, 2 in flight".to_string(),
+                Wss::Idle => format!(
                     "TLS 1.3, {} connections held open (fresh proxy process each run)",
                     self.idle_connections
                 ),
@@ -718,7 +714,7 @@ impl Plan {
                     "as many tunnels held as the open-files limits allow".to_string(),
                     |n| format!("{n} tunnels held")
                 ),
-                self.fleet_active * 100.0,
+                percent(self.fleet_active),
                 self.fleet_rate,
                 self.size
             ),
@@ -782,6 +778,13 @@ pub fn plural(n: usize, what: &str) -> String {
 }
 
 /// A number for the table: three significant digits or so.
+/// A share as a percentage, to 0.001%, without trailing zeros: `5`, `7`
+/// (not 7.000000000000001), `0.1`.
+fn percent(share: f64) -> String {
+    let p = format!("{:.3}", share * 100.0);
+    p.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 pub fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 100.0 {
@@ -1278,7 +1281,7 @@ struct Lab<'a> {
 }
 
 fn fds_of(pid: u32) -> u64 {
-    procstat::sample(pid).map(|s| s.fds).unwrap_or(0)
+    procstat::fds(pid)
 }
 
 /// Start a server on a free port (`spawn(port)` returns the child and its
@@ -1676,8 +1679,29 @@ fn url_for(r: &Running, sc: Scenario) -> Result<String> {
 // ---------------------------------------------------------------------------
 // The run
 
+/// The noise line, and whether another process disturbed the runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noise {
+    /// The figures: `noise: on the proxy core, ...`.
+    pub line: String,
+    /// Another process took more than 10% of the proxy core in a run.
+    pub disturbed: bool,
+}
+
+impl Noise {
+    /// The line as printed and written to the JSON: with [`DISTURBED`]
+    /// after it when disturbed.
+    pub fn full(&self) -> String {
+        if self.disturbed {
+            format!("{} -- {DISTURBED}", self.line)
+        } else {
+            self.line.clone()
+        }
+    }
+}
+
 /// How busy the proxy core was with other work during the runs.
-pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
+pub fn noise_summary(records: &[RunRecord]) -> Option<Noise> {
     let others: Vec<f64> = records
         .iter()
         .filter_map(|r| r.host.and_then(|h| h.proxy_core.others_pct))
@@ -1687,15 +1711,15 @@ pub fn noise_summary(records: &[RunRecord]) -> Option<String> {
         .filter_map(|r| r.host.map(|h| h.proxy_core.steal_pct))
         .collect();
     let max = others.iter().copied().fold(0.0f64, f64::max);
-    let mut s = format!(
+    let line = format!(
         "noise: on the proxy core, work other than the proxies took {:.1}% of a run (median; max {max:.1}%), steal {:.1}%",
         median(&others)?,
         median(&steal).unwrap_or(0.0)
     );
-    if max > 10.0 {
-        let _ = write!(s, " -- {DISTURBED}");
-    }
-    Some(s)
+    Some(Noise {
+        line,
+        disturbed: max > 10.0,
+    })
 }
 
 /// What the noise line adds when another process took more than 10% of
@@ -1810,15 +1834,7 @@ fn machine() -> (String, usize, String) {
 fn summary_line(sc: Scenario, v: &Value) -> String {
     let g = |m: Metric| m.extract(v).map_or("-".into(), num);
     // A wss:// run reads like the ws:// one beneath it.
-    let base = match sc {
-        Scenario::Wss(w) => match w.kind() {
-            Kind::Connect => Scenario::Connect,
-            Kind::Echo => Scenario::Echo,
-            Kind::Bulk => Scenario::Bulk,
-            Kind::Idle => Scenario::Idle,
-        },
-        sc => sc,
-    };
+    let base = sc.base();
     let idle = base == Scenario::Idle;
     let mut s = match base {
         Scenario::Echo | Scenario::Open | Scenario::Fleet => {
@@ -2190,7 +2206,7 @@ struct Summary<'a> {
     plan: &'a Plan,
     records: &'a [RunRecord],
     rows: Vec<Row>,
-    noise: Option<String>,
+    noise: Option<Noise>,
     warnings: Vec<String>,
     nginx: NginxInfo,
     /// CPU model, CPUs, kernel.
@@ -2276,7 +2292,7 @@ impl Summary<'_> {
         }
         print!("{}", core_use(self.records, &self.plan.scenarios));
         if let Some(n) = &self.noise {
-            println!("{n}");
+            println!("{}", n.full());
         }
         for w in &self.warnings {
             println!("  warning: {w}");
@@ -2358,7 +2374,7 @@ impl Summary<'_> {
                 "error_log": self.nginx.errors,
             },
             "figures": figures,
-            "noise": self.noise,
+            "noise": self.noise.as_ref().map(Noise::full),
             "warnings": self.warnings,
             "runs": runs,
         })
@@ -2389,7 +2405,7 @@ impl Summary<'_> {
     /// and the run's warnings.
     fn alerts(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.noise.as_deref().is_some_and(|n| n.contains(DISTURBED)) {
+        if self.noise.as_ref().is_some_and(|n| n.disturbed) {
             out.push(format!("Disturbed run: {DISTURBED}."));
         }
         // One line each in the chart (the text and the JSON have them whole).
@@ -2431,11 +2447,7 @@ impl Summary<'_> {
         let footer: Vec<String> = footer
             .into_iter()
             .chain(self.notes())
-            .chain(
-                self.noise
-                    .iter()
-                    .map(|n| n.replace(&format!(" -- {DISTURBED}"), "")),
-            )
+            .chain(self.noise.iter().map(|n| n.line.clone()))
             .chain([format!("Raw reports and medians: {json_name}")])
             .collect();
         svg_chart(
@@ -2929,7 +2941,7 @@ mod tests {
         };
         let recs = with_others(35.0);
         let s = summary_of(&plan, &recs);
-        assert!(s.noise.as_deref().unwrap().contains(DISTURBED));
+        assert!(s.noise.as_ref().unwrap().full().contains(DISTURBED));
         let svg = s.svg("x.json");
         assert!(svg.contains(DISTURBED), "{svg}");
         assert!(svg.contains("#b23b3b\">Disturbed run:"), "{svg}");
@@ -2959,6 +2971,28 @@ mod tests {
         ]))
         .unwrap();
         assert!(summary_of(&ws, &[]).notes().is_empty());
+    }
+
+    #[test]
+    fn fleet_flags_are_checked_when_parsed() {
+        let parse = |flag: &str, v: &str| Options::try_parse_from(["ringway-compare", flag, v]);
+        let e = parse("--fleet-active", "0").unwrap_err().to_string();
+        assert!(
+            e.contains("--fleet-active") && e.contains("a share above 0"),
+            "{e}"
+        );
+        assert!(parse("--fleet-active", "1.5").is_err());
+        assert!(parse("--fleet-rate", "0").is_err());
+        assert_eq!(parse("--fleet-active", "0.2").unwrap().fleet_active, 0.2);
+    }
+
+    #[test]
+    fn fleet_share_in_words() {
+        assert_eq!(percent(0.05), "5");
+        assert_eq!(percent(0.07), "7");
+        assert_eq!(percent(1.0), "100");
+        assert_eq!(percent(0.001), "0.1");
+        assert_eq!(percent(0.125), "12.5");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use super::Scenario;
+
 /// The TLS version a run offers (`ringway-load --tls-version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsVersion {
@@ -107,15 +109,6 @@ pub enum Wss {
     Idle,
 }
 
-/// What a wss:// scenario runs underneath (the `ringway-load` subcommand).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Connect,
-    Echo,
-    Bulk,
-    Idle,
-}
-
 impl Wss {
     pub const ALL: [Wss; 7] = [
         Wss::Connect13,
@@ -139,12 +132,14 @@ impl Wss {
         }
     }
 
-    pub fn kind(self) -> Kind {
+    /// The ws:// scenario it runs underneath (the same `ringway-load`
+    /// subcommand, over TLS).
+    pub fn base(self) -> Scenario {
         match self {
-            Wss::Connect13 | Wss::Resume13 | Wss::Connect12 | Wss::Resume12 => Kind::Connect,
-            Wss::Echo => Kind::Echo,
-            Wss::Bulk => Kind::Bulk,
-            Wss::Idle => Kind::Idle,
+            Wss::Connect13 | Wss::Resume13 | Wss::Connect12 | Wss::Resume12 => Scenario::Connect,
+            Wss::Echo => Scenario::Echo,
+            Wss::Bulk => Scenario::Bulk,
+            Wss::Idle => Scenario::Idle,
         }
     }
 
@@ -163,8 +158,8 @@ impl Wss {
 
     /// Which of nginx's TLS servers the scenario goes to.
     pub fn nginx_server(self) -> TlsVariant {
-        match self.kind() {
-            Kind::Connect => self.variant(),
+        match self.base() {
+            Scenario::Connect => self.variant(),
             _ => TlsVariant {
                 resume: true,
                 ..self.variant()
@@ -259,7 +254,7 @@ mod tests {
         // Four connect scenarios: each version with and without resumption.
         let mut seen: Vec<TlsVariant> = Wss::ALL
             .iter()
-            .filter(|w| w.kind() == Kind::Connect)
+            .filter(|w| w.base() == Scenario::Connect)
             .map(|w| w.variant())
             .collect();
         seen.dedup();

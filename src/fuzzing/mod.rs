@@ -117,13 +117,13 @@ impl Rng {
 fn cuts(len: usize, seed: u64, max: usize) -> Vec<usize> {
     let mut rng = Rng(seed | 1);
     let count = rng.below(max);
-    let mut out = Vec::with_capacity(2 * count + 1);
-    for _ in 0..count {
+    let mut out = Vec::with_capacity(count + 1);
+    while out.len() < count {
         let c = rng.below(len + 1);
         out.push(c);
         // Small pieces as often as large ones, anywhere: header bytes
         // split one by one are where trackers lose their place.
-        if rng.next_u64() & 1 == 0 {
+        if rng.next_u64() & 1 == 0 && out.len() < count {
             out.push((c + 1 + rng.below(3)).min(len));
         }
     }

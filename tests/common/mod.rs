@@ -260,27 +260,37 @@ impl Proxy {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Its exit status, if it exits within `within` (killed otherwise).
+    /// Its exit status, if it exits within `within` (`None`: still
+    /// running, and left so).
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        wait_child(&mut self.child, within)
+        exit_within(&mut self.child, within)
     }
 }
 
-/// Wait for `child` to exit, at most `within`: its status, or `None` when
-/// it had to be killed.
-pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+/// `child`'s exit status, if it exits within `within`; `None` leaves it
+/// running.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             return Some(st);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             return None;
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Wait for `child` to exit, at most `within`: its status, or `None` when
+/// it had to be killed.
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let status = exit_within(child, within);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }
 
 /// The long flags (names without `--`) that `help`, clap's `--help`
